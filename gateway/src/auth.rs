@@ -1,0 +1,171 @@
+//! Authentication: argon2id password hashes, HS256 JWT access tokens, and
+//! the extractor that turns a bearer token into a [`Caller`].
+
+use std::net::{IpAddr, SocketAddr};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use confab_ingest::Caller;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// Hashes a password with argon2id (its default, OWASP-recommended cost).
+/// Slow on purpose: call from `spawn_blocking`.
+pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
+    let mut salt_bytes = [0u8; 16];
+    getrandom::getrandom(&mut salt_bytes).map_err(|_| argon2::password_hash::Error::Crypto)?;
+    let salt = SaltString::encode_b64(&salt_bytes)?;
+    Ok(Argon2::default().hash_password(password.as_bytes(), &salt)?.to_string())
+}
+
+/// Checks a password; with no stored hash it still spends the same time,
+/// so that unknown usernames cannot be told apart by timing.
+pub fn verify_password(password: &str, stored_hash: Option<&str>) -> bool {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let dummy = DUMMY.get_or_init(|| hash_password("not a real password").expect("hashing works"));
+    let hash_text = stored_hash.unwrap_or(dummy);
+    let Ok(hash) = PasswordHash::new(hash_text) else { return false };
+    let matches = Argon2::default().verify_password(password.as_bytes(), &hash).is_ok();
+    matches && stored_hash.is_some()
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    did: String,
+    iat: u64,
+    exp: u64,
+}
+
+/// The signing key and lifetime of access tokens.
+pub struct TokenKeys {
+    secret: Vec<u8>,
+    ttl_secs: u64,
+    header: String,
+}
+
+impl TokenKeys {
+    pub fn new(secret: Vec<u8>, ttl_secs: u64) -> TokenKeys {
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+        TokenKeys { secret, ttl_secs, header }
+    }
+
+    pub fn ttl_secs(&self) -> u64 {
+        self.ttl_secs
+    }
+
+    pub fn issue(&self, user_id: &str, device_id: &str) -> String {
+        let now = unix_now();
+        let claims = Claims { sub: user_id.to_string(), did: device_id.to_string(), iat: now, exp: now + self.ttl_secs };
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("claims serialize"));
+        let signing_input = format!("{}.{payload}", self.header);
+        let signature = URL_SAFE_NO_PAD.encode(self.mac(&signing_input).finalize().into_bytes());
+        format!("{signing_input}.{signature}")
+    }
+
+    /// The (user, device) of a valid, unexpired token.
+    pub fn verify(&self, token: &str) -> Result<(String, String), &'static str> {
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            return Err("the access token is malformed");
+        };
+        if header != self.header {
+            return Err("the access token is malformed");
+        }
+        let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| "the access token is malformed")?;
+        self.mac(&token[..header.len() + 1 + payload.len()]).verify_slice(&signature).map_err(|_| "the access token is invalid; log in again")?;
+        let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| "the access token is malformed")?;
+        let claims: Claims = serde_json::from_slice(&payload).map_err(|_| "the access token is malformed")?;
+        if claims.exp <= unix_now() {
+            return Err("the access token has expired; log in again");
+        }
+        Ok((claims.sub, claims.did))
+    }
+
+    fn mac(&self, input: &str) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).expect("hmac takes any key length");
+        mac.update(input.as_bytes());
+        mac
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs())
+}
+
+/// The bearer token of a request, if it has one.
+pub fn bearer_token(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// An authenticated request: the token is valid and its device exists.
+pub struct Authenticated(pub Caller);
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token =
+            bearer_token(parts).ok_or_else(|| ApiError::unauthenticated("send `Authorization: Bearer <accessToken>`; get a token from POST /v1/sessions"))?;
+        authenticate(state, token).map(Authenticated)
+    }
+}
+
+pub fn authenticate(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+    let (user_id, device_id) = state.tokens.verify(token).map_err(ApiError::unauthenticated)?;
+    let device_matches = state.ingest.device(&device_id).is_some_and(|device| device.user_id == user_id);
+    if !device_matches {
+        return Err(ApiError::unauthenticated("the access token's device is unknown; log in again"));
+    }
+    Ok(Caller { user_id, device_id })
+}
+
+/// The client's address, for per-IP rate limits.
+pub struct ClientIp(pub Option<IpAddr>);
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if state.config.trust_forwarded_for {
+            let forwarded = parts
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.split(',').next())
+                .and_then(|first| first.trim().parse().ok());
+            if forwarded.is_some() {
+                return Ok(ClientIp(forwarded));
+            }
+        }
+        let connected = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
+        Ok(ClientIp(connected))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_verify_and_tampering_is_refused() {
+        let keys = TokenKeys::new(b"secret".to_vec(), 60);
+        let token = keys.issue("u_1", "d_1");
+        assert_eq!(keys.verify(&token), Ok(("u_1".to_string(), "d_1".to_string())));
+        let other = TokenKeys::new(b"other".to_vec(), 60);
+        assert_eq!(other.verify(&token), Err("the access token is invalid; log in again"));
+        assert_eq!(keys.verify("a.b"), Err("the access token is malformed"));
+        let expired = TokenKeys::new(b"secret".to_vec(), 0).issue("u_1", "d_1");
+        assert_eq!(keys.verify(&expired), Err("the access token has expired; log in again"));
+    }
+}

@@ -1,0 +1,31 @@
+//! The gateway's settings (the `[gateway]` table of the config file).
+
+use serde::{Deserialize, Serialize};
+
+use crate::rate_limit::RateLimitConfig;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Lifetime of an access token; clients log in again after it.
+    pub access_token_ttl_secs: u64,
+    /// Largest request body; message bodies have their own, smaller limit.
+    pub request_body_max_bytes: usize,
+    /// Take the client address from `X-Forwarded-For` (only behind a proxy you run).
+    pub trust_forwarded_for: bool,
+    /// A static bearer token a Prometheus scraper may use for `/metrics`.
+    pub metrics_token: Option<String>,
+    pub rate_limits: RateLimitConfig,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            access_token_ttl_secs: 24 * 3600,
+            request_body_max_bytes: 256 * 1024,
+            trust_forwarded_for: false,
+            metrics_token: None,
+            rate_limits: RateLimitConfig::default(),
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! Confab's gateway: the HTTP half of `shared/API.md`.
+//!
+//! [`app`] builds the router from an [`AppState`], so tests can drive it
+//! in-process. Only this crate turns errors into responses (see [`error`]).
+
+pub mod auth;
+pub mod config;
+pub mod error;
+mod extract;
+pub mod metrics;
+pub mod rate_limit;
+mod routes;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post};
+use axum::Router;
+use confab_ingest::Ingest;
+
+pub use config::GatewayConfig;
+
+/// Everything a request handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    pub ingest: Arc<Ingest>,
+    pub tokens: Arc<auth::TokenKeys>,
+    pub rate_limiter: Arc<rate_limit::RateLimiter>,
+    pub metrics: Arc<metrics::Metrics>,
+    pub config: Arc<GatewayConfig>,
+    pub started_at: Instant,
+}
+
+impl AppState {
+    pub fn new(ingest: Arc<Ingest>, config: GatewayConfig, token_secret: Vec<u8>) -> AppState {
+        AppState {
+            ingest,
+            tokens: Arc::new(auth::TokenKeys::new(token_secret, config.access_token_ttl_secs)),
+            rate_limiter: Arc::new(rate_limit::RateLimiter::new(config.rate_limits.clone())),
+            metrics: Arc::new(metrics::Metrics::default()),
+            config: Arc::new(config),
+            started_at: Instant::now(),
+        }
+    }
+}
+
+/// The gateway's router: every route of the API but the WebSocket.
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.config.request_body_max_bytes;
+    Router::new()
+        .route("/healthz", get(routes::ops::health))
+        .route("/metrics", get(routes::ops::metrics))
+        .route("/v1/users", post(routes::accounts::create_user))
+        .route("/v1/sessions", post(routes::accounts::create_session))
+        .route("/v1/conversations", post(routes::conversations::create).get(routes::conversations::list))
+        .route("/v1/conversations/{id}/members", post(routes::conversations::add_members).get(routes::conversations::members))
+        .route("/v1/conversations/{id}/members/{user_id}", delete(routes::conversations::remove_member))
+        .route("/v1/conversations/{id}/messages", get(routes::messages::history))
+        .route("/v1/conversations/{id}/read", post(routes::messages::mark_read))
+        .route("/v1/messages", post(routes::messages::send))
+        .route("/v1/messages/{id}", axum::routing::patch(routes::messages::edit).delete(routes::messages::delete))
+        .route("/v1/sync", get(routes::messages::sync))
+        .fallback(routes::ops::not_found)
+        .method_not_allowed_fallback(routes::ops::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track_requests))
+        .with_state(state)
+}

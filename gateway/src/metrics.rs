@@ -1,0 +1,85 @@
+//! Prometheus metrics of the gateway: `confab_http_*`, labelled by the
+//! matched route (never the raw URI, which would hold IDs).
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use dashmap::DashMap;
+
+use crate::AppState;
+
+const BUCKETS_SECONDS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+#[derive(Default)]
+struct Histogram {
+    buckets: [AtomicU64; 12],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, seconds: f64) {
+        for (bound, bucket) in BUCKETS_SECONDS.iter().zip(&self.buckets) {
+            if seconds <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+    }
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    requests: DashMap<(String, String, u16), AtomicU64>,
+    durations: DashMap<String, Histogram>,
+}
+
+impl Metrics {
+    pub fn observe_request(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        self.requests.entry((route.to_string(), method.to_string(), status)).or_default().fetch_add(1, Ordering::Relaxed);
+        self.durations.entry(route.to_string()).or_default().observe(seconds);
+    }
+
+    pub fn render(&self, state: &AppState) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP confab_http_requests_total HTTP requests by matched route, method and status.\n");
+        out.push_str("# TYPE confab_http_requests_total counter\n");
+        let mut rows: Vec<_> = self.requests.iter().map(|entry| (entry.key().clone(), entry.value().load(Ordering::Relaxed))).collect();
+        rows.sort();
+        for ((route, method, status), count) in rows {
+            let _ = writeln!(out, "confab_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {count}");
+        }
+        out.push_str("# HELP confab_http_request_duration_seconds Time to answer a request, by matched route.\n");
+        out.push_str("# TYPE confab_http_request_duration_seconds histogram\n");
+        let mut routes: Vec<String> = self.durations.iter().map(|entry| entry.key().clone()).collect();
+        routes.sort();
+        for route in routes {
+            let Some(histogram) = self.durations.get(&route) else { continue };
+            for (bound, bucket) in BUCKETS_SECONDS.iter().zip(&histogram.buckets) {
+                let _ = writeln!(out, "confab_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {}", bucket.load(Ordering::Relaxed));
+            }
+            let count = histogram.count.load(Ordering::Relaxed);
+            let _ = writeln!(out, "confab_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {count}");
+            let _ =
+                writeln!(out, "confab_http_request_duration_seconds_sum{{route=\"{route}\"}} {}", histogram.sum_micros.load(Ordering::Relaxed) as f64 / 1e6);
+            let _ = writeln!(out, "confab_http_request_duration_seconds_count{{route=\"{route}\"}} {count}");
+        }
+        let _ = writeln!(out, "# TYPE confab_gateway_uptime_seconds gauge\nconfab_gateway_uptime_seconds {}", state.started_at.elapsed().as_secs());
+        out
+    }
+}
+
+/// Middleware: counts and times every request by its matched route.
+pub async fn track_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |path| path.as_str()).to_string();
+    let method = request.method().as_str().to_string();
+    let response = next.run(request).await;
+    state.metrics.observe_request(&route, &method, response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
+}

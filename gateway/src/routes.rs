@@ -1,0 +1,6 @@
+//! The routes of the public API, one module per resource.
+
+pub mod accounts;
+pub mod conversations;
+pub mod messages;
+pub mod ops;

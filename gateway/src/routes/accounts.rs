@@ -1,0 +1,99 @@
+//! `POST /v1/users` (sign up) and `POST /v1/sessions` (log in as a device).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use confab_schemas::ErrorCode;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::{hash_password, verify_password, ClientIp};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::ApiJson;
+use crate::rate_limit::Limit;
+use crate::AppState;
+
+const PASSWORD_MIN_CHARS: usize = 8;
+const PASSWORD_MAX_BYTES: usize = 1_024;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateUser {
+    username: String,
+    password: String,
+    display_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateSession {
+    username: String,
+    password: String,
+    device_name: Option<String>,
+    platform: Option<String>,
+}
+
+fn check_username(username: &str) -> ApiResult<()> {
+    let valid = (3..=32).contains(&username.len())
+        && username.bytes().all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || matches!(byte, b'_' | b'.' | b'-'));
+    if !valid {
+        return Err(ApiError::bad_request("invalid `username`: use 3 to 32 of a-z 0-9 _ . -"));
+    }
+    Ok(())
+}
+
+fn check_password(password: &str) -> ApiResult<()> {
+    if password.chars().count() < PASSWORD_MIN_CHARS {
+        return Err(ApiError::bad_request(format!("invalid `password`: use {PASSWORD_MIN_CHARS} characters or more")));
+    }
+    if password.len() > PASSWORD_MAX_BYTES {
+        return Err(ApiError::new(ErrorCode::TooLarge, format!("`password` is over {PASSWORD_MAX_BYTES} bytes")));
+    }
+    Ok(())
+}
+
+pub fn limit(state: &AppState, limit: Limit, key: &str) -> ApiResult<()> {
+    state.rate_limiter.check(limit, key).map_err(ApiError::rate_limited)
+}
+
+pub fn ip_key(ip: &ClientIp) -> String {
+    ip.0.map_or_else(|| "unknown".to_string(), |ip| ip.to_string())
+}
+
+pub async fn create_user(State(state): State<AppState>, ip: ClientIp, ApiJson(request): ApiJson<CreateUser>) -> ApiResult<(StatusCode, Json<Value>)> {
+    limit(&state, Limit::SignupPerIp, &ip_key(&ip))?;
+    check_username(&request.username)?;
+    check_password(&request.password)?;
+    if state.ingest.user_by_username(&request.username).is_some() {
+        return Err(ApiError::new(ErrorCode::Conflict, format!("username `{}` is taken; choose another", request.username)));
+    }
+    let password = request.password;
+    let hash = tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(|error| ApiError::internal("hashing a password", error))?
+        .map_err(|error| ApiError::internal("hashing a password", error))?;
+    let user = state.ingest.create_user(&request.username, request.display_name, hash).await?;
+    Ok((StatusCode::CREATED, Json(json!({"userId": user.user_id, "username": user.username}))))
+}
+
+pub async fn create_session(State(state): State<AppState>, ip: ClientIp, ApiJson(request): ApiJson<CreateSession>) -> ApiResult<(StatusCode, Json<Value>)> {
+    limit(&state, Limit::LoginPerIp, &ip_key(&ip))?;
+    limit(&state, Limit::LoginPerAccount, &request.username)?;
+    if request.password.len() > PASSWORD_MAX_BYTES {
+        return Err(ApiError::new(ErrorCode::TooLarge, format!("`password` is over {PASSWORD_MAX_BYTES} bytes")));
+    }
+    let user = state.ingest.user_by_username(&request.username);
+    let stored = user.as_ref().map(|user| user.password_hash.clone());
+    let password = request.password;
+    let verified = tokio::task::spawn_blocking(move || verify_password(&password, stored.as_deref()))
+        .await
+        .map_err(|error| ApiError::internal("checking a password", error))?;
+    let user = match (verified, user) {
+        (true, Some(user)) => user,
+        _ => return Err(ApiError::unauthenticated("wrong username or password")),
+    };
+    let device_id = state.ingest.create_device(&user.user_id, request.device_name, request.platform).await?;
+    let token = state.tokens.issue(&user.user_id, &device_id);
+    let body = json!({"accessToken": token, "userId": user.user_id, "deviceId": device_id, "expiresIn": state.tokens.ttl_secs()});
+    Ok((StatusCode::CREATED, Json(body)))
+}

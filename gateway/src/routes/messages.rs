@@ -1,0 +1,116 @@
+//! Messages: send, history, edit, delete, read cursors, and sync.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use confab_ingest::{NewMessage, PAGE_DEFAULT, PAGE_MAX, SYNC_PAGE_MAX};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::{Authenticated, ClientIp};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::ApiJson;
+use crate::rate_limit::Limit;
+use crate::routes::accounts::{ip_key, limit};
+use crate::AppState;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SendMessage {
+    conversation_id: String,
+    client_msg_id: String,
+    body: String,
+    #[serde(default)]
+    attachments: Vec<Value>,
+}
+
+#[derive(Deserialize)]
+pub struct EditMessage {
+    body: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MarkRead {
+    last_read_message_id: String,
+}
+
+pub async fn send(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    ip: ClientIp,
+    ApiJson(request): ApiJson<SendMessage>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    limit(&state, Limit::SendPerAccount, &caller.user_id)?;
+    limit(&state, Limit::SendPerIp, &ip_key(&ip))?;
+    let new =
+        NewMessage { conversation_id: request.conversation_id, client_msg_id: request.client_msg_id, body: request.body, attachments: request.attachments };
+    let (message, created) = state.ingest.send_message(&caller, new).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(serde_json::to_value(message).expect("serializes"))))
+}
+
+/// A positive integer query parameter, or a 400 naming it.
+fn number_param(params: &HashMap<String, String>, name: &'static str) -> ApiResult<Option<u64>> {
+    params
+        .get(name)
+        .map(|text| text.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid `{name}`: `{text}` is not a non-negative integer"))))
+        .transpose()
+}
+
+fn page_limit(params: &HashMap<String, String>, default: usize, max: usize) -> ApiResult<usize> {
+    match number_param(params, "limit")? {
+        None => Ok(default),
+        Some(limit) if (1..=max as u64).contains(&limit) => Ok(limit as usize),
+        Some(limit) => Err(ApiError::bad_request(format!("invalid `limit`: `{limit}` is not between 1 and {max}"))),
+    }
+}
+
+pub async fn history(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(conversation_id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let before = number_param(&params, "before")?;
+    let limit = page_limit(&params, PAGE_DEFAULT, PAGE_MAX)?;
+    let (messages, has_more) = state.ingest.history(&caller, &conversation_id, before, limit)?;
+    Ok(Json(json!({"messages": messages, "hasMore": has_more})))
+}
+
+pub async fn edit(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(message_id): Path<String>,
+    ApiJson(request): ApiJson<EditMessage>,
+) -> ApiResult<Json<Value>> {
+    let message = state.ingest.edit_message(&caller, &message_id, request.body).await?;
+    Ok(Json(serde_json::to_value(message).expect("serializes")))
+}
+
+pub async fn delete(State(state): State<AppState>, Authenticated(caller): Authenticated, Path(message_id): Path<String>) -> ApiResult<StatusCode> {
+    state.ingest.delete_message(&caller, &message_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn mark_read(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(conversation_id): Path<String>,
+    ApiJson(request): ApiJson<MarkRead>,
+) -> ApiResult<StatusCode> {
+    state.ingest.mark_read(&caller, &conversation_id, &request.last_read_message_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn sync(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Query(params): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let limit = page_limit(&params, PAGE_MAX, SYNC_PAGE_MAX)?;
+    let page = state.ingest.sync(&caller, params.get("cursor").map(String::as_str), limit)?;
+    Ok(Json(json!({"events": page.events, "nextCursor": page.next_cursor, "hasMore": page.has_more})))
+}

@@ -1,0 +1,56 @@
+//! Errors of the write path and the state's queries; each maps to one API code.
+
+use confab_schemas::ErrorCode;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid `{field}`: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("`{field}` is {size} bytes; the limit is {max} bytes")]
+    TooLarge { field: &'static str, size: usize, max: usize },
+    #[error("you are not a member of conversation `{0}`")]
+    NotMember(String),
+    #[error("{action} in conversation `{conversation_id}` is allowed only to {allowed}")]
+    NotAllowed { action: &'static str, conversation_id: String, allowed: &'static str },
+    #[error("conversation `{0}` not found")]
+    ConversationNotFound(String),
+    #[error("message `{0}` not found")]
+    MessageNotFound(String),
+    #[error("user `{user_id}` is not a member of conversation `{conversation_id}`")]
+    MemberNotFound { conversation_id: String, user_id: String },
+    #[error("username `{0}` is taken; choose another")]
+    UsernameTaken(String),
+    #[error("message `{0}` was deleted and can no longer be edited")]
+    MessageDeleted(String),
+    #[error("conversation `{conversation_id}` would have {count} members; the limit is {max}")]
+    TooManyMembers { conversation_id: String, count: usize, max: usize },
+    #[error("the message log is unavailable: {0}")]
+    Log(#[from] confab_log::Error),
+    #[error("record {offset} of partition {partition} cannot be read by this version of confab: {source}")]
+    UnreadableEvent {
+        partition: u32,
+        offset: u64,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::Invalid { .. } => ErrorCode::BadRequest,
+            Error::TooLarge { .. } | Error::TooManyMembers { .. } => ErrorCode::TooLarge,
+            Error::NotMember(_) | Error::NotAllowed { .. } => ErrorCode::Forbidden,
+            Error::ConversationNotFound(_) | Error::MessageNotFound(_) | Error::MemberNotFound { .. } => ErrorCode::NotFound,
+            Error::UsernameTaken(_) | Error::MessageDeleted(_) => ErrorCode::Conflict,
+            Error::Log(confab_log::Error::Overloaded { .. }) => ErrorCode::Unavailable,
+            Error::Log(_) | Error::UnreadableEvent { .. } => ErrorCode::Unavailable,
+        }
+    }
+
+    pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
+        Error::Invalid { field, reason: reason.into() }
+    }
+}

@@ -1,0 +1,143 @@
+//! The records of the streaming log. Everything Confab knows is built by
+//! applying these, in log order; they are JSON so that fields can be added
+//! without rewriting history (new fields must be optional or defaulted).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ids::{ConversationId, DeviceId, MessageId, UserId};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConversationType {
+    Dm,
+    Group,
+    Channel,
+}
+
+impl ConversationType {
+    pub fn parse(text: &str) -> Option<ConversationType> {
+        match text {
+            "dm" => Some(ConversationType::Dm),
+            "group" => Some(ConversationType::Group),
+            "channel" => Some(ConversationType::Channel),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberRole {
+    Admin,
+    Member,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountRole {
+    Admin,
+    Compliance,
+}
+
+/// One record of the log. `ts` is the server's clock when it was accepted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LogEvent {
+    UserCreated {
+        user_id: UserId,
+        username: String,
+        display_name: Option<String>,
+        /// A PHC string (argon2id): never the password.
+        password_hash: String,
+        roles: Vec<AccountRole>,
+        ts: i64,
+    },
+    SessionCreated {
+        user_id: UserId,
+        device_id: DeviceId,
+        device_name: Option<String>,
+        platform: Option<String>,
+        ts: i64,
+    },
+    ConversationCreated {
+        conversation_id: ConversationId,
+        conversation_type: ConversationType,
+        title: Option<String>,
+        creator_id: UserId,
+        member_ids: Vec<UserId>,
+        ts: i64,
+    },
+    MembersAdded {
+        conversation_id: ConversationId,
+        user_ids: Vec<UserId>,
+        by: UserId,
+        ts: i64,
+    },
+    MemberRemoved {
+        conversation_id: ConversationId,
+        user_id: UserId,
+        by: UserId,
+        ts: i64,
+    },
+    MessageCreated {
+        message_id: MessageId,
+        conversation_id: ConversationId,
+        seq: u64,
+        sender_id: UserId,
+        device_id: DeviceId,
+        client_msg_id: String,
+        body: String,
+        #[serde(default)]
+        attachments: Vec<Value>,
+        ts: i64,
+    },
+    MessageEdited {
+        message_id: MessageId,
+        conversation_id: ConversationId,
+        seq: u64,
+        body: String,
+        by: UserId,
+        device_id: DeviceId,
+        ts: i64,
+    },
+    MessageDeleted {
+        message_id: MessageId,
+        conversation_id: ConversationId,
+        seq: u64,
+        by: UserId,
+        device_id: DeviceId,
+        ts: i64,
+    },
+    ReadCursorMoved {
+        conversation_id: ConversationId,
+        user_id: UserId,
+        seq: u64,
+        ts: i64,
+    },
+}
+
+impl LogEvent {
+    /// The key that chooses the event's partition: a conversation's events
+    /// share one partition, so they stay in order.
+    pub fn partition_key(&self) -> &str {
+        match self {
+            LogEvent::UserCreated { user_id, .. } | LogEvent::SessionCreated { user_id, .. } => user_id,
+            LogEvent::ConversationCreated { conversation_id, .. }
+            | LogEvent::MembersAdded { conversation_id, .. }
+            | LogEvent::MemberRemoved { conversation_id, .. }
+            | LogEvent::MessageCreated { conversation_id, .. }
+            | LogEvent::MessageEdited { conversation_id, .. }
+            | LogEvent::MessageDeleted { conversation_id, .. }
+            | LogEvent::ReadCursorMoved { conversation_id, .. } => conversation_id,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("log events always serialize")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<LogEvent, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}

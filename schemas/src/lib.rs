@@ -1,0 +1,13 @@
+//! The floor of Confab: what every other crate agrees on.
+//!
+//! - [`ids`]: opaque identifiers and how they are made;
+//! - [`events`]: the records written to the streaming log (the source of truth);
+//! - [`api`]: the objects of the public API (`shared/API.md`), in camelCase;
+//! - [`error`]: the small set of error codes every failure maps to.
+
+pub mod api;
+pub mod error;
+pub mod events;
+pub mod ids;
+
+pub use error::ErrorCode;

@@ -1,0 +1,242 @@
+//! `confab bench`: programs that print numbers (never timed assertions).
+//!
+//! - `confab bench log`: the raw append rate of the embedded log with group
+//!   commit, at several numbers of concurrent appenders;
+//! - `confab bench sends`: durable sends over HTTP against a real server
+//!   process (started by the benchmark unless `--url` is given).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use confab_log::{FileLog, Log, LogConfig};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Raw durable appends to the embedded log.
+    Log {
+        /// Folder for the log (a temporary one by default).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Concurrent appenders, one round each.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
+        writers: Vec<usize>,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 300)]
+        record_bytes: usize,
+    },
+    /// Durable sends over HTTP.
+    Sends {
+        /// A running server; without it the benchmark starts its own.
+        #[arg(long)]
+        url: Option<String>,
+        /// Concurrent senders, one round each.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
+        senders: Vec<usize>,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 200)]
+        body_bytes: usize,
+    },
+}
+
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Log { dir, writers, seconds, record_bytes } => bench_log(dir, writers, seconds, record_bytes).await,
+        BenchCommand::Sends { url, senders, seconds, body_bytes } => bench_sends(url, senders, seconds, body_bytes).await,
+    }
+}
+
+/// Latencies in microseconds, summarized.
+struct Summary {
+    count: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+fn summarize(mut latencies_us: Vec<u64>) -> Summary {
+    latencies_us.sort_unstable();
+    let at = |fraction: f64| -> f64 {
+        if latencies_us.is_empty() {
+            return 0.0;
+        }
+        let index = ((latencies_us.len() as f64 * fraction).ceil() as usize).clamp(1, latencies_us.len()) - 1;
+        latencies_us[index] as f64 / 1000.0
+    };
+    Summary { count: latencies_us.len(), p50_ms: at(0.50), p99_ms: at(0.99), max_ms: at(1.0) }
+}
+
+async fn bench_log(dir: Option<PathBuf>, writers: Vec<usize>, seconds: u64, record_bytes: usize) -> anyhow::Result<()> {
+    let temporary = tempdir_in_target()?;
+    let dir = dir.unwrap_or_else(|| temporary.clone());
+    println!("log append benchmark: {record_bytes}-byte records, {seconds} s per round, fsync per group commit, dir {}", dir.display());
+    println!("{:>8} {:>12} {:>10} {:>10} {:>10}", "writers", "records/s", "p50 ms", "p99 ms", "max ms");
+    for (round, &writer_count) in writers.iter().enumerate() {
+        let round_dir = dir.join(format!("round-{round}"));
+        let log = Arc::new(FileLog::open(&round_dir, LogConfig::default())?);
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let mut tasks = Vec::new();
+        for writer in 0..writer_count {
+            let log = log.clone();
+            tasks.push(tokio::spawn(async move {
+                let partition = (writer % log.partition_count() as usize) as u32;
+                let payload = vec![b'x'; record_bytes];
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    let started = Instant::now();
+                    log.append(partition, vec![payload.clone()])?.durable().await?;
+                    latencies.push(started.elapsed().as_micros() as u64);
+                }
+                anyhow::Ok(latencies)
+            }));
+        }
+        let started = Instant::now();
+        let mut latencies = Vec::new();
+        for task in tasks {
+            latencies.extend(task.await??);
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let summary = summarize(latencies);
+        println!("{writer_count:>8} {:>12.0} {:>10.3} {:>10.3} {:>10.3}", summary.count as f64 / elapsed, summary.p50_ms, summary.p99_ms, summary.max_ms);
+        drop(log);
+        let _ = std::fs::remove_dir_all(&round_dir);
+    }
+    let _ = std::fs::remove_dir_all(&temporary);
+    Ok(())
+}
+
+fn tempdir_in_target() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("confab-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// A server process started for the benchmark, killed when dropped.
+struct BenchServer {
+    child: tokio::process::Child,
+    url: String,
+    data_dir: PathBuf,
+}
+
+impl Drop for BenchServer {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+async fn start_bench_server() -> anyhow::Result<BenchServer> {
+    let data_dir = tempdir_in_target()?.join("server");
+    std::fs::create_dir_all(&data_dir)?;
+    // The benchmark measures the write path, so rate limits are off.
+    let config = "[gateway.rate_limits]\n";
+    let config_path = data_dir.with_extension("toml");
+    std::fs::write(&config_path, config)?;
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config_path)
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("could not start the server")?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let url = loop {
+        let Some(line) = lines.next_line().await? else { bail!("the server exited before listening") };
+        if let Some(url) = line.strip_prefix("listening on ") {
+            break url.to_string();
+        }
+    };
+    Ok(BenchServer { child, url, data_dir })
+}
+
+async fn post(client: &reqwest::Client, url: &str, token: Option<&str>, body: Value) -> anyhow::Result<Value> {
+    let mut request = client.post(url).json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await?;
+    let status = response.status();
+    let value: Value = response.json().await?;
+    if !status.is_success() {
+        bail!("{url} answered {status}: {value}");
+    }
+    Ok(value)
+}
+
+/// Signs up and logs in a user; returns (userId, accessToken).
+async fn account(client: &reqwest::Client, base: &str, username: &str) -> anyhow::Result<(String, String)> {
+    let password = "bench-password";
+    let created = post(client, &format!("{base}/v1/users"), None, json!({"username": username, "password": password})).await?;
+    let session = post(client, &format!("{base}/v1/sessions"), None, json!({"username": username, "password": password})).await?;
+    Ok((created["userId"].as_str().unwrap_or_default().to_string(), session["accessToken"].as_str().unwrap_or_default().to_string()))
+}
+
+async fn bench_sends(url: Option<String>, senders: Vec<usize>, seconds: u64, body_bytes: usize) -> anyhow::Result<()> {
+    let server = match url {
+        Some(_) => None,
+        None => Some(start_bench_server().await?),
+    };
+    let base = url.unwrap_or_else(|| server.as_ref().expect("started").url.clone());
+    let max_senders = senders.iter().copied().max().unwrap_or(1);
+    let client = reqwest::Client::builder().pool_max_idle_per_host(max_senders * 2).build()?;
+    let run_id = fastrand::u32(..);
+    println!("durable sends over HTTP: {body_bytes}-byte bodies, {seconds} s per round, server {base}");
+    // One account and one group conversation per sender, so sends spread over partitions.
+    let mut accounts = Vec::new();
+    for index in 0..max_senders {
+        let (_, token) = account(&client, &base, &format!("bench{run_id}-{index}")).await?;
+        let conversation =
+            post(&client, &format!("{base}/v1/conversations"), Some(&token), json!({"type": "group", "memberIds": [], "title": "bench"})).await?;
+        accounts.push((token, conversation["conversationId"].as_str().unwrap_or_default().to_string()));
+    }
+    println!("{:>8} {:>12} {:>10} {:>10} {:>10}", "senders", "sends/s", "p50 ms", "p99 ms", "max ms");
+    let body = "x".repeat(body_bytes);
+    for &sender_count in &senders {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let mut tasks = Vec::new();
+        for (token, conversation_id) in &accounts[..sender_count.min(accounts.len())] {
+            let (token, conversation_id) = (token.clone(), conversation_id.clone());
+            let client = client.clone();
+            let url = format!("{base}/v1/messages");
+            let body = body.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut counter = 0u64;
+                while Instant::now() < deadline {
+                    counter += 1;
+                    let request = json!({"conversationId": conversation_id, "clientMsgId": format!("{}-{counter}", fastrand::u64(..)), "body": body});
+                    let started = Instant::now();
+                    let response = client.post(&url).bearer_auth(&token).json(&request).send().await?;
+                    let status = response.status();
+                    let _ = response.bytes().await?;
+                    if status != reqwest::StatusCode::CREATED {
+                        bail!("send answered {status}");
+                    }
+                    latencies.push(started.elapsed().as_micros() as u64);
+                }
+                anyhow::Ok(latencies)
+            }));
+        }
+        let started = Instant::now();
+        let mut latencies = Vec::new();
+        for task in tasks {
+            latencies.extend(task.await??);
+        }
+        let summary = summarize(latencies);
+        let rate = summary.count as f64 / started.elapsed().as_secs_f64();
+        println!("{sender_count:>8} {rate:>12.0} {:>10.3} {:>10.3} {:>10.3}", summary.p50_ms, summary.p99_ms, summary.max_ms);
+    }
+    drop(server);
+    Ok(())
+}

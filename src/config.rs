@@ -1,0 +1,54 @@
+//! The config file (TOML). Every table is optional; flags on the command
+//! line win over the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use confab_gateway::GatewayConfig;
+use confab_ingest::Limits;
+use confab_log::LogConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Everything Confab stores lives under this folder.
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub log: LogConfig,
+    pub limits: Limits,
+    pub gateway: GatewayConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            listen: "127.0.0.1:8080".parse().expect("valid address"),
+            log: LogConfig::default(),
+            limits: Limits::default(),
+            gateway: GatewayConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("could not read the config file `{}`", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config file `{}`", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let error = toml::from_str::<Config>("listen = \"127.0.0.1:1\"\n[gateway]\ntoken_ttl = 5\n").unwrap_err();
+        assert!(error.to_string().contains("unknown field `token_ttl`"), "{error}");
+        let config: Config = toml::from_str("[gateway.rate_limits]\nsend_per_account = { per_second = 1.0, burst = 2 }\n").unwrap();
+        assert_eq!(config.gateway.rate_limits.send_per_account.unwrap().burst, 2);
+    }
+}

@@ -1,0 +1,7 @@
+//! The `confab` binary's library: the config file and the wiring that turns
+//! it into a running server. Each layer lives in its own crate; this one
+//! only connects them (see `ARCHITECTURE.md`).
+
+pub mod bench;
+pub mod config;
+pub mod server;

@@ -1,0 +1,79 @@
+//! The `confab` command: `serve` runs everything in one process; `bench`
+//! measures it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use confab::config::Config;
+
+#[derive(Parser)]
+#[command(name = "confab", version, about = "Confab: a chat backend built as a data platform")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server: the gateway, the log and the state, in one process.
+    Serve {
+        /// Where everything is stored (default `./data`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The HTTP address (default `127.0.0.1:8080`).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// A TOML config file; flags win over it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Measure Confab; prints the figures of `docs/BENCHMARKS.md`.
+    #[command(subcommand)]
+    Bench(confab::bench::BenchCommand),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("could not start the async runtime")?;
+    match cli.command {
+        Command::Serve { data_dir, listen, config } => runtime.block_on(serve(data_dir, listen, config)),
+        Command::Bench(command) => runtime.block_on(confab::bench::run(command)),
+    }
+}
+
+async fn serve(data_dir: Option<PathBuf>, listen: Option<SocketAddr>, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut config = match config_path {
+        Some(path) => Config::load(&path)?,
+        None => Config::default(),
+    };
+    if let Some(data_dir) = data_dir {
+        config.data_dir = data_dir;
+    }
+    if let Some(listen) = listen {
+        config.listen = listen;
+    }
+    let server = confab::server::start(config).await?;
+    // Tools that start the server read this line to learn the address.
+    println!("listening on http://{}", server.address);
+    tokio::select! {
+        outcome = shutdown_signal() => {
+            outcome?;
+            tracing::info!("stopping: finishing in-flight requests");
+            server.shutdown().await
+        }
+    }
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = terminate.recv() => Ok(()),
+    }
+}

@@ -1,0 +1,113 @@
+//! `confab serve`: opens the data directory, replays the log into the
+//! state, and serves the API until asked to stop.
+
+use std::fs::File;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use confab_gateway::AppState;
+use confab_ingest::Ingest;
+use confab_log::FileLog;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+
+/// A running server; dropping it does not stop it, [`Server::shutdown`] does.
+pub struct Server {
+    pub address: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    /// Stops accepting, lets in-flight requests finish, closes the log.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.await.context("the server task panicked")?
+    }
+
+    /// Waits until the server stops by itself (it does not, unless it fails).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("the server task panicked")?
+    }
+}
+
+/// Opens everything under `config.data_dir` and starts serving.
+pub async fn start(config: Config) -> anyhow::Result<Server> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("could not create the data directory `{}`", config.data_dir.display()))?;
+    let lock = lock_data_dir(&config.data_dir)?;
+    let token_secret = load_or_create_secret(&config.data_dir.join("secrets").join("token.key"))?;
+    let log_dir = config.data_dir.join("log");
+    let (log, ingest) = tokio::task::spawn_blocking({
+        let log_config = config.log.clone();
+        let limits = config.limits.clone();
+        move || -> anyhow::Result<(Arc<FileLog>, Ingest)> {
+            let log = Arc::new(FileLog::open(&log_dir, log_config).with_context(|| format!("could not open the log in `{}`", log_dir.display()))?);
+            let ingest = Ingest::open(log.clone(), limits).context("could not rebuild the state from the log")?;
+            Ok((log, ingest))
+        }
+    })
+    .await??;
+    let state = AppState::new(Arc::new(ingest), config.gateway.clone(), token_secret);
+    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("could not listen on `{}`", config.listen))?;
+    let address = listener.local_addr()?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let rate_limiter = state.rate_limiter.clone();
+    let janitor = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            ticks.tick().await;
+            rate_limiter.forget_idle();
+        }
+    });
+    let app = confab_gateway::app(state).into_make_service_with_connect_info::<SocketAddr>();
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await;
+        janitor.abort();
+        log.close();
+        drop(lock);
+        served.context("the HTTP server failed")
+    });
+    tracing::info!(%address, data_dir = %config.data_dir.display(), "confab is serving");
+    Ok(Server { address, stop: Some(stop), task })
+}
+
+/// Holds an exclusive lock on the data directory for the life of the server,
+/// so that two servers never write one log.
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
+    let path = data_dir.join("confab.lock");
+    let file = File::create(&path).with_context(|| format!("could not create `{}`", path.display()))?;
+    file.try_lock()
+        .map_err(|_| anyhow::anyhow!("the data directory `{}` is in use by another confab server; stop it or choose another --data-dir", data_dir.display()))?;
+    Ok(file)
+}
+
+/// The key that signs access tokens: made once, kept with the data.
+fn load_or_create_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
+    if let Ok(secret) = std::fs::read(path) {
+        if secret.len() >= 32 {
+            return Ok(secret);
+        }
+    }
+    let mut secret = vec![0u8; 32];
+    getrandom::getrandom(&mut secret).context("no system randomness for the token key")?;
+    std::fs::create_dir_all(path.parent().expect("has a folder"))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).with_context(|| format!("could not write `{}`", path.display()))?;
+    file.write_all(&secret)?;
+    file.sync_all()?;
+    Ok(secret)
+}

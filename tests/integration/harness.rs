@@ -1,0 +1,172 @@
+//! Starting servers and talking to them as a client does.
+
+use std::path::{Path, PathBuf};
+
+use confab::config::Config;
+use confab::server::Server;
+use confab_gateway::rate_limit::RateLimitConfig;
+use serde_json::{json, Value};
+
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub base: String,
+    pub data_dir: PathBuf,
+    _temporary: Option<tempfile::TempDir>,
+}
+
+/// A config for tests: a fresh data dir, an ephemeral port, no rate limits
+/// (tests of the limits switch them back on).
+pub fn test_config(data_dir: &Path) -> Config {
+    let mut config = Config { data_dir: data_dir.to_path_buf(), listen: "127.0.0.1:0".parse().unwrap(), ..Config::default() };
+    config.gateway.rate_limits =
+        RateLimitConfig { signup_per_ip: None, login_per_ip: None, login_per_account: None, send_per_account: None, send_per_ip: None };
+    config
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        let temporary = tempfile::tempdir().unwrap();
+        let config = test_config(temporary.path());
+        let mut server = TestServer::start_with(config).await;
+        server._temporary = Some(temporary);
+        server
+    }
+
+    pub async fn start_with(config: Config) -> TestServer {
+        let data_dir = config.data_dir.clone();
+        let server = confab::server::start(config).await.expect("server starts");
+        let base = format!("http://{}", server.address);
+        TestServer { server: Some(server), base, data_dir, _temporary: None }
+    }
+
+    /// Stops the server (gracefully) and starts a new one on the same data.
+    pub async fn restart(&mut self) {
+        self.server.take().unwrap().shutdown().await.unwrap();
+        let server = confab::server::start(test_config(&self.data_dir)).await.expect("server restarts");
+        self.base = format!("http://{}", server.address);
+        self.server = Some(server);
+    }
+
+    pub fn client(&self) -> Client {
+        Client { http: reqwest::Client::new(), base: self.base.clone(), token: None, user_id: String::new(), device_id: String::new() }
+    }
+
+    /// Signs up `username` and logs in one device.
+    pub async fn user(&self, username: &str) -> Client {
+        let client = self.client();
+        let (status, body) = client.post("/v1/users", json!({"username": username, "password": "password123"})).await;
+        assert_eq!(status, 201, "{body}");
+        client.login(username, "password123").await
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub token: Option<String>,
+    pub user_id: String,
+    pub device_id: String,
+}
+
+impl Client {
+    pub async fn login(&self, username: &str, password: &str) -> Client {
+        let (status, body) = self.post("/v1/sessions", json!({"username": username, "password": password})).await;
+        assert_eq!(status, 201, "{body}");
+        Client {
+            http: self.http.clone(),
+            base: self.base.clone(),
+            token: Some(body["accessToken"].as_str().unwrap().to_string()),
+            user_id: body["userId"].as_str().unwrap().to_string(),
+            device_id: body["deviceId"].as_str().unwrap().to_string(),
+        }
+    }
+
+    pub fn with_base(&self, base: &str) -> Client {
+        Client { base: base.to_string(), ..self.clone() }
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
+        let request = match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.unwrap();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        (status, body)
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(&body)).await
+    }
+
+    pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, Value) {
+        self.send(self.http.post(format!("{}{path}", self.base)).header("content-type", "application/json").body(body)).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.send(self.http.get(format!("{}{path}", self.base))).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(self.http.patch(format!("{}{path}", self.base)).json(&body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.send(self.http.delete(format!("{}{path}", self.base))).await
+    }
+
+    /// Creates a conversation and returns its id.
+    pub async fn conversation(&self, kind: &str, members: &[&Client]) -> String {
+        let member_ids: Vec<&str> = members.iter().map(|member| member.user_id.as_str()).collect();
+        let (status, body) = self.post("/v1/conversations", json!({"type": kind, "memberIds": member_ids, "title": "t"})).await;
+        assert!(status == 201 || status == 200, "{status} {body}");
+        body["conversationId"].as_str().unwrap().to_string()
+    }
+
+    /// Sends a message and returns it.
+    pub async fn say(&self, conversation_id: &str, client_msg_id: &str, body: &str) -> Value {
+        let (status, message) = self.post("/v1/messages", json!({"conversationId": conversation_id, "clientMsgId": client_msg_id, "body": body})).await;
+        assert_eq!(status, 201, "{message}");
+        message
+    }
+
+    /// Every message of a conversation, walking history pages backwards.
+    pub async fn all_messages(&self, conversation_id: &str) -> Vec<Value> {
+        let mut pages = Vec::new();
+        let mut before: Option<u64> = None;
+        loop {
+            let path = match before {
+                Some(before) => format!("/v1/conversations/{conversation_id}/messages?limit=200&before={before}"),
+                None => format!("/v1/conversations/{conversation_id}/messages?limit=200"),
+            };
+            let (status, body) = self.get(&path).await;
+            assert_eq!(status, 200, "{body}");
+            let messages = body["messages"].as_array().unwrap().clone();
+            if let Some(first) = messages.first() {
+                before = first["seq"].as_u64();
+            }
+            let has_more = body["hasMore"].as_bool().unwrap();
+            pages.push(messages);
+            if !has_more {
+                break;
+            }
+        }
+        pages.into_iter().rev().flatten().collect()
+    }
+}
+
+/// Asserts the API's error shape, status and code, and returns the message.
+pub fn assert_error(response: &(u16, Value), status: u16, code: &str) -> String {
+    assert_eq!(response.0, status, "{}", response.1);
+    assert_eq!(response.1["error"]["code"], code, "{}", response.1);
+    let message = response.1["error"]["message"].as_str().expect("error has a message").to_string();
+    assert!(!message.is_empty());
+    message
+}

@@ -1,0 +1,10 @@
+//! Integration tests: the whole server in-process on an ephemeral port (or
+//! the real binary, for crash tests), used as a client would.
+
+mod accounts;
+mod conversations;
+mod crash;
+mod harness;
+mod messages;
+mod restart;
+mod sync;
