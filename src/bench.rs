@@ -43,13 +43,23 @@ pub enum BenchCommand {
         seconds: u64,
         #[arg(long, default_value_t = 200)]
         body_bytes: usize,
+        /// Total sends per second, spread evenly over the senders (open loop,
+        /// latency counted from each send's scheduled time, as wrk2 does).
+        /// Without it every sender sends as fast as it can (closed loop).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Log partitions of the server the benchmark starts.
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
     },
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Log { dir, writers, seconds, record_bytes } => bench_log(dir, writers, seconds, record_bytes).await,
-        BenchCommand::Sends { url, senders, seconds, body_bytes } => bench_sends(url, senders, seconds, body_bytes).await,
+        BenchCommand::Sends { url, senders, seconds, body_bytes, rate, partitions } => {
+            bench_sends(SendsOptions { url, senders, seconds, body_bytes, rate, partitions }).await
+        }
     }
 }
 
@@ -132,11 +142,11 @@ impl Drop for BenchServer {
     }
 }
 
-async fn start_bench_server() -> anyhow::Result<BenchServer> {
+async fn start_bench_server(partitions: u32) -> anyhow::Result<BenchServer> {
     let data_dir = tempdir_in_target()?.join("server");
     std::fs::create_dir_all(&data_dir)?;
     // The benchmark measures the write path, so rate limits are off.
-    let config = "[gateway.rate_limits]\n";
+    let config = format!("[log]\npartitions = {partitions}\n[gateway.rate_limits]\nenabled = false\n");
     let config_path = data_dir.with_extension("toml");
     std::fs::write(&config_path, config)?;
     let mut child = tokio::process::Command::new(std::env::current_exe()?)
@@ -182,16 +192,33 @@ async fn account(client: &reqwest::Client, base: &str, username: &str) -> anyhow
     Ok((created["userId"].as_str().unwrap_or_default().to_string(), session["accessToken"].as_str().unwrap_or_default().to_string()))
 }
 
-async fn bench_sends(url: Option<String>, senders: Vec<usize>, seconds: u64, body_bytes: usize) -> anyhow::Result<()> {
+struct SendsOptions {
+    url: Option<String>,
+    senders: Vec<usize>,
+    seconds: u64,
+    body_bytes: usize,
+    rate: Option<f64>,
+    partitions: u32,
+}
+
+async fn bench_sends(options: SendsOptions) -> anyhow::Result<()> {
+    let SendsOptions { url, senders, seconds, body_bytes, rate, partitions } = options;
     let server = match url {
         Some(_) => None,
-        None => Some(start_bench_server().await?),
+        None => Some(start_bench_server(partitions).await?),
     };
     let base = url.unwrap_or_else(|| server.as_ref().expect("started").url.clone());
     let max_senders = senders.iter().copied().max().unwrap_or(1);
     let client = reqwest::Client::builder().pool_max_idle_per_host(max_senders * 2).build()?;
+    // Setup uses reqwest; the measured loop uses RawHttp, a minimal
+    // keep-alive HTTP/1.1 client (as wrk does), so that the load generator
+    // leaves the server as much of this small machine as it can.
     let run_id = fastrand::u32(..);
-    println!("durable sends over HTTP: {body_bytes}-byte bodies, {seconds} s per round, server {base}");
+    let pacing = match rate {
+        Some(rate) => format!("open loop at {rate:.0} sends/s in total"),
+        None => "closed loop, each sender as fast as it can".to_string(),
+    };
+    println!("durable sends over HTTP: {body_bytes}-byte bodies, {seconds} s per round, {pacing}, server {base}");
     // One account and one group conversation per sender, so sends spread over partitions.
     let mut accounts = Vec::new();
     for index in 0..max_senders {
@@ -207,20 +234,29 @@ async fn bench_sends(url: Option<String>, senders: Vec<usize>, seconds: u64, bod
         let mut tasks = Vec::new();
         for (token, conversation_id) in &accounts[..sender_count.min(accounts.len())] {
             let (token, conversation_id) = (token.clone(), conversation_id.clone());
-            let client = client.clone();
-            let url = format!("{base}/v1/messages");
+            let address = base.trim_start_matches("http://").to_string();
             let body = body.clone();
+            let interval = rate.map(|rate| Duration::from_secs_f64(sender_count as f64 / rate));
             tasks.push(tokio::spawn(async move {
+                let mut connection = RawHttp::connect(&address).await?;
                 let mut latencies = Vec::new();
                 let mut counter = 0u64;
+                // Spread the senders' schedules over one interval.
+                let mut scheduled = Instant::now() + interval.map_or(Duration::ZERO, |interval| interval.mul_f64(fastrand::f64()));
                 while Instant::now() < deadline {
                     counter += 1;
                     let request = json!({"conversationId": conversation_id, "clientMsgId": format!("{}-{counter}", fastrand::u64(..)), "body": body});
-                    let started = Instant::now();
-                    let response = client.post(&url).bearer_auth(&token).json(&request).send().await?;
-                    let status = response.status();
-                    let _ = response.bytes().await?;
-                    if status != reqwest::StatusCode::CREATED {
+                    let started = match interval {
+                        Some(interval) => {
+                            tokio::time::sleep_until(scheduled.into()).await;
+                            let at = scheduled;
+                            scheduled += interval;
+                            at
+                        }
+                        None => Instant::now(),
+                    };
+                    let status = connection.post("/v1/messages", &token, &serde_json::to_vec(&request)?).await?;
+                    if status != 201 {
                         bail!("send answered {status}");
                     }
                     latencies.push(started.elapsed().as_micros() as u64);
@@ -239,4 +275,62 @@ async fn bench_sends(url: Option<String>, senders: Vec<usize>, seconds: u64, bod
     }
     drop(server);
     Ok(())
+}
+
+/// A minimal HTTP/1.1 keep-alive client for the measured loop: one
+/// connection, one request at a time, responses parsed just enough to read
+/// the status and skip the body.
+struct RawHttp {
+    stream: tokio::net::TcpStream,
+    host: String,
+    buffer: Vec<u8>,
+}
+
+impl RawHttp {
+    async fn connect(address: &str) -> anyhow::Result<RawHttp> {
+        let stream = tokio::net::TcpStream::connect(address).await.with_context(|| format!("could not connect to {address}"))?;
+        stream.set_nodelay(true)?;
+        Ok(RawHttp { stream, host: address.to_string(), buffer: Vec::with_capacity(4096) })
+    }
+
+    async fn post(&mut self, path: &str, token: &str, body: &[u8]) -> anyhow::Result<u16> {
+        use tokio::io::AsyncWriteExt;
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            self.host,
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        self.stream.write_all(&request).await?;
+        self.buffer.clear();
+        loop {
+            if let Some(header_end) = self.buffer.windows(4).position(|window| window == b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.buffer[..header_end])?;
+                let status: u16 = head.get(9..12).and_then(|code| code.parse().ok()).context("a malformed status line")?;
+                let length: usize = head
+                    .lines()
+                    .find_map(|line| line.to_ascii_lowercase().strip_prefix("content-length:").map(|value| value.trim().to_string()))
+                    .and_then(|value| value.parse().ok())
+                    .unwrap_or(0);
+                let total = header_end + 4 + length;
+                while self.buffer.len() < total {
+                    self.read_more().await?;
+                }
+                return Ok(status);
+            }
+            self.read_more().await?;
+        }
+    }
+
+    async fn read_more(&mut self) -> anyhow::Result<()> {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 4096];
+        let read = self.stream.read(&mut chunk).await?;
+        if read == 0 {
+            bail!("the server closed the connection");
+        }
+        self.buffer.extend_from_slice(&chunk[..read]);
+        Ok(())
+    }
 }

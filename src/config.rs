@@ -50,5 +50,8 @@ mod tests {
         assert!(error.to_string().contains("unknown field `token_ttl`"), "{error}");
         let config: Config = toml::from_str("[gateway.rate_limits]\nsend_per_account = { per_second = 1.0, burst = 2 }\n").unwrap();
         assert_eq!(config.gateway.rate_limits.send_per_account.unwrap().burst, 2);
+        assert!(config.gateway.rate_limits.enabled);
+        let config: Config = toml::from_str("[gateway.rate_limits]\nenabled = false\n").unwrap();
+        assert!(!config.gateway.rate_limits.enabled);
     }
 }

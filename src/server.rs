@@ -59,12 +59,12 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("could not listen on `{}`", config.listen))?;
     let address = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
-    let rate_limiter = state.rate_limiter.clone();
+    let janitor_state = state.clone();
     let janitor = tokio::spawn(async move {
         let mut ticks = tokio::time::interval(Duration::from_secs(60));
         loop {
             ticks.tick().await;
-            rate_limiter.forget_idle();
+            janitor_state.rate_limiter.forget_idle();
         }
     });
     let app = confab_gateway::app(state).into_make_service_with_connect_info::<SocketAddr>();

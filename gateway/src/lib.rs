@@ -21,27 +21,37 @@ use confab_ingest::Ingest;
 
 pub use config::GatewayConfig;
 
-/// Everything a request handler needs.
+/// Everything a request handler needs; cloned per request, so one `Arc`.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
     pub ingest: Arc<Ingest>,
-    pub tokens: Arc<auth::TokenKeys>,
-    pub rate_limiter: Arc<rate_limit::RateLimiter>,
-    pub metrics: Arc<metrics::Metrics>,
-    pub config: Arc<GatewayConfig>,
+    pub tokens: auth::TokenKeys,
+    pub rate_limiter: rate_limit::RateLimiter,
+    pub metrics: metrics::Metrics,
+    pub config: GatewayConfig,
     pub started_at: Instant,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 impl AppState {
     pub fn new(ingest: Arc<Ingest>, config: GatewayConfig, token_secret: Vec<u8>) -> AppState {
-        AppState {
+        AppState(Arc::new(Shared {
             ingest,
-            tokens: Arc::new(auth::TokenKeys::new(token_secret, config.access_token_ttl_secs)),
-            rate_limiter: Arc::new(rate_limit::RateLimiter::new(config.rate_limits.clone())),
-            metrics: Arc::new(metrics::Metrics::default()),
-            config: Arc::new(config),
+            tokens: auth::TokenKeys::new(token_secret, config.access_token_ttl_secs),
+            rate_limiter: rate_limit::RateLimiter::new(config.rate_limits.clone()),
+            metrics: metrics::Metrics::default(),
+            config,
             started_at: Instant::now(),
-        }
+        }))
     }
 }
 

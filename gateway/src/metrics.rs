@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use dashmap::DashMap;
@@ -34,32 +35,53 @@ impl Histogram {
 }
 
 #[derive(Default)]
+struct RouteMetrics {
+    /// Requests by (method, status).
+    requests: DashMap<(Method, u16), AtomicU64>,
+    duration: Histogram,
+}
+
+#[derive(Default)]
 pub struct Metrics {
-    requests: DashMap<(String, String, u16), AtomicU64>,
-    durations: DashMap<String, Histogram>,
+    routes: DashMap<String, RouteMetrics>,
 }
 
 impl Metrics {
-    pub fn observe_request(&self, route: &str, method: &str, status: u16, seconds: f64) {
-        self.requests.entry((route.to_string(), method.to_string(), status)).or_default().fetch_add(1, Ordering::Relaxed);
-        self.durations.entry(route.to_string()).or_default().observe(seconds);
+    /// Counts one request; allocates only the first time a route is seen.
+    pub fn observe_request(&self, route: &str, method: &Method, status: u16, seconds: f64) {
+        let route_metrics = match self.routes.get(route) {
+            Some(existing) => existing,
+            None => self.routes.entry(route.to_string()).or_default().downgrade(),
+        };
+        match route_metrics.requests.get(&(method.clone(), status)) {
+            Some(counter) => counter.fetch_add(1, Ordering::Relaxed),
+            None => route_metrics.requests.entry((method.clone(), status)).or_default().fetch_add(1, Ordering::Relaxed),
+        };
+        route_metrics.duration.observe(seconds);
     }
 
     pub fn render(&self, state: &AppState) -> String {
         let mut out = String::new();
         out.push_str("# HELP confab_http_requests_total HTTP requests by matched route, method and status.\n");
         out.push_str("# TYPE confab_http_requests_total counter\n");
-        let mut rows: Vec<_> = self.requests.iter().map(|entry| (entry.key().clone(), entry.value().load(Ordering::Relaxed))).collect();
+        let mut rows: Vec<(String, String, u16, u64)> = Vec::new();
+        for route in self.routes.iter() {
+            for entry in route.requests.iter() {
+                let (method, status) = entry.key();
+                rows.push((route.key().clone(), method.to_string(), *status, entry.value().load(Ordering::Relaxed)));
+            }
+        }
         rows.sort();
-        for ((route, method, status), count) in rows {
+        for (route, method, status, count) in rows {
             let _ = writeln!(out, "confab_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {count}");
         }
         out.push_str("# HELP confab_http_request_duration_seconds Time to answer a request, by matched route.\n");
         out.push_str("# TYPE confab_http_request_duration_seconds histogram\n");
-        let mut routes: Vec<String> = self.durations.iter().map(|entry| entry.key().clone()).collect();
+        let mut routes: Vec<String> = self.routes.iter().map(|entry| entry.key().clone()).collect();
         routes.sort();
         for route in routes {
-            let Some(histogram) = self.durations.get(&route) else { continue };
+            let Some(route_metrics) = self.routes.get(&route) else { continue };
+            let histogram = &route_metrics.duration;
             for (bound, bucket) in BUCKETS_SECONDS.iter().zip(&histogram.buckets) {
                 let _ = writeln!(out, "confab_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {}", bucket.load(Ordering::Relaxed));
             }
@@ -77,9 +99,10 @@ impl Metrics {
 /// Middleware: counts and times every request by its matched route.
 pub async fn track_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |path| path.as_str()).to_string();
-    let method = request.method().as_str().to_string();
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let method = request.method().clone();
     let response = next.run(request).await;
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     state.metrics.observe_request(&route, &method, response.status().as_u16(), started.elapsed().as_secs_f64());
     response
 }

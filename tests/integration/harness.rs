@@ -18,8 +18,7 @@ pub struct TestServer {
 /// (tests of the limits switch them back on).
 pub fn test_config(data_dir: &Path) -> Config {
     let mut config = Config { data_dir: data_dir.to_path_buf(), listen: "127.0.0.1:0".parse().unwrap(), ..Config::default() };
-    config.gateway.rate_limits =
-        RateLimitConfig { signup_per_ip: None, login_per_ip: None, login_per_account: None, send_per_account: None, send_per_ip: None };
+    config.gateway.rate_limits = RateLimitConfig { enabled: false, ..RateLimitConfig::default() };
     config
 }
 

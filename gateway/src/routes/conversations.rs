@@ -32,13 +32,13 @@ pub async fn create(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
     ApiJson(request): ApiJson<CreateConversation>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<impl serde::Serialize>)> {
     let conversation_type = ConversationType::parse(&request.conversation_type)
         .ok_or_else(|| ApiError::bad_request(format!("invalid `type`: `{}` is not one of dm, group, channel", request.conversation_type)))?;
     let new = NewConversation { conversation_type, member_ids: request.member_ids, title: request.title };
     let (conversation, created) = state.ingest.create_conversation(&caller, new).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(serde_json::to_value(conversation).expect("serializes"))))
+    Ok((status, Json(conversation)))
 }
 
 pub async fn list(State(state): State<AppState>, Authenticated(caller): Authenticated) -> Json<Value> {

@@ -42,14 +42,14 @@ pub async fn send(
     Authenticated(caller): Authenticated,
     ip: ClientIp,
     ApiJson(request): ApiJson<SendMessage>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<impl serde::Serialize>)> {
     limit(&state, Limit::SendPerAccount, &caller.user_id)?;
     limit(&state, Limit::SendPerIp, &ip_key(&ip))?;
     let new =
         NewMessage { conversation_id: request.conversation_id, client_msg_id: request.client_msg_id, body: request.body, attachments: request.attachments };
     let (message, created) = state.ingest.send_message(&caller, new).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(serde_json::to_value(message).expect("serializes"))))
+    Ok((status, Json(message)))
 }
 
 /// A positive integer query parameter, or a 400 naming it.
@@ -85,9 +85,9 @@ pub async fn edit(
     Authenticated(caller): Authenticated,
     Path(message_id): Path<String>,
     ApiJson(request): ApiJson<EditMessage>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<confab_schemas::api::Message>> {
     let message = state.ingest.edit_message(&caller, &message_id, request.body).await?;
-    Ok(Json(serde_json::to_value(message).expect("serializes")))
+    Ok(Json(message))
 }
 
 pub async fn delete(State(state): State<AppState>, Authenticated(caller): Authenticated, Path(message_id): Path<String>) -> ApiResult<StatusCode> {

@@ -1,5 +1,9 @@
-//! The embedded log: one folder per partition, one writer thread per
-//! partition doing group commit, readers woken through a `watch` channel.
+//! The embedded log: one folder per partition, one writer thread doing
+//! group commit for all partitions (one round writes every partition that
+//! has appends queued, then fsyncs each file it touched), readers woken
+//! through a `watch` channel. One thread rather than one per partition: on
+//! a small machine the wake-ups of many writer threads cost more than the
+//! fsyncs they would overlap.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -21,6 +25,8 @@ use crate::{frame, AppendTicket, Error, Log, Offset, Record, Result};
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// Partitions of a new data directory; an existing one keeps its own.
+    /// More partitions let consumers work in parallel, but each partition a
+    /// group commit touches costs one fsync, so on one disk a few are best.
     pub partitions: u32,
     /// A segment is closed and a new one started once it reaches this size.
     pub segment_max_bytes: u64,
@@ -38,7 +44,7 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
-            partitions: 8,
+            partitions: 4,
             segment_max_bytes: 64 * 1024 * 1024,
             retention_max_bytes: None,
             record_max_bytes: 1024 * 1024,
@@ -70,16 +76,17 @@ struct Partition {
 }
 
 struct Batch {
+    partition: u32,
     first_offset: Offset,
     payloads: Vec<Vec<u8>>,
     bytes: u64,
     done: oneshot::Sender<Result<()>>,
 }
 
-/// The enqueue side of a partition: offsets are assigned under this lock.
+/// The enqueue side of a partition: offsets are assigned, and the batch
+/// queued, under this lock, so queue order is offset order.
 struct Enqueue {
     next_offset: Offset,
-    sender: Option<mpsc::Sender<Batch>>,
 }
 
 pub struct FileLog {
@@ -87,7 +94,8 @@ pub struct FileLog {
     config: LogConfig,
     partitions: Vec<Arc<Partition>>,
     enqueues: Vec<Mutex<Enqueue>>,
-    writers: Mutex<Vec<JoinHandle<()>>>,
+    sender: Mutex<Option<mpsc::Sender<Batch>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
     consumers: Arc<Mutex<HashMap<String, ConsumerOffsets>>>,
 }
 
@@ -109,27 +117,34 @@ impl FileLog {
         let consumers = Arc::new(Mutex::new(load_consumers(&root.join("consumers"))?));
         let mut partitions = Vec::new();
         let mut enqueues = Vec::new();
-        let mut writers = Vec::new();
+        let mut active_files = Vec::new();
         for id in 0..partition_count {
             let dir = root.join(format!("p-{id:04}"));
             let (segments, active_file) = recover_partition(&dir, &config)?;
             let end = segments.last().map_or(0, |segment| segment.end_offset);
-            let partition = Arc::new(Partition {
+            partitions.push(Arc::new(Partition {
                 id,
                 dir,
                 segments: RwLock::new(segments),
                 durable_end: watch::channel(end).0,
                 pending_bytes: AtomicU64::new(0),
                 poisoned: AtomicBool::new(false),
-            });
-            let (sender, receiver) = mpsc::channel();
-            let writer = Writer { partition: partition.clone(), config: config.clone(), active_file, consumers: consumers.clone() };
-            let handle = std::thread::Builder::new().name(format!("confab-log-p{id}")).spawn(move || writer.run(receiver)).map_err(Error::io(&root))?;
-            writers.push(handle);
-            partitions.push(partition);
-            enqueues.push(Mutex::new(Enqueue { next_offset: end, sender: Some(sender) }));
+            }));
+            active_files.push(active_file);
+            enqueues.push(Mutex::new(Enqueue { next_offset: end }));
         }
-        Ok(FileLog { root, config, partitions, enqueues, writers: Mutex::new(writers), consumers })
+        let (sender, receiver) = mpsc::channel();
+        let writer = Writer { partitions: partitions.clone(), config: config.clone(), active_files, consumers: consumers.clone() };
+        let handle = std::thread::Builder::new().name("confab-log-writer".into()).spawn(move || writer.run(receiver)).map_err(Error::io(&root))?;
+        Ok(FileLog {
+            root,
+            config,
+            partitions,
+            enqueues,
+            sender: Mutex::new(Some(sender)),
+            writer: Mutex::new(Some(handle)),
+            consumers,
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -142,10 +157,11 @@ impl FileLog {
 
     /// Stops the writer threads after they have written what was queued.
     pub fn close(&self) {
-        for enqueue in &self.enqueues {
-            enqueue.lock().sender = None;
-        }
-        for handle in self.writers.lock().drain(..) {
+        // Take each partition's lock so no append is half-queued, then hang up.
+        let _enqueues: Vec<_> = self.enqueues.iter().map(|enqueue| enqueue.lock()).collect();
+        self.sender.lock().take();
+        drop(_enqueues);
+        if let Some(handle) = self.writer.lock().take() {
             let _ = handle.join();
         }
     }
@@ -183,8 +199,8 @@ impl Log for FileLog {
         let (done, receiver) = oneshot::channel();
         let mut enqueue = self.enqueues[partition_id as usize].lock();
         let first_offset = enqueue.next_offset;
-        let batch = Batch { first_offset, payloads, bytes, done };
-        let sent = enqueue.sender.as_ref().is_some_and(|sender| sender.send(batch).is_ok());
+        let batch = Batch { partition: partition_id, first_offset, payloads, bytes, done };
+        let sent = self.sender.lock().as_ref().is_some_and(|sender| sender.send(batch).is_ok());
         if !sent {
             partition.pending_bytes.fetch_sub(bytes, Ordering::AcqRel);
             return Err(Error::Poisoned);
@@ -357,19 +373,20 @@ fn recover_partition(dir: &Path, config: &LogConfig) -> Result<(Vec<Segment>, Fi
     Ok((segments, active_file))
 }
 
-/// The only writer of one partition's files.
+/// The only writer of the log's files.
 struct Writer {
-    partition: Arc<Partition>,
+    partitions: Vec<Arc<Partition>>,
     config: LogConfig,
-    active_file: File,
+    /// The newest segment of each partition, open for appending.
+    active_files: Vec<File>,
     consumers: Arc<Mutex<HashMap<String, ConsumerOffsets>>>,
 }
 
 impl Writer {
     fn run(mut self, receiver: mpsc::Receiver<Batch>) {
-        let mut buffer = Vec::with_capacity(self.config.batch_max_bytes);
+        let mut buffers: Vec<Vec<u8>> = vec![Vec::new(); self.partitions.len()];
         while let Ok(first) = receiver.recv() {
-            // Group commit: everything queued while the last fsync ran goes in one write.
+            // Group commit: everything queued while the last round ran goes in this one.
             let mut batches = vec![first];
             let mut bytes = batches[0].bytes as usize;
             while bytes < self.config.batch_max_bytes {
@@ -381,82 +398,97 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let outcome = self.write_batches(&batches, &mut buffer);
-            let pending: u64 = batches.iter().map(|batch| batch.bytes).sum();
-            self.partition.pending_bytes.fetch_sub(pending, Ordering::AcqRel);
-            match outcome {
-                Ok(()) => {
-                    for batch in batches {
-                        let _ = batch.done.send(Ok(()));
-                    }
+            let outcome = self.write_round(&batches, &mut buffers);
+            for batch in &batches {
+                self.partitions[batch.partition as usize].pending_bytes.fetch_sub(batch.bytes, Ordering::AcqRel);
+            }
+            if let Err(error) = outcome {
+                tracing::error!(%error, "log write failed; refusing further appends");
+                for partition in &self.partitions {
+                    partition.poisoned.store(true, Ordering::Release);
                 }
-                Err(error) => {
-                    tracing::error!(%error, partition = self.partition.id, "log write failed; refusing further appends");
-                    self.partition.poisoned.store(true, Ordering::Release);
-                    for batch in batches {
-                        let _ = batch.done.send(Err(Error::Poisoned));
-                    }
-                    // Fail everything still queued, then stop.
-                    while let Ok(batch) = receiver.recv() {
-                        let _ = batch.done.send(Err(Error::Poisoned));
-                    }
-                    return;
+                for batch in batches {
+                    let _ = batch.done.send(Err(Error::Poisoned));
                 }
+                // Fail everything still queued, then stop.
+                while let Ok(batch) = receiver.recv() {
+                    let _ = batch.done.send(Err(Error::Poisoned));
+                }
+                return;
+            }
+            for batch in batches {
+                let _ = batch.done.send(Ok(()));
             }
         }
     }
 
-    fn write_batches(&mut self, batches: &[Batch], buffer: &mut Vec<u8>) -> Result<()> {
-        let first_offset = batches[0].first_offset;
-        let active_size = self.partition.segments.read().last().expect("active segment").size;
-        if active_size >= self.config.segment_max_bytes {
-            self.roll(first_offset)?;
-        }
-        buffer.clear();
-        let mut count = 0u64;
+    /// Writes the round's batches partition by partition, fsyncs every file
+    /// written, and only then makes the records readable.
+    fn write_round(&mut self, batches: &[Batch], buffers: &mut [Vec<u8>]) -> Result<()> {
+        let mut touched: Vec<(u32, Offset, u64)> = Vec::new(); // (partition, first offset, count)
         for batch in batches {
-            for (index, payload) in batch.payloads.iter().enumerate() {
-                frame::encode(batch.first_offset + index as u64, payload, buffer);
-                count += 1;
+            let partition = batch.partition as usize;
+            if buffers[partition].is_empty() {
+                let active_size = self.partitions[partition].segments.read().last().expect("active segment").size;
+                if active_size >= self.config.segment_max_bytes {
+                    self.roll(partition, batch.first_offset)?;
+                }
+                touched.push((batch.partition, batch.first_offset, 0));
             }
+            for (index, payload) in batch.payloads.iter().enumerate() {
+                frame::encode(batch.first_offset + index as u64, payload, &mut buffers[partition]);
+            }
+            let entry = touched.iter_mut().find(|entry| entry.0 == batch.partition).expect("touched above");
+            entry.2 += batch.payloads.len() as u64;
         }
-        let path = self.partition.segments.read().last().expect("active segment").path.clone();
-        self.active_file.write_all(buffer).map_err(Error::io(&path))?;
-        self.active_file.sync_data().map_err(Error::io(&path))?;
-        let end = first_offset + count;
-        {
-            let mut segments = self.partition.segments.write();
-            let active = segments.last_mut().expect("active segment");
-            let position = active.size;
-            active.note_appended(first_offset, position, buffer.len() as u64, count);
+        for &(partition, _, _) in &touched {
+            let path = self.partitions[partition as usize].segments.read().last().expect("active segment").path.clone();
+            self.active_files[partition as usize].write_all(&buffers[partition as usize]).map_err(Error::io(&path))?;
         }
-        self.partition.durable_end.send_replace(end);
+        for &(partition, _, _) in &touched {
+            let path = self.partitions[partition as usize].segments.read().last().expect("active segment").path.clone();
+            self.active_files[partition as usize].sync_data().map_err(Error::io(&path))?;
+        }
+        for &(partition, first_offset, count) in &touched {
+            let state = &self.partitions[partition as usize];
+            let written = buffers[partition as usize].len() as u64;
+            {
+                let mut segments = state.segments.write();
+                let active = segments.last_mut().expect("active segment");
+                let position = active.size;
+                active.note_appended(first_offset, position, written, count);
+            }
+            state.durable_end.send_replace(first_offset + count);
+            buffers[partition as usize].clear();
+        }
         Ok(())
     }
 
     /// Closes the active segment and starts a new one at `base_offset`.
-    fn roll(&mut self, base_offset: Offset) -> Result<()> {
-        let path = self.partition.dir.join(segment::file_name(base_offset));
+    fn roll(&mut self, partition: usize, base_offset: Offset) -> Result<()> {
+        let state = self.partitions[partition].clone();
+        // The closed segment's bytes are already durable: rounds fsync before acknowledging.
+        let path = state.dir.join(segment::file_name(base_offset));
         let file = OpenOptions::new().create_new(true).append(true).open(&path).map_err(Error::io(&path))?;
-        sync_dir(&self.partition.dir)?;
+        sync_dir(&state.dir)?;
         let read_handle = File::open(&path).map_err(Error::io(&path))?;
-        self.active_file = file;
-        let mut segments = self.partition.segments.write();
+        self.active_files[partition] = file;
+        let mut segments = state.segments.write();
         segments.push(Segment { base_offset, path, file: Arc::new(read_handle), size: 0, end_offset: base_offset, index: Vec::new() });
         drop(segments);
-        self.apply_retention()
+        self.apply_retention(&state)
     }
 
     /// Removes the oldest closed segments while the partition is over its
     /// bound and every consumer has committed past them.
-    fn apply_retention(&mut self) -> Result<()> {
+    fn apply_retention(&self, partition: &Partition) -> Result<()> {
         let Some(max_bytes) = self.config.retention_max_bytes else {
             return Ok(());
         };
-        let id = self.partition.id as usize;
+        let id = partition.id as usize;
         let held_from = self.consumers.lock().values().map(|consumer| consumer.offsets.get(id).copied().unwrap_or(0)).min().unwrap_or(Offset::MAX);
         loop {
-            let mut segments = self.partition.segments.write();
+            let mut segments = partition.segments.write();
             let closed = &segments[..segments.len() - 1];
             let closed_bytes: u64 = closed.iter().map(|segment| segment.size).sum();
             let removable = closed.first().is_some_and(|oldest| oldest.end_offset <= held_from);
