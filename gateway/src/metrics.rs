@@ -103,6 +103,6 @@ pub async fn track_requests(State(state): State<AppState>, request: Request, nex
     let method = request.method().clone();
     let response = next.run(request).await;
     let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    state.metrics.observe_request(&route, &method, response.status().as_u16(), started.elapsed().as_secs_f64());
+    state.metrics.observe_request(route, &method, response.status().as_u16(), started.elapsed().as_secs_f64());
     response
 }

@@ -54,6 +54,10 @@ impl std::fmt::Debug for Ingest {
 /// Records read at once while replaying the log.
 const REPLAY_BATCH_RECORDS: usize = 4_096;
 
+/// The state's name as a consumer of the log. It is rebuilt from offset 0,
+/// so it holds every record against retention until it has snapshots.
+pub const STATE_CONSUMER: &str = "state";
+
 impl Ingest {
     /// Rebuilds the state by replaying every partition of `log`, then is
     /// ready for commands.
@@ -61,7 +65,14 @@ impl Ingest {
         let state = State::default();
         let mut partitions = Vec::new();
         for partition in 0..log.partition_count() {
+            if log.committed_offset(STATE_CONSUMER, partition)?.is_none() {
+                log.commit_offset(STATE_CONSUMER, partition, 0)?;
+            }
             let mut next = log.earliest(partition)?;
+            if next > 0 {
+                // Only a log written without this guard can get here.
+                return Err(Error::Log(confab_log::Error::OffsetRemoved { partition, requested: 0, earliest: next }));
+            }
             let end = log.durable_end(partition)?;
             while next < end {
                 let records = log.read(partition, next, REPLAY_BATCH_RECORDS, 16 * 1024 * 1024)?;

@@ -136,15 +136,7 @@ impl FileLog {
         let (sender, receiver) = mpsc::channel();
         let writer = Writer { partitions: partitions.clone(), config: config.clone(), active_files, consumers: consumers.clone() };
         let handle = std::thread::Builder::new().name("confab-log-writer".into()).spawn(move || writer.run(receiver)).map_err(Error::io(&root))?;
-        Ok(FileLog {
-            root,
-            config,
-            partitions,
-            enqueues,
-            sender: Mutex::new(Some(sender)),
-            writer: Mutex::new(Some(handle)),
-            consumers,
-        })
+        Ok(FileLog { root, config, partitions, enqueues, sender: Mutex::new(Some(sender)), writer: Mutex::new(Some(handle)), consumers })
     }
 
     pub fn root(&self) -> &Path {
