@@ -49,7 +49,7 @@ pub enum BenchCommand {
         #[arg(long)]
         rate: Option<f64>,
         /// Log partitions of the server the benchmark starts.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 1)]
         partitions: u32,
     },
 }

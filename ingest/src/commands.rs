@@ -58,6 +58,9 @@ const REPLAY_BATCH_RECORDS: usize = 4_096;
 /// so it holds every record against retention until it has snapshots.
 pub const STATE_CONSUMER: &str = "state";
 
+/// How long a retry waits for its in-flight original before giving up (503).
+const IN_FLIGHT_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Ingest {
     /// Rebuilds the state by replaying every partition of `log`, then is
     /// ready for commands.
@@ -226,17 +229,21 @@ impl Ingest {
     }
 
     /// Waits until a conversation whose creation is in flight is applied.
+    /// Bounded: if that creation failed, nothing will ever come.
     async fn wait_for_conversation(&self, conversation_id: &str) -> Result<Arc<ConversationHandle>> {
         let partition = self.partition_of(conversation_id);
         let mut applied = partition.subscribe_applied();
-        loop {
-            if let Some(handle) = self.state.conversation(conversation_id) {
-                return Ok(handle);
+        let wait = async {
+            loop {
+                if let Some(handle) = self.state.conversation(conversation_id) {
+                    return Ok(handle);
+                }
+                if applied.changed().await.is_err() {
+                    return Err(Error::Log(confab_log::Error::Poisoned));
+                }
             }
-            if applied.changed().await.is_err() {
-                return Err(Error::ConversationNotFound(conversation_id.to_string()));
-            }
-        }
+        };
+        tokio::time::timeout(IN_FLIGHT_WAIT_MAX, wait).await.unwrap_or(Err(Error::Log(confab_log::Error::Poisoned)))
     }
 
     pub async fn add_members(&self, caller: &Caller, conversation_id: &str, user_ids: Vec<String>) -> Result<()> {
@@ -347,7 +354,7 @@ impl Ingest {
                     let original = existing.get().clone();
                     drop(existing);
                     drop(_writer);
-                    return Ok((self.wait_for_message(&original).await?, false));
+                    return Ok((self.wait_for_message(&key, &original).await?, false));
                 }
                 Entry::Vacant(vacant) => {
                     vacant.insert(MessageRef { conversation_id: request.conversation_id.clone(), seq });
@@ -384,8 +391,9 @@ impl Ingest {
         Ok((render_message(&conversation.conversation_id, seq, message), true))
     }
 
-    /// The message an idempotency key points at, once it is applied.
-    async fn wait_for_message(&self, message_ref: &MessageRef) -> Result<api::Message> {
+    /// The message an idempotency key points at, once it is applied. If the
+    /// original's append failed, its reservation is gone and so is the wait.
+    async fn wait_for_message(&self, key: &(String, String), message_ref: &MessageRef) -> Result<api::Message> {
         let handle = self.wait_for_conversation(&message_ref.conversation_id).await?;
         let partition = &self.partitions[handle.partition as usize];
         let mut applied = partition.subscribe_applied();
@@ -396,8 +404,9 @@ impl Ingest {
                     return Ok(render_message(&conversation.conversation_id, message_ref.seq, message));
                 }
             }
-            if applied.changed().await.is_err() {
-                return Err(Error::MessageNotFound(message_ref.conversation_id.clone()));
+            let reserved = self.state.idempotency.get(key).is_some_and(|entry| *entry.value() == *message_ref);
+            if !reserved || applied.changed().await.is_err() {
+                return Err(Error::Log(confab_log::Error::Poisoned));
             }
         }
     }

@@ -39,26 +39,32 @@ impl PartitionWriter {
         Ok(ticket)
     }
 
-    /// Waits for `ticket` to be durable, then applies everything durable in
-    /// order. When this returns, the ticket's events are in the state.
+    /// Waits for `ticket` to be durable, then until everything durable up to
+    /// it is applied, in order. When this returns, its events are in the state.
+    ///
+    /// One task applies a whole round while the others of that round wait on
+    /// the applied watch: none blocks a runtime thread on the lock.
     pub async fn finish(&self, log: &dyn Log, state: &State, ticket: AppendTicket) -> Result<()> {
+        let last = ticket.first_offset + ticket.count;
         ticket.durable().await?;
-        self.apply_durable(log, state)
-    }
-
-    pub fn apply_durable(&self, log: &dyn Log, state: &State) -> Result<()> {
-        let mut pending = self.pending.lock();
-        let durable_end = log.durable_end(self.id)?;
-        let mut applied_end = None;
-        while pending.front().is_some_and(|(offset, _)| *offset < durable_end) {
-            let (offset, event) = pending.pop_front().expect("front exists");
-            state.apply(self.id, offset, event);
-            applied_end = Some(offset + 1);
+        let mut applied = self.applied.subscribe();
+        loop {
+            if *applied.borrow_and_update() >= last {
+                return Ok(());
+            }
+            if let Some(mut pending) = self.pending.try_lock() {
+                let applied_end = apply_durable(log, state, self.id, &mut pending);
+                drop(pending);
+                // Always announce, and only once the lock is free: a task that
+                // failed to take it is waiting for exactly this to try again.
+                self.applied.send_modify(|end| *end = (*end).max(applied_end.unwrap_or(0)));
+                continue;
+            }
+            // Another task is applying; it announces when it is done.
+            if applied.changed().await.is_err() {
+                return Err(confab_log::Error::Poisoned.into());
+            }
         }
-        if let Some(end) = applied_end {
-            self.applied.send_replace(end);
-        }
-        Ok(())
     }
 
     pub fn applied_end(&self) -> Offset {
@@ -68,4 +74,16 @@ impl PartitionWriter {
     pub fn subscribe_applied(&self) -> watch::Receiver<Offset> {
         self.applied.subscribe()
     }
+}
+
+/// Applies every durable pending event, in order; returns the new applied end.
+fn apply_durable(log: &dyn Log, state: &State, partition: u32, pending: &mut VecDeque<(Offset, LogEvent)>) -> Option<Offset> {
+    let durable_end = log.durable_end(partition).unwrap_or(0);
+    let mut applied_end = None;
+    while pending.front().is_some_and(|(offset, _)| *offset < durable_end) {
+        let (offset, event) = pending.pop_front().expect("front exists");
+        state.apply(partition, offset, event);
+        applied_end = Some(offset + 1);
+    }
+    applied_end
 }

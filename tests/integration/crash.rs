@@ -93,7 +93,7 @@ async fn acknowledged_sends_survive_ten_sigkills_exactly_once_and_in_order() {
     let temporary = tempfile::tempdir().unwrap();
     let data_dir = temporary.path().join("data");
     let config = temporary.path().join("confab.toml");
-    std::fs::write(&config, "[gateway.rate_limits]\nenabled = false\n").unwrap();
+    std::fs::write(&config, "[log]\npartitions = 3\n[gateway.rate_limits]\nenabled = false\n").unwrap();
     let mut server = spawn_server(&data_dir, &config).await;
 
     // Users, their devices, and conversations everyone is in.

@@ -19,6 +19,8 @@ pub struct TestServer {
 pub fn test_config(data_dir: &Path) -> Config {
     let mut config = Config { data_dir: data_dir.to_path_buf(), listen: "127.0.0.1:0".parse().unwrap(), ..Config::default() };
     config.gateway.rate_limits = RateLimitConfig { enabled: false, ..RateLimitConfig::default() };
+    // Several partitions, so that cursors and merges across partitions are exercised.
+    config.log.partitions = 3;
     config
 }
 

@@ -26,7 +26,8 @@ use crate::{frame, AppendTicket, Error, Log, Offset, Record, Result};
 pub struct LogConfig {
     /// Partitions of a new data directory; an existing one keeps its own.
     /// More partitions let consumers work in parallel, but each partition a
-    /// group commit touches costs one fsync, so on one disk a few are best.
+    /// group commit touches costs one fsync: on one disk, one partition is
+    /// fastest (see docs/BENCHMARKS.md), so that is the embedded default.
     pub partitions: u32,
     /// A segment is closed and a new one started once it reaches this size.
     pub segment_max_bytes: u64,
@@ -44,7 +45,7 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
-            partitions: 4,
+            partitions: 1,
             segment_max_bytes: 64 * 1024 * 1024,
             retention_max_bytes: None,
             record_max_bytes: 1024 * 1024,
