@@ -199,7 +199,7 @@ fn concurrent_appends_share_fsyncs_and_keep_per_call_order() {
 fn a_tailing_reader_is_woken_by_an_append() {
     let dir = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_time().build().unwrap();
-    let log = std::sync::Arc::new(FileLog::open(dir.path(), LogConfig::default()).unwrap());
+    let log = std::sync::Arc::new(FileLog::open(dir.path(), LogConfig { partitions: 3, ..LogConfig::default() }).unwrap());
     let mut durable = log.subscribe(2).unwrap();
     runtime.block_on(async {
         let reader_log = log.clone();
