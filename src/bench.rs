@@ -108,10 +108,7 @@ async fn bench_log(dir: Option<PathBuf>, writers: Vec<usize>, seconds: u64, reco
             }));
         }
         let started = Instant::now();
-        let mut latencies = Vec::new();
-        for task in tasks {
-            latencies.extend(task.await??);
-        }
+        let latencies = join_latencies(tasks).await?;
         let elapsed = started.elapsed().as_secs_f64();
         let summary = summarize(latencies);
         println!("{writer_count:>8} {:>12.0} {:>10.3} {:>10.3} {:>10.3}", summary.count as f64 / elapsed, summary.p50_ms, summary.p99_ms, summary.max_ms);
@@ -120,6 +117,15 @@ async fn bench_log(dir: Option<PathBuf>, writers: Vec<usize>, seconds: u64, reco
     }
     let _ = std::fs::remove_dir_all(&temporary);
     Ok(())
+}
+
+/// Waits for every measuring task and pools their latencies.
+async fn join_latencies(tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Vec<u64>>>>) -> anyhow::Result<Vec<u64>> {
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    Ok(latencies)
 }
 
 fn tempdir_in_target() -> anyhow::Result<PathBuf> {
@@ -265,10 +271,7 @@ async fn bench_sends(options: SendsOptions) -> anyhow::Result<()> {
             }));
         }
         let started = Instant::now();
-        let mut latencies = Vec::new();
-        for task in tasks {
-            latencies.extend(task.await??);
-        }
+        let latencies = join_latencies(tasks).await?;
         let summary = summarize(latencies);
         let rate = summary.count as f64 / started.elapsed().as_secs_f64();
         println!("{sender_count:>8} {rate:>12.0} {:>10.3} {:>10.3} {:>10.3}", summary.p50_ms, summary.p99_ms, summary.max_ms);

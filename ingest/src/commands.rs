@@ -103,6 +103,13 @@ impl Ingest {
         &self.partitions[(ids::stable_hash(key) % self.partitions.len() as u64) as usize]
     }
 
+    /// Takes the partition's writer lock, appends `events`, and waits until
+    /// they are durable and applied.
+    async fn commit(&self, partition: &PartitionWriter, events: Vec<LogEvent>) -> Result<()> {
+        let _writer = partition.writer.lock().await;
+        self.commit_locked(partition, events).await
+    }
+
     /// Appends `events` under the already held writer lock and waits until
     /// they are durable and applied.
     async fn commit_locked(&self, partition: &PartitionWriter, events: Vec<LogEvent>) -> Result<()> {
@@ -128,11 +135,7 @@ impl Ingest {
         let roles = if first { vec![AccountRole::Admin] } else { Vec::new() };
         let event = LogEvent::UserCreated { user_id: user_id.clone(), username: username.to_string(), display_name, password_hash, roles, ts: now_ms() };
         let partition = self.partition_of(&user_id);
-        let outcome = async {
-            let _writer = partition.writer.lock().await;
-            self.commit_locked(partition, vec![event]).await
-        }
-        .await;
+        let outcome = self.commit(partition, vec![event]).await;
         if let Err(error) = outcome {
             self.state.usernames.remove(username);
             if first {
@@ -153,9 +156,7 @@ impl Ingest {
         }
         let device_id = new_id("d", now_ms());
         let event = LogEvent::SessionCreated { user_id: user_id.to_string(), device_id: device_id.clone(), device_name, platform, ts: now_ms() };
-        let partition = self.partition_of(user_id);
-        let _writer = partition.writer.lock().await;
-        self.commit_locked(partition, vec![event]).await?;
+        self.commit(self.partition_of(user_id), vec![event]).await?;
         Ok(device_id)
     }
 
@@ -213,11 +214,7 @@ impl Ingest {
             ts: now_ms(),
         };
         let partition = self.partition_of(&conversation_id);
-        let outcome = async {
-            let _writer = partition.writer.lock().await;
-            self.commit_locked(partition, vec![event]).await
-        }
-        .await;
+        let outcome = self.commit(partition, vec![event]).await;
         if let Err(error) = outcome {
             if let Some(pair) = dm_reservation {
                 self.state.dm_pairs.remove(&pair);
@@ -418,6 +415,10 @@ impl Ingest {
         let _writer = partition.writer.lock().await;
         let conversation_id = {
             let conversation = handle.state.read();
+            // Checked again under the lock: a removal may have landed since.
+            if !conversation.members.contains_key(&caller.user_id) {
+                return Err(Error::MessageNotFound(message_id.to_string()));
+            }
             let message = conversation.message(seq).expect("indexed message exists");
             if message.sender_id != caller.user_id {
                 return Err(Error::NotAllowed { action: "editing a message", conversation_id: conversation.conversation_id.clone(), allowed: "its sender" });
@@ -449,6 +450,9 @@ impl Ingest {
         let _writer = partition.writer.lock().await;
         let conversation_id = {
             let conversation = handle.state.read();
+            if !conversation.members.contains_key(&caller.user_id) {
+                return Err(Error::MessageNotFound(message_id.to_string()));
+            }
             let message = conversation.message(seq).expect("indexed message exists");
             let is_admin = conversation.members.get(&caller.user_id).is_some_and(|member| member.role == MemberRole::Admin);
             if message.sender_id != caller.user_id && !is_admin {
