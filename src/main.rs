@@ -34,9 +34,20 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Work with pipeline definitions.
+    #[command(subcommand)]
+    Pipelines(PipelinesCommand),
     /// Measure Confab; prints the figures of `docs/BENCHMARKS.md`.
     #[command(subcommand)]
     Bench(confab::bench::BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum PipelinesCommand {
+    /// Check definition files (the shipped ones when none are given);
+    /// prints every problem with its file, pipeline and field, and exits
+    /// non-zero if there is any.
+    Validate { files: Vec<PathBuf> },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +60,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { data_dir, listen, config } => runtime.block_on(serve(data_dir, listen, config)),
         Command::Bench(command) => runtime.block_on(confab::bench::run(command)),
+        Command::Pipelines(PipelinesCommand::Validate { files }) => validate_pipelines(files),
     }
 }
 
@@ -71,6 +83,34 @@ async fn serve(data_dir: Option<PathBuf>, listen: Option<SocketAddr>, config_pat
             outcome?;
             tracing::info!("stopping: finishing in-flight requests");
             server.shutdown().await
+        }
+    }
+}
+
+fn validate_pipelines(files: Vec<PathBuf>) -> anyhow::Result<()> {
+    let files = if files.is_empty() {
+        confab_pipelines::definition::shipped()
+    } else {
+        let mut read = Vec::new();
+        for path in files {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("could not read `{}`", path.display()))?;
+            read.push((path, text));
+        }
+        read
+    };
+    match confab_pipelines::validate(&files) {
+        Ok(specs) => {
+            for spec in &specs {
+                println!("ok: pipeline `{}` ({})", spec.name, spec.file.display());
+            }
+            Ok(())
+        }
+        Err(problems) => {
+            for problem in &problems {
+                eprintln!("{problem}");
+            }
+            eprintln!("{} problem(s); fix them before starting the server", problems.len());
+            std::process::exit(1);
         }
     }
 }

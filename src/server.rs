@@ -12,6 +12,9 @@ use anyhow::Context;
 use confab_gateway::AppState;
 use confab_ingest::Ingest;
 use confab_log::FileLog;
+use confab_pipelines::{Hub, Runtime};
+
+use crate::wiring::IngestView;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -55,7 +58,12 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         }
     })
     .await??;
-    let state = AppState::new(Arc::new(ingest), config.gateway.clone(), token_secret);
+    let specs = crate::wiring::load_pipelines(config.pipelines_dir.as_ref())?;
+    let ingest = Arc::new(ingest);
+    let hub = Arc::new(Hub::new(config.gateway.connection_queue_max_frames));
+    let view = Arc::new(IngestView(ingest.clone()));
+    let pipelines = Arc::new(Runtime::start(specs, log.clone(), view.clone(), hub.clone(), view));
+    let state = AppState::new(ingest, hub, pipelines.clone(), config.gateway.clone(), token_secret);
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("could not listen on `{}`", config.listen))?;
     let address = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
@@ -67,14 +75,17 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             janitor_state.rate_limiter.forget_idle();
         }
     });
+    let closing = state.closing.clone();
     let app = confab_gateway::app(state).into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = stopped.await;
+                closing.send_replace(true);
             })
             .await;
         janitor.abort();
+        pipelines.shutdown().await;
         log.close();
         drop(lock);
         served.context("the HTTP server failed")

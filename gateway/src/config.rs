@@ -16,6 +16,14 @@ pub struct GatewayConfig {
     /// A static bearer token a Prometheus scraper may use for `/metrics`.
     pub metrics_token: Option<String>,
     pub rate_limits: RateLimitConfig,
+    /// How often WebSocket clients must send a frame (a `ping` will do);
+    /// a connection silent for twice this is closed and its user offline.
+    pub heartbeat_ms: u64,
+    /// Largest WebSocket frame a client may send.
+    pub ws_frame_max_bytes: usize,
+    /// Frames queued for one connection; a reader that falls further behind
+    /// is told to resume from its cursor and disconnected.
+    pub connection_queue_max_frames: usize,
 }
 
 impl Default for GatewayConfig {
@@ -26,6 +34,9 @@ impl Default for GatewayConfig {
             trust_forwarded_for: false,
             metrics_token: None,
             rate_limits: RateLimitConfig::default(),
+            heartbeat_ms: 30_000,
+            ws_frame_max_bytes: 64 * 1024,
+            connection_queue_max_frames: 1_024,
         }
     }
 }

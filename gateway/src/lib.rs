@@ -10,6 +10,7 @@ mod extract;
 pub mod metrics;
 pub mod rate_limit;
 mod routes;
+pub mod ws;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,6 +19,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 use axum::Router;
 use confab_ingest::Ingest;
+use confab_pipelines::{Hub, Runtime};
 
 pub use config::GatewayConfig;
 
@@ -27,6 +29,13 @@ pub struct AppState(Arc<Shared>);
 
 pub struct Shared {
     pub ingest: Arc<Ingest>,
+    pub hub: Arc<Hub>,
+    pub pipelines: Arc<Runtime>,
+    /// When each user was last seen online (presence).
+    pub last_seen: dashmap::DashMap<String, i64>,
+    /// Set when the server stops: WebSocket sessions close ("going away")
+    /// so that graceful shutdown does not wait on them.
+    pub closing: tokio::sync::watch::Sender<bool>,
     pub tokens: auth::TokenKeys,
     pub rate_limiter: rate_limit::RateLimiter,
     pub metrics: metrics::Metrics,
@@ -43,9 +52,13 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(ingest: Arc<Ingest>, config: GatewayConfig, token_secret: Vec<u8>) -> AppState {
+    pub fn new(ingest: Arc<Ingest>, hub: Arc<Hub>, pipelines: Arc<Runtime>, config: GatewayConfig, token_secret: Vec<u8>) -> AppState {
         AppState(Arc::new(Shared {
             ingest,
+            hub,
+            pipelines,
+            last_seen: dashmap::DashMap::new(),
+            closing: tokio::sync::watch::channel(false).0,
             tokens: auth::TokenKeys::new(token_secret, config.access_token_ttl_secs),
             rate_limiter: rate_limit::RateLimiter::new(config.rate_limits.clone()),
             metrics: metrics::Metrics::default(),
@@ -55,7 +68,7 @@ impl AppState {
     }
 }
 
-/// The gateway's router: every route of the API but the WebSocket.
+/// The gateway's router: every route of the API.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config.request_body_max_bytes;
     Router::new()
@@ -71,6 +84,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/messages", post(routes::messages::send))
         .route("/v1/messages/{id}", axum::routing::patch(routes::messages::edit).delete(routes::messages::delete))
         .route("/v1/sync", get(routes::messages::sync))
+        .route("/v1/ws", get(ws::upgrade))
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -110,6 +110,29 @@ impl State {
                 member.last_delivered_seq = member.last_delivered_seq.max(seq);
                 conversation.events.push((offset, ts, EventRef::Read { user_id, seq }));
             }
+            LogEvent::DeliveryReceipts { conversation_id, receipts, ts } => {
+                let Some(handle) = self.conversation(&conversation_id) else { return };
+                let mut conversation = handle.state.write();
+                let last_seq = conversation.last_seq();
+                // One event per user whose delivered position moved, however many devices.
+                let mut advanced: Vec<(String, u64)> = Vec::new();
+                for receipt in receipts {
+                    let Some(member) = conversation.members.get_mut(&receipt.user_id) else { continue };
+                    let seq = receipt.seq.min(last_seq);
+                    let device = member.delivered_by_device.entry(receipt.device_id).or_insert(0);
+                    *device = (*device).max(seq);
+                    if seq > member.last_delivered_seq {
+                        member.last_delivered_seq = seq;
+                        match advanced.iter_mut().find(|(user_id, _)| *user_id == receipt.user_id) {
+                            Some(entry) => entry.1 = seq,
+                            None => advanced.push((receipt.user_id, seq)),
+                        }
+                    }
+                }
+                for (user_id, seq) in advanced {
+                    conversation.events.push((offset, ts, EventRef::Delivered { user_id, seq }));
+                }
+            }
         }
     }
 
@@ -163,7 +186,7 @@ impl State {
         let conversation_id = conversation.conversation_id.clone();
         let last_seq = conversation.last_seq();
         // A new member starts with everything before joining read.
-        let member = MemberState { role, joined_at: ts, last_read_seq: last_seq, last_delivered_seq: last_seq };
+        let member = MemberState { role, joined_at: ts, last_read_seq: last_seq, last_delivered_seq: last_seq, delivered_by_device: HashMap::new() };
         conversation.members.insert(user_id.clone(), member);
         conversation.membership.entry(user_id.clone()).or_default().push((offset, None));
         conversation.events.push((offset, ts, EventRef::Member { user_id: user_id.clone(), change: MemberChange::Joined }));

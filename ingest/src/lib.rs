@@ -8,17 +8,18 @@
 
 mod apply;
 mod commands;
-mod cursor;
 mod error;
 mod fenwick;
 mod limits;
 mod partition;
 mod queries;
+mod realtime;
 mod state;
 
 pub use commands::{Caller, Ingest, NewConversation, NewMessage};
-pub use cursor::SyncCursor;
+pub use confab_schemas::cursor::SyncCursor;
 pub use error::{Error, Result};
 pub use limits::Limits;
 pub use queries::{SyncPage, PAGE_DEFAULT, PAGE_MAX, SYNC_PAGE_MAX};
+pub use realtime::EventAt;
 pub use state::{Device, User};

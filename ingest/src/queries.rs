@@ -7,9 +7,9 @@ use std::collections::BinaryHeap;
 use confab_schemas::api::{self, ClientEvent, CursoredEvent};
 
 use crate::commands::{render_message, Caller, Ingest};
-use crate::cursor::{Position, SyncCursor};
 use crate::state::{ConversationState, EventRef};
 use crate::{Error, Result};
+use confab_schemas::cursor::{Position, SyncCursor};
 
 /// One page of `/v1/sync`.
 #[derive(Debug)]
@@ -145,7 +145,7 @@ fn collect_visible(conversation: &ConversationState, user_id: &str, (from, until
     }
 }
 
-fn render_event(conversation: &ConversationState, event: &EventRef) -> ClientEvent {
+pub(crate) fn render_event(conversation: &ConversationState, event: &EventRef) -> ClientEvent {
     let conversation_id = conversation.conversation_id.clone();
     match event {
         EventRef::MessageNew { seq } => {
@@ -159,6 +159,7 @@ fn render_event(conversation: &ConversationState, event: &EventRef) -> ClientEve
             ClientEvent::MessageDelete { conversation_id, message_id, seq: *seq }
         }
         EventRef::Read { user_id, seq } => ClientEvent::ReceiptRead { conversation_id, user_id: user_id.clone(), seq: *seq },
+        EventRef::Delivered { user_id, seq } => ClientEvent::ReceiptDelivered { conversation_id, user_id: user_id.clone(), seq: *seq },
         EventRef::Member { user_id, change } => ClientEvent::ConversationMember { conversation_id, user_id: user_id.clone(), change: *change },
     }
 }

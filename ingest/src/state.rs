@@ -52,7 +52,11 @@ pub(crate) struct MemberState {
     pub role: MemberRole,
     pub joined_at: i64,
     pub last_read_seq: u64,
+    /// The highest seq any of the member's devices has (a message is
+    /// delivered to a user once one of their devices has it).
     pub last_delivered_seq: u64,
+    /// Per device, the highest seq it confirmed.
+    pub delivered_by_device: HashMap<DeviceId, u64>,
 }
 
 /// What happened at one log offset of a conversation, for `/v1/sync`. Message
@@ -64,6 +68,7 @@ pub(crate) enum EventRef {
     MessageEdit { seq: u64 },
     MessageDelete { seq: u64 },
     Read { user_id: UserId, seq: u64 },
+    Delivered { user_id: UserId, seq: u64 },
     Member { user_id: UserId, change: MemberChange },
 }
 

@@ -115,6 +115,20 @@ pub enum LogEvent {
         seq: u64,
         ts: i64,
     },
+    /// Delivery receipts of many devices, coalesced by the receipts pipeline.
+    DeliveryReceipts {
+        conversation_id: ConversationId,
+        receipts: Vec<DeliveryReceipt>,
+        ts: i64,
+    },
+}
+
+/// A device has every message of a conversation up to `seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryReceipt {
+    pub user_id: UserId,
+    pub device_id: DeviceId,
+    pub seq: u64,
 }
 
 impl LogEvent {
@@ -129,7 +143,19 @@ impl LogEvent {
             | LogEvent::MessageCreated { conversation_id, .. }
             | LogEvent::MessageEdited { conversation_id, .. }
             | LogEvent::MessageDeleted { conversation_id, .. }
-            | LogEvent::ReadCursorMoved { conversation_id, .. } => conversation_id,
+            | LogEvent::ReadCursorMoved { conversation_id, .. }
+            | LogEvent::DeliveryReceipts { conversation_id, .. } => conversation_id,
+        }
+    }
+
+    /// The device whose action this event records, if any: fanout does not
+    /// send an event back to the device that caused it.
+    pub fn origin_device(&self) -> Option<&str> {
+        match self {
+            LogEvent::MessageCreated { device_id, .. } | LogEvent::MessageEdited { device_id, .. } | LogEvent::MessageDeleted { device_id, .. } => {
+                Some(device_id)
+            }
+            _ => None,
         }
     }
 

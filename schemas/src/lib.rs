@@ -3,9 +3,11 @@
 //! - [`ids`]: opaque identifiers and how they are made;
 //! - [`events`]: the records written to the streaming log (the source of truth);
 //! - [`api`]: the objects of the public API (`shared/API.md`), in camelCase;
+//! - [`cursor`]: the opaque sync cursor, one position per log partition;
 //! - [`error`]: the small set of error codes every failure maps to.
 
 pub mod api;
+pub mod cursor;
 pub mod error;
 pub mod events;
 pub mod ids;

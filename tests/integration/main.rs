@@ -8,3 +8,4 @@ mod harness;
 mod messages;
 mod restart;
 mod sync;
+mod ws;

@@ -1,0 +1,295 @@
+//! `GET /v1/ws`: one device's live connection.
+//!
+//! The session registers with the delivery hub first, then replays every
+//! event after `?cursor=` (through the same code as `/v1/sync`), then sends
+//! live events, skipping any at or before what the replay covered: none
+//! missing, none twice. Each durable frame carries the device's cursor.
+//! One task sends (events, replies); one receives commands. Both end the
+//! session: a silent client (no frame for two heartbeats), a closed socket,
+//! or a reader too slow for its bounded queue, which is told where to
+//! resume and disconnected.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::request::Parts;
+use axum::response::Response;
+use confab_ingest::{Caller, NewMessage, SyncCursor, SYNC_PAGE_MAX};
+use confab_pipelines::{DeviceReceipt, Outbound};
+use confab_schemas::cursor::Position;
+use confab_schemas::ids::now_ms;
+use confab_schemas::ErrorCode;
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::auth::{authenticate, bearer_token};
+use crate::error::{ApiError, ApiResult};
+use crate::rate_limit::Limit;
+use crate::AppState;
+
+/// Replies (acks, errors, pongs) queued for the send task; a client that
+/// does not read them stalls only its own commands.
+const REPLY_QUEUE_MAX: usize = 256;
+/// A device may say it is typing in one conversation at most this often.
+const TYPING_MIN_INTERVAL: Duration = Duration::from_secs(2);
+
+pub async fn upgrade(
+    State(state): State<AppState>,
+    parts: Parts,
+    Query(params): Query<HashMap<String, String>>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> ApiResult<Response> {
+    let token = bearer_token(&parts).map(str::to_string).or_else(|| params.get("accessToken").cloned());
+    let token = token.ok_or_else(|| ApiError::unauthenticated("send `Authorization: Bearer <accessToken>` or `?accessToken=`"))?;
+    let caller = authenticate(&state, &token)?;
+    let start = match params.get("cursor") {
+        Some(text) => Some(
+            SyncCursor::decode(text, state.ingest.partition_count())
+                .ok_or_else(|| ApiError::bad_request("invalid `cursor`: not a cursor this server issued; connect without one"))?,
+        ),
+        None => None,
+    };
+    let upgrade = upgrade.map_err(|rejection| ApiError::bad_request(format!("`/v1/ws` needs a WebSocket upgrade: {rejection}")))?;
+    let ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map_or_else(|| "unknown".to_string(), |info| info.0.ip().to_string());
+    let frame_max = state.config.ws_frame_max_bytes;
+    Ok(upgrade.max_message_size(frame_max).max_frame_size(frame_max).on_upgrade(move |socket| session(socket, state, caller, start, ip)))
+}
+
+async fn session(socket: WebSocket, state: AppState, caller: Caller, start: Option<SyncCursor>, ip: String) {
+    let (connection, mut queue, first) = state.hub.register(&caller.user_id, &caller.device_id);
+    if first {
+        announce_presence(&state, &caller.user_id, "online");
+    }
+    let (mut sink, mut stream) = socket.split();
+    let (replies, mut reply_queue) = mpsc::channel::<Value>(REPLY_QUEUE_MAX);
+    let heartbeat = Duration::from_millis(state.config.heartbeat_ms);
+
+    let mut closing = state.closing.subscribe();
+    let send_side = async {
+        let hello = json!({"type": "hello", "userId": caller.user_id, "deviceId": caller.device_id, "heartbeatMs": state.config.heartbeat_ms});
+        sink.send(Message::Text(hello.to_string().into())).await?;
+        let mut cursor = match start {
+            Some(cursor) => replay(&state, &caller, cursor, &mut sink).await?,
+            None => state.ingest.head_cursor(),
+        };
+        loop {
+            tokio::select! {
+                biased;
+                _ = async { let _ = closing.wait_for(|closing| *closing).await; } => {
+                    let frame = axum::extract::ws::CloseFrame { code: axum::extract::ws::close_code::AWAY, reason: "the server is restarting; reconnect with your last cursor".into() };
+                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    return Ok(());
+                }
+                _ = connection.resync.notified() => {
+                    let resume = cursor.encode();
+                    let frame = json!({"type": "error", "code": ErrorCode::Unavailable.as_str(), "cursor": resume,
+                        "message": format!("this connection fell too far behind; reconnect with ?cursor={resume} to resume")});
+                    sink.send(Message::Text(frame.to_string().into())).await?;
+                    break;
+                }
+                reply = reply_queue.recv() => match reply {
+                    Some(reply) => sink.send(Message::Text(reply.to_string().into())).await?,
+                    None => break,
+                },
+                frame = queue.recv() => match frame {
+                    Some(Outbound::Durable { partition, position, json }) => {
+                        let after = Position { offset: position.offset, skip: position.skip + 1 };
+                        let current = &mut cursor.positions[partition as usize];
+                        if after <= *current {
+                            continue; // The replay already sent it.
+                        }
+                        *current = after;
+                        let text = format!("{{\"cursor\":\"{}\",{}", cursor.encode(), &json[1..]);
+                        sink.send(Message::Text(text.into())).await?;
+                    }
+                    Some(Outbound::Ephemeral(frame)) => sink.send(Message::Text(frame.to_string().into())).await?,
+                    None => break,
+                },
+            }
+        }
+        let _ = sink.send(Message::Close(None)).await;
+        Ok::<(), axum::Error>(())
+    };
+
+    let receive_side = async {
+        let mut typing_sent: HashMap<String, Instant> = HashMap::new();
+        loop {
+            let frame = match tokio::time::timeout(heartbeat * 2, stream.next()).await {
+                Err(_) => break, // Heartbeats stopped.
+                Ok(None) | Ok(Some(Err(_))) => break,
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let reply = match frame {
+                Message::Text(text) => handle_command(&state, &caller, &ip, text.as_str(), &mut typing_sent).await,
+                Message::Binary(_) => Some(error_frame(None, ErrorCode::BadRequest, "send JSON text frames, not binary")),
+                Message::Close(_) => break,
+                Message::Ping(_) | Message::Pong(_) => None,
+            };
+            if let Some(reply) = reply {
+                if replies.send(reply).await.is_err() {
+                    break;
+                }
+            }
+        }
+    };
+
+    tokio::select! {
+        _ = send_side => {}
+        _ = receive_side => {}
+    }
+    if state.hub.unregister(&connection) {
+        announce_presence(&state, &caller.user_id, "offline");
+    }
+}
+
+/// Sends every event after `cursor`, page by page; returns where it ended.
+async fn replay(
+    state: &AppState,
+    caller: &Caller,
+    cursor: SyncCursor,
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+) -> Result<SyncCursor, axum::Error> {
+    let mut text = cursor.encode();
+    loop {
+        let page = match state.ingest.sync(caller, Some(&text), SYNC_PAGE_MAX) {
+            Ok(page) => page,
+            Err(error) => {
+                let frame = error_frame(None, error.code(), &error.to_string());
+                sink.send(Message::Text(frame.to_string().into())).await?;
+                return Ok(cursor);
+            }
+        };
+        for event in &page.events {
+            let frame = serde_json::to_string(event).expect("events serialize");
+            sink.send(Message::Text(frame.into())).await?;
+        }
+        text = page.next_cursor;
+        if !page.has_more {
+            break;
+        }
+    }
+    Ok(SyncCursor::decode(&text, state.ingest.partition_count()).expect("the server's own cursor"))
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type")]
+enum Command {
+    #[serde(rename = "message.send", rename_all = "camelCase")]
+    Send {
+        conversation_id: String,
+        client_msg_id: String,
+        body: String,
+        #[serde(default)]
+        attachments: Vec<Value>,
+    },
+    #[serde(rename = "receipt.delivered", rename_all = "camelCase")]
+    Delivered { conversation_id: String, seq: u64 },
+    #[serde(rename = "receipt.read", rename_all = "camelCase")]
+    Read { conversation_id: String, seq: u64 },
+    #[serde(rename = "typing", rename_all = "camelCase")]
+    Typing { conversation_id: String },
+    #[serde(rename = "ping")]
+    Ping {},
+}
+
+fn error_frame(id: Option<&Value>, code: ErrorCode, message: &str) -> Value {
+    let mut frame = json!({"type": "error", "code": code.as_str(), "message": message});
+    if let Some(id) = id {
+        frame["id"] = id.clone();
+    }
+    frame
+}
+
+fn api_error_frame(id: Option<&Value>, error: ApiError) -> Value {
+    error_frame(id, error.code, &error.message)
+}
+
+/// Handles one client frame; returns the reply to send, if any. A bad frame
+/// gets an error reply and the connection stays usable.
+async fn handle_command(state: &AppState, caller: &Caller, ip: &str, text: &str, typing_sent: &mut HashMap<String, Instant>) -> Option<Value> {
+    let value: Value = match serde_json::from_str(text) {
+        Ok(value) => value,
+        Err(error) => return Some(error_frame(None, ErrorCode::BadRequest, &format!("the frame is not JSON: {error}"))),
+    };
+    let id = value.get("id").cloned();
+    let command: Command = match serde_path_to_error::deserialize(&value) {
+        Ok(command) => command,
+        Err(error) => {
+            let path = error.path().to_string();
+            let detail = error.into_inner().to_string();
+            let message = if matches!(path.as_str(), "." | "?" | "") { format!("invalid command: {detail}") } else { format!("invalid `{path}`: {detail}") };
+            return Some(error_frame(id.as_ref(), ErrorCode::BadRequest, &message));
+        }
+    };
+    match command {
+        Command::Send { conversation_id, client_msg_id, body, attachments } => {
+            let Some(id) = id else {
+                return Some(error_frame(None, ErrorCode::BadRequest, "invalid `id`: a message.send needs an id to answer"));
+            };
+            let limited = state
+                .rate_limiter
+                .check(Limit::SendPerAccount, &caller.user_id)
+                .and_then(|()| state.rate_limiter.check(Limit::SendPerIp, ip))
+                .map_err(ApiError::rate_limited);
+            if let Err(error) = limited {
+                return Some(api_error_frame(Some(&id), error));
+            }
+            let request = NewMessage { conversation_id, client_msg_id, body, attachments };
+            Some(match state.ingest.send_message(caller, request).await {
+                Ok((message, _)) => json!({"type": "ack", "id": id, "message": message}),
+                Err(error) => api_error_frame(Some(&id), error.into()),
+            })
+        }
+        Command::Delivered { conversation_id, seq } => {
+            if let Err(error) = state.ingest.check_receipt(caller, &conversation_id, seq) {
+                return Some(api_error_frame(id.as_ref(), error.into()));
+            }
+            let receipt = DeviceReceipt { conversation_id, user_id: caller.user_id.clone(), device_id: caller.device_id.clone(), seq };
+            state.pipelines.submit_receipt(receipt);
+            None
+        }
+        Command::Read { conversation_id, seq } => match state.ingest.mark_read_seq(caller, &conversation_id, seq).await {
+            Ok(()) => None,
+            Err(error) => Some(api_error_frame(id.as_ref(), error.into())),
+        },
+        Command::Typing { conversation_id } => {
+            let members = match state.ingest.member_ids(caller, &conversation_id) {
+                Ok(members) => members,
+                Err(error) => return Some(api_error_frame(id.as_ref(), error.into())),
+            };
+            let now = Instant::now();
+            let recent = typing_sent.get(&conversation_id).is_some_and(|at| now.duration_since(*at) < TYPING_MIN_INTERVAL);
+            // Best effort: shed for large conversations and repeats.
+            if recent || members.len() > state.pipelines.large_conversation_members() {
+                return None;
+            }
+            typing_sent.insert(conversation_id.clone(), now);
+            let frame = Outbound::Ephemeral(std::sync::Arc::new(json!({"type": "typing", "conversationId": conversation_id, "userId": caller.user_id})));
+            for member in members.iter().filter(|member| **member != caller.user_id) {
+                state.hub.deliver(member, None, &frame);
+            }
+            None
+        }
+        Command::Ping {} => Some(match id {
+            Some(id) => json!({"type": "pong", "id": id}),
+            None => json!({"type": "pong"}),
+        }),
+    }
+}
+
+/// Tells a user's contacts (members of their small conversations) that the
+/// user came online or went offline. Best effort: shed when queues are full.
+fn announce_presence(state: &AppState, user_id: &str, status: &str) {
+    let now = now_ms();
+    state.last_seen.insert(user_id.to_string(), now);
+    let frame = Outbound::Ephemeral(std::sync::Arc::new(json!({"type": "presence", "userId": user_id, "status": status, "lastSeen": now})));
+    for contact in state.ingest.contacts(user_id, state.pipelines.large_conversation_members()) {
+        state.hub.deliver(&contact, None, &frame);
+    }
+}

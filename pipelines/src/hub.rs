@@ -1,0 +1,156 @@
+//! The delivery hub: every live WebSocket connection, by user, each with a
+//! bounded queue. Pipelines push into it; a connection's send task drains
+//! its own queue. Nothing here ever waits on a slow connection.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use confab_schemas::cursor::Position;
+use dashmap::DashMap;
+use tokio::sync::{mpsc, Notify};
+
+/// One frame for a connection.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A durable event at a log position, serialized once for every
+    /// recipient; each connection splices in its own cursor.
+    Durable { partition: u32, position: Position, json: Arc<str> },
+    /// A best-effort frame (presence, typing): dropped first under load.
+    Ephemeral(Arc<serde_json::Value>),
+}
+
+/// One live connection of one device.
+#[derive(Debug)]
+pub struct Connection {
+    pub id: u64,
+    pub user_id: String,
+    pub device_id: String,
+    sender: mpsc::Sender<Outbound>,
+    overflowed: AtomicBool,
+    /// Woken when the connection must resync (its queue overflowed).
+    pub resync: Notify,
+}
+
+impl Connection {
+    /// Whether a durable event was dropped because the queue was full: the
+    /// device must resume from its last cursor.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Acquire)
+    }
+
+    fn push(&self, frame: Outbound) -> bool {
+        if self.overflowed() {
+            return false;
+        }
+        match self.sender.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(Outbound::Ephemeral(_))) => false,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.overflowed.store(true, Ordering::Release);
+                self.resync.notify_one();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+/// Counters of the hub, for metrics and benchmarks.
+#[derive(Debug, Default)]
+pub struct HubCounters {
+    pub delivered: AtomicU64,
+    pub shed: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct Hub {
+    connections: DashMap<String, Vec<Arc<Connection>>>,
+    queue_max_frames: usize,
+    next_id: AtomicU64,
+    pub counters: HubCounters,
+}
+
+impl Hub {
+    pub fn new(queue_max_frames: usize) -> Hub {
+        Hub { connections: DashMap::new(), queue_max_frames: queue_max_frames.max(1), next_id: AtomicU64::new(1), counters: HubCounters::default() }
+    }
+
+    /// Registers a device's connection; returns it and its queue. Whether
+    /// the user was offline before (their first connection) is also returned.
+    pub fn register(&self, user_id: &str, device_id: &str) -> (Arc<Connection>, mpsc::Receiver<Outbound>, bool) {
+        let (sender, receiver) = mpsc::channel(self.queue_max_frames);
+        let connection = Arc::new(Connection {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            user_id: user_id.to_string(),
+            device_id: device_id.to_string(),
+            sender,
+            overflowed: AtomicBool::new(false),
+            resync: Notify::new(),
+        });
+        let mut entry = self.connections.entry(user_id.to_string()).or_default();
+        let first = entry.is_empty();
+        entry.push(connection.clone());
+        (connection, receiver, first)
+    }
+
+    /// Removes a connection; returns whether it was the user's last one.
+    pub fn unregister(&self, connection: &Connection) -> bool {
+        let mut last = false;
+        self.connections.remove_if_mut(&connection.user_id, |_, list| {
+            list.retain(|other| other.id != connection.id);
+            last = list.is_empty();
+            last
+        });
+        last
+    }
+
+    pub fn is_online(&self, user_id: &str) -> bool {
+        self.connections.get(user_id).is_some_and(|list| !list.is_empty())
+    }
+
+    pub fn online_users(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Pushes a frame to every connection of `user_id` but `except_device`.
+    pub fn deliver(&self, user_id: &str, except_device: Option<&str>, frame: &Outbound) {
+        let Some(list) = self.connections.get(user_id) else { return };
+        for connection in list.iter() {
+            if except_device == Some(connection.device_id.as_str()) {
+                continue;
+            }
+            if connection.push(frame.clone()) {
+                self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.counters.shed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> Outbound {
+        Outbound::Durable { partition: 0, position: Position::at(0), json: Arc::from(r#"{"type":"receipt.read"}"#) }
+    }
+
+    #[test]
+    fn a_full_queue_drops_ephemeral_frames_and_marks_durable_overflow() {
+        let hub = Hub::new(2);
+        let (slow, _receiver, first) = hub.register("u", "d1");
+        assert!(first);
+        let (_fast, mut fast_receiver, first) = hub.register("u", "d2");
+        assert!(!first);
+        hub.deliver("u", Some("d2"), &event());
+        hub.deliver("u", Some("d2"), &Outbound::Ephemeral(Arc::new(serde_json::json!({"type": "typing"}))));
+        assert!(!slow.overflowed(), "ephemeral frames are shed, not counted as overflow");
+        hub.deliver("u", Some("d2"), &event());
+        hub.deliver("u", Some("d2"), &event());
+        assert!(slow.overflowed());
+        assert!(fast_receiver.try_recv().is_err(), "the excluded device got nothing");
+        assert!(!hub.unregister(&slow));
+        assert!(hub.is_online("u"));
+    }
+}

@@ -1,0 +1,297 @@
+//! Running validated pipelines: one task per partition for a log-sourced
+//! pipeline, one aggregator task for device receipts.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use confab_log::{Log, Offset};
+use confab_schemas::api::ClientEvent;
+use confab_schemas::cursor::Position;
+use confab_schemas::events::LogEvent;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::definition::{PipelineSpec, Source, Stage};
+use crate::hub::{Hub, Outbound};
+
+/// What the fanout pipeline needs to know of the state built from the log.
+pub trait DeliveryView: Send + Sync + 'static {
+    /// One past the last offset of `partition` applied to the state.
+    fn applied(&self, partition: u32) -> watch::Receiver<Offset>;
+    /// The client events of the record at `offset`, each with who may see it.
+    fn record_events(&self, partition: u32, offset: Offset, event: &LogEvent) -> Vec<RecordEvent>;
+}
+
+/// One client event of a log record, and its recipients.
+#[derive(Debug, Clone)]
+pub struct RecordEvent {
+    /// Its index among the record's events (a record can yield several).
+    pub index: u32,
+    pub event: ClientEvent,
+    /// Users who were members when it happened.
+    pub recipients: Vec<String>,
+    pub member_count: usize,
+}
+
+/// A device has every message of a conversation up to `seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceReceipt {
+    pub conversation_id: String,
+    pub user_id: String,
+    pub device_id: String,
+    pub seq: u64,
+}
+
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Where coalesced receipts go (the log, through the write path).
+pub trait ReceiptSink: Send + Sync + 'static {
+    fn write(&self, conversation_id: String, receipts: Vec<DeviceReceipt>) -> BoxFuture<Result<(), String>>;
+}
+
+/// Records read from the log at once.
+const READ_BATCH_RECORDS: usize = 1_024;
+const READ_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// How often a pipeline commits its offsets (each commit is an fsync).
+const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+/// Device receipts queued for the aggregator before new ones are dropped
+/// (receipts are cumulative: a dropped one is made good by the next).
+const RECEIPT_QUEUE_MAX: usize = 65_536;
+
+/// The running pipelines.
+pub struct Runtime {
+    tasks: parking_lot::Mutex<Vec<JoinHandle<()>>>,
+    stop: watch::Sender<bool>,
+    receipts: Option<mpsc::Sender<DeviceReceipt>>,
+    large_conversation_members: usize,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Runtime").field("tasks", &self.tasks.lock().len()).finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    pub fn start(specs: Vec<PipelineSpec>, log: Arc<dyn Log>, view: Arc<dyn DeliveryView>, hub: Arc<Hub>, sink: Arc<dyn ReceiptSink>) -> Runtime {
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let mut receipts = None;
+        let mut large_conversation_members = usize::MAX;
+        for spec in specs {
+            match spec.source {
+                Source::Log => {
+                    let plan = Arc::new(LogPlan::from_stages(&spec.stages));
+                    if let Some(threshold) = plan.fanout_threshold {
+                        large_conversation_members = threshold;
+                    }
+                    for partition in 0..log.partition_count() {
+                        let task = LogTask { name: spec.name.clone(), partition, log: log.clone(), view: view.clone(), hub: hub.clone(), plan: plan.clone() };
+                        tasks.push(tokio::spawn(task.run(stopped.clone())));
+                    }
+                }
+                Source::DeviceReceipts => {
+                    let (sender, receiver) = mpsc::channel(RECEIPT_QUEUE_MAX);
+                    let (flush, per_record) = spec
+                        .stages
+                        .iter()
+                        .find_map(|stage| match stage {
+                            Stage::AggregateReceipts { flush_interval_ms, max_receipts_per_record } => Some((*flush_interval_ms, *max_receipts_per_record)),
+                            _ => None,
+                        })
+                        .unwrap_or((250, 1_000));
+                    tasks.push(tokio::spawn(aggregate_receipts(receiver, sink.clone(), Duration::from_millis(flush), per_record, stopped.clone())));
+                    receipts = Some(sender);
+                }
+            }
+        }
+        Runtime { tasks: parking_lot::Mutex::new(tasks), stop, receipts, large_conversation_members }
+    }
+
+    /// Hands a device's receipt to the aggregator; false if it was dropped.
+    pub fn submit_receipt(&self, receipt: DeviceReceipt) -> bool {
+        self.receipts.as_ref().is_some_and(|sender| sender.try_send(receipt).is_ok())
+    }
+
+    /// Conversations above this size get online-only delivery and no broadcast receipts or typing.
+    pub fn large_conversation_members(&self) -> usize {
+        self.large_conversation_members
+    }
+
+    /// Stops every pipeline after its current batch and commits its offsets.
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        let tasks: Vec<JoinHandle<()>> = self.tasks.lock().drain(..).collect();
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// What a log-sourced pipeline does to each event.
+#[derive(Debug)]
+struct LogPlan {
+    allowed_types: Option<Vec<String>>,
+    fanout_threshold: Option<usize>,
+}
+
+impl LogPlan {
+    fn from_stages(stages: &[Stage]) -> LogPlan {
+        let mut plan = LogPlan { allowed_types: None, fanout_threshold: None };
+        for stage in stages {
+            match stage {
+                Stage::Filter { event_types } => plan.allowed_types = Some(event_types.clone()),
+                Stage::Fanout { large_conversation_members } => plan.fanout_threshold = Some(*large_conversation_members),
+                Stage::AggregateReceipts { .. } => {}
+            }
+        }
+        plan
+    }
+
+    fn allows(&self, event: &ClientEvent) -> bool {
+        self.allowed_types.as_ref().is_none_or(|allowed| allowed.iter().any(|name| name == event_type(event)))
+    }
+}
+
+pub fn event_type(event: &ClientEvent) -> &'static str {
+    match event {
+        ClientEvent::MessageNew { .. } => "message.new",
+        ClientEvent::MessageEdit { .. } => "message.edit",
+        ClientEvent::MessageDelete { .. } => "message.delete",
+        ClientEvent::ReceiptDelivered { .. } => "receipt.delivered",
+        ClientEvent::ReceiptRead { .. } => "receipt.read",
+        ClientEvent::ConversationMember { .. } => "conversation.member",
+    }
+}
+
+/// One partition of one log-sourced pipeline.
+struct LogTask {
+    name: String,
+    partition: u32,
+    log: Arc<dyn Log>,
+    view: Arc<dyn DeliveryView>,
+    hub: Arc<Hub>,
+    plan: Arc<LogPlan>,
+}
+
+impl LogTask {
+    async fn run(self, mut stopped: watch::Receiver<bool>) {
+        // A new pipeline starts at the head: devices catch up on the past through their cursors.
+        let committed = self.log.committed_offset(&self.name, self.partition).ok().flatten();
+        let mut next = match committed {
+            Some(offset) => offset,
+            None => self.log.durable_end(self.partition).unwrap_or(0),
+        };
+        let mut committed_at = (next, Instant::now());
+        let mut applied = self.view.applied(self.partition);
+        loop {
+            let applied_end = *applied.borrow_and_update();
+            if applied_end <= next {
+                tokio::select! {
+                    changed = applied.changed() => if changed.is_err() { break },
+                    _ = stopped.changed() => break,
+                }
+                continue;
+            }
+            match self.log.read(self.partition, next, READ_BATCH_RECORDS, READ_BATCH_BYTES) {
+                Ok(records) => {
+                    for record in records.into_iter().take_while(|record| record.offset < applied_end) {
+                        next = record.offset + 1;
+                        match LogEvent::decode(&record.payload) {
+                            Ok(event) => self.deliver(record.offset, &event),
+                            Err(error) => {
+                                tracing::error!(%error, pipeline = self.name, partition = self.partition, offset = record.offset, "skipping an unreadable record")
+                            }
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, pipeline = self.name, partition = self.partition, "reading the log failed; retrying in a second");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+            if next != committed_at.0 && committed_at.1.elapsed() >= COMMIT_INTERVAL {
+                self.commit(next);
+                committed_at = (next, Instant::now());
+            }
+        }
+        self.commit(next);
+    }
+
+    fn commit(&self, offset: Offset) {
+        if let Err(error) = self.log.commit_offset(&self.name, self.partition, offset) {
+            tracing::warn!(%error, pipeline = self.name, partition = self.partition, "could not commit the pipeline's offset");
+        }
+    }
+
+    fn deliver(&self, offset: Offset, event: &LogEvent) {
+        let Some(threshold) = self.plan.fanout_threshold else { return };
+        let origin_device = event.origin_device();
+        for record_event in self.view.record_events(self.partition, offset, event) {
+            if !self.plan.allows(&record_event.event) {
+                continue;
+            }
+            let large = record_event.member_count > threshold;
+            let receipt_of = match &record_event.event {
+                ClientEvent::ReceiptDelivered { user_id, .. } | ClientEvent::ReceiptRead { user_id, .. } => Some(user_id.clone()),
+                _ => None,
+            };
+            let json: Arc<str> = serde_json::to_string(&record_event.event).expect("client events serialize").into();
+            let frame = Outbound::Durable { partition: self.partition, position: Position { offset, skip: record_event.index }, json };
+            match (large, receipt_of) {
+                // In a large conversation a receipt goes only to the reader's own devices.
+                (true, Some(user_id)) => self.hub.deliver(&user_id, None, &frame),
+                _ => {
+                    for user_id in &record_event.recipients {
+                        self.hub.deliver(user_id, origin_device, &frame);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Coalesces device receipts: per conversation, the highest seq per device,
+/// written as records of at most `per_record` receipts every `flush`.
+async fn aggregate_receipts(
+    mut receiver: mpsc::Receiver<DeviceReceipt>,
+    sink: Arc<dyn ReceiptSink>,
+    flush: Duration,
+    per_record: usize,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut pending: HashMap<String, HashMap<(String, String), u64>> = HashMap::new();
+    let mut ticks = tokio::time::interval(flush);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            received = receiver.recv() => match received {
+                Some(receipt) => {
+                    let seq = pending.entry(receipt.conversation_id).or_default().entry((receipt.user_id, receipt.device_id)).or_insert(0);
+                    *seq = (*seq).max(receipt.seq);
+                }
+                None => break,
+            },
+            _ = ticks.tick() => flush_receipts(&mut pending, &*sink, per_record).await,
+            _ = stopped.changed() => break,
+        }
+    }
+    flush_receipts(&mut pending, &*sink, per_record).await;
+}
+
+async fn flush_receipts(pending: &mut HashMap<String, HashMap<(String, String), u64>>, sink: &dyn ReceiptSink, per_record: usize) {
+    for (conversation_id, devices) in pending.drain() {
+        let receipts: Vec<DeviceReceipt> = devices
+            .into_iter()
+            .map(|((user_id, device_id), seq)| DeviceReceipt { conversation_id: conversation_id.clone(), user_id, device_id, seq })
+            .collect();
+        for chunk in receipts.chunks(per_record) {
+            if let Err(error) = sink.write(conversation_id.clone(), chunk.to_vec()).await {
+                tracing::warn!(%error, conversation_id, "could not write delivery receipts; devices will send newer ones");
+            }
+        }
+    }
+}

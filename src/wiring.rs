@@ -1,0 +1,59 @@
+//! Where layers that do not know each other meet: the pipelines see the
+//! state and the write path only through the traits they define, and these
+//! are their implementations over [`Ingest`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::bail;
+use confab_ingest::Ingest;
+use confab_log::Offset;
+use confab_pipelines::definition;
+use confab_pipelines::runtime::BoxFuture;
+use confab_pipelines::{DeliveryView, DeviceReceipt, PipelineSpec, ReceiptSink, RecordEvent};
+use confab_schemas::events::{DeliveryReceipt, LogEvent};
+use tokio::sync::watch;
+
+/// The state and write path, as the pipelines see them.
+pub struct IngestView(pub Arc<Ingest>);
+
+impl DeliveryView for IngestView {
+    fn applied(&self, partition: u32) -> watch::Receiver<Offset> {
+        self.0.subscribe_applied(partition)
+    }
+
+    fn record_events(&self, _partition: u32, offset: Offset, event: &LogEvent) -> Vec<RecordEvent> {
+        self.0
+            .events_at(offset, event)
+            .into_iter()
+            .map(|at| RecordEvent { index: at.index, event: at.event, recipients: at.recipients, member_count: at.member_count })
+            .collect()
+    }
+}
+
+impl ReceiptSink for IngestView {
+    fn write(&self, conversation_id: String, receipts: Vec<DeviceReceipt>) -> BoxFuture<Result<(), String>> {
+        let ingest = self.0.clone();
+        Box::pin(async move {
+            let receipts =
+                receipts.into_iter().map(|receipt| DeliveryReceipt { user_id: receipt.user_id, device_id: receipt.device_id, seq: receipt.seq }).collect();
+            ingest.record_delivered(&conversation_id, receipts).await.map_err(|error| error.to_string())
+        })
+    }
+}
+
+/// The pipeline definitions to run: the operator's folder, or the shipped
+/// ones. Any problem in any file stops the server before it starts.
+pub fn load_pipelines(dir: Option<&PathBuf>) -> anyhow::Result<Vec<PipelineSpec>> {
+    let files = match dir {
+        Some(dir) => definition::read_dir(dir).map_err(|error| anyhow::anyhow!("could not read pipeline definitions in `{}`: {error}", dir.display()))?,
+        None => definition::shipped(),
+    };
+    match definition::validate(&files) {
+        Ok(specs) => Ok(specs),
+        Err(problems) => {
+            let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            bail!("invalid pipeline definitions; nothing was started:\n{}", lines.join("\n"))
+        }
+    }
+}
