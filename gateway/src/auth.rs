@@ -17,24 +17,52 @@ use sha2::Sha256;
 use crate::error::ApiError;
 use crate::AppState;
 
-/// Hashes a password with argon2id (its default, OWASP-recommended cost).
-/// Slow on purpose: call from `spawn_blocking`.
-pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
-    let mut salt_bytes = [0u8; 16];
-    getrandom::getrandom(&mut salt_bytes).map_err(|_| argon2::password_hash::Error::Crypto)?;
-    let salt = SaltString::encode_b64(&salt_bytes)?;
-    Ok(Argon2::default().hash_password(password.as_bytes(), &salt)?.to_string())
+/// The cost of argon2id password hashes. The defaults are OWASP's
+/// recommendation; lower them only for benchmarks that create many accounts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PasswordHashConfig {
+    pub memory_kib: u32,
+    pub iterations: u32,
 }
 
-/// Checks a password; with no stored hash it still spends the same time,
-/// so that unknown usernames cannot be told apart by timing.
-pub fn verify_password(password: &str, stored_hash: Option<&str>) -> bool {
-    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let dummy = DUMMY.get_or_init(|| hash_password("not a real password").expect("hashing works"));
-    let hash_text = stored_hash.unwrap_or(dummy);
-    let Ok(hash) = PasswordHash::new(hash_text) else { return false };
-    let matches = Argon2::default().verify_password(password.as_bytes(), &hash).is_ok();
-    matches && stored_hash.is_some()
+impl Default for PasswordHashConfig {
+    fn default() -> Self {
+        PasswordHashConfig { memory_kib: 19 * 1024, iterations: 2 }
+    }
+}
+
+/// Hashes and checks passwords. Slow on purpose: call from `spawn_blocking`.
+pub struct Passwords {
+    argon2: Argon2<'static>,
+    /// A hash checked when the user is unknown, so that unknown usernames
+    /// cannot be told apart by timing.
+    dummy: String,
+}
+
+impl Passwords {
+    pub fn new(config: &PasswordHashConfig) -> Passwords {
+        let params = argon2::Params::new(config.memory_kib.max(8), config.iterations.max(1), 1, None).unwrap_or_default();
+        let argon2 = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let mut passwords = Passwords { argon2, dummy: String::new() };
+        passwords.dummy = passwords.hash("not a real password").expect("hashing works");
+        passwords
+    }
+
+    pub fn hash(&self, password: &str) -> Result<String, argon2::password_hash::Error> {
+        let mut salt_bytes = [0u8; 16];
+        getrandom::getrandom(&mut salt_bytes).map_err(|_| argon2::password_hash::Error::Crypto)?;
+        let salt = SaltString::encode_b64(&salt_bytes)?;
+        Ok(self.argon2.hash_password(password.as_bytes(), &salt)?.to_string())
+    }
+
+    /// Checks a password against a stored hash (its own parameters apply).
+    pub fn verify(&self, password: &str, stored_hash: Option<&str>) -> bool {
+        let hash_text = stored_hash.unwrap_or(&self.dummy);
+        let Ok(hash) = PasswordHash::new(hash_text) else { return false };
+        let matches = self.argon2.verify_password(password.as_bytes(), &hash).is_ok();
+        matches && stored_hash.is_some()
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::PasswordHashConfig;
 use crate::rate_limit::RateLimitConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -16,6 +17,7 @@ pub struct GatewayConfig {
     /// A static bearer token a Prometheus scraper may use for `/metrics`.
     pub metrics_token: Option<String>,
     pub rate_limits: RateLimitConfig,
+    pub password_hash: PasswordHashConfig,
     /// How often WebSocket clients must send a frame (a `ping` will do);
     /// a connection silent for twice this is closed and its user offline.
     pub heartbeat_ms: u64,
@@ -34,6 +36,7 @@ impl Default for GatewayConfig {
             trust_forwarded_for: false,
             metrics_token: None,
             rate_limits: RateLimitConfig::default(),
+            password_hash: PasswordHashConfig::default(),
             heartbeat_ms: 30_000,
             ws_frame_max_bytes: 64 * 1024,
             connection_queue_max_frames: 1_024,

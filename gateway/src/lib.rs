@@ -37,6 +37,7 @@ pub struct Shared {
     /// so that graceful shutdown does not wait on them.
     pub closing: tokio::sync::watch::Sender<bool>,
     pub tokens: auth::TokenKeys,
+    pub passwords: Arc<auth::Passwords>,
     pub rate_limiter: rate_limit::RateLimiter,
     pub metrics: metrics::Metrics,
     pub config: GatewayConfig,
@@ -60,6 +61,7 @@ impl AppState {
             last_seen: dashmap::DashMap::new(),
             closing: tokio::sync::watch::channel(false).0,
             tokens: auth::TokenKeys::new(token_secret, config.access_token_ttl_secs),
+            passwords: Arc::new(auth::Passwords::new(&config.password_hash)),
             rate_limiter: rate_limit::RateLimiter::new(config.rate_limits.clone()),
             metrics: metrics::Metrics::default(),
             config,

@@ -36,6 +36,8 @@ use crate::AppState;
 /// Replies (acks, errors, pongs) queued for the send task; a client that
 /// does not read them stalls only its own commands.
 const REPLY_QUEUE_MAX: usize = 256;
+/// Read buffer of a socket; writes go straight to the socket.
+const SOCKET_BUFFER_BYTES: usize = 4 * 1024;
 /// A device may say it is typing in one conversation at most this often.
 const TYPING_MIN_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -58,7 +60,10 @@ pub async fn upgrade(
     let upgrade = upgrade.map_err(|rejection| ApiError::bad_request(format!("`/v1/ws` needs a WebSocket upgrade: {rejection}")))?;
     let ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map_or_else(|| "unknown".to_string(), |info| info.0.ip().to_string());
     let frame_max = state.config.ws_frame_max_bytes;
-    Ok(upgrade.max_message_size(frame_max).max_frame_size(frame_max).on_upgrade(move |socket| session(socket, state, caller, start, ip)))
+    // Small buffers: most connections are idle, and memory per connection
+    // is what bounds how many one server holds.
+    let upgrade = upgrade.max_message_size(frame_max).max_frame_size(frame_max).read_buffer_size(SOCKET_BUFFER_BYTES).write_buffer_size(0);
+    Ok(upgrade.on_upgrade(move |socket| session(socket, state, caller, start, ip)))
 }
 
 async fn session(socket: WebSocket, state: AppState, caller: Caller, start: Option<SyncCursor>, ip: String) {
@@ -169,6 +174,7 @@ async fn replay(
             let frame = serde_json::to_string(event).expect("events serialize");
             sink.send(Message::Text(frame.into())).await?;
         }
+        note_delivered(state, caller, &page.events);
         text = page.next_cursor;
         if !page.has_more {
             break;
@@ -280,6 +286,24 @@ async fn handle_command(state: &AppState, caller: &Caller, ip: &str, text: &str,
             Some(id) => json!({"type": "pong", "id": id}),
             None => json!({"type": "pong"}),
         }),
+    }
+}
+
+/// A device that fetched messages (by sync or by replay) has them: that
+/// counts as delivered. Handed to the receipts pipeline, which coalesces.
+pub fn note_delivered(state: &AppState, caller: &Caller, events: &[confab_schemas::api::CursoredEvent]) {
+    let mut highest: HashMap<&str, u64> = HashMap::new();
+    for cursored in events {
+        if let confab_schemas::api::ClientEvent::MessageNew { message } = &cursored.event {
+            if message.sender_id != caller.user_id {
+                let seq = highest.entry(message.conversation_id.as_str()).or_insert(0);
+                *seq = (*seq).max(message.seq);
+            }
+        }
+    }
+    for (conversation_id, seq) in highest {
+        let receipt = DeviceReceipt { conversation_id: conversation_id.to_string(), user_id: caller.user_id.clone(), device_id: caller.device_id.clone(), seq };
+        state.pipelines.submit_receipt(receipt);
     }
 }
 

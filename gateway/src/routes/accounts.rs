@@ -7,7 +7,7 @@ use confab_schemas::ErrorCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::auth::{hash_password, verify_password, ClientIp};
+use crate::auth::ClientIp;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
 use crate::rate_limit::Limit;
@@ -68,7 +68,8 @@ pub async fn create_user(State(state): State<AppState>, ip: ClientIp, ApiJson(re
         return Err(ApiError::new(ErrorCode::Conflict, format!("username `{}` is taken; choose another", request.username)));
     }
     let password = request.password;
-    let hash = tokio::task::spawn_blocking(move || hash_password(&password))
+    let passwords = state.passwords.clone();
+    let hash = tokio::task::spawn_blocking(move || passwords.hash(&password))
         .await
         .map_err(|error| ApiError::internal("hashing a password", error))?
         .map_err(|error| ApiError::internal("hashing a password", error))?;
@@ -85,7 +86,8 @@ pub async fn create_session(State(state): State<AppState>, ip: ClientIp, ApiJson
     let user = state.ingest.user_by_username(&request.username);
     let stored = user.as_ref().map(|user| user.password_hash.clone());
     let password = request.password;
-    let verified = tokio::task::spawn_blocking(move || verify_password(&password, stored.as_deref()))
+    let passwords = state.passwords.clone();
+    let verified = tokio::task::spawn_blocking(move || passwords.verify(&password, stored.as_deref()))
         .await
         .map_err(|error| ApiError::internal("checking a password", error))?;
     let user = match (verified, user) {

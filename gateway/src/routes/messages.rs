@@ -112,5 +112,6 @@ pub async fn sync(
 ) -> ApiResult<Json<Value>> {
     let limit = page_limit(&params, PAGE_MAX, SYNC_PAGE_MAX)?;
     let page = state.ingest.sync(&caller, params.get("cursor").map(String::as_str), limit)?;
+    crate::ws::note_delivered(&state, &caller, &page.events);
     Ok(Json(json!({"events": page.events, "nextCursor": page.next_cursor, "hasMore": page.has_more})))
 }
