@@ -16,6 +16,8 @@ use confab_log::{FileLog, Log, LogConfig};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+mod ws;
+
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// Raw durable appends to the embedded log.
@@ -52,11 +54,45 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         partitions: u32,
     },
+    /// Many WebSocket clients: 1:1 traffic, a large fanout, idle connections.
+    Ws {
+        /// Which scenarios to run, in order.
+        #[arg(long, value_delimiter = ',', default_value = "pairs,fanout,idle")]
+        scenarios: Vec<String>,
+        /// 1:1 conversations of the `pairs` scenario (two connections each).
+        #[arg(long, default_value_t = 500)]
+        pairs: usize,
+        /// Messages per second over all pairs.
+        #[arg(long, default_value_t = 10_000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Members of the `fanout` scenario's channel, all online.
+        #[arg(long, default_value_t = 10_000)]
+        members: usize,
+        /// Connections of the `idle` scenario.
+        #[arg(long, default_value_t = 18_000)]
+        idle_connections: usize,
+    },
+    /// (Used by `bench ws`.) Holds idle WebSockets until stdin closes.
+    #[command(hide = true)]
+    Hold {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        token: String,
+        #[arg(long)]
+        connections: usize,
+    },
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Log { dir, writers, seconds, record_bytes } => bench_log(dir, writers, seconds, record_bytes).await,
+        BenchCommand::Ws { scenarios, pairs, rate, seconds, members, idle_connections } => {
+            ws::run(ws::WsOptions { scenarios, pairs, rate, seconds, members, idle_connections }).await
+        }
+        BenchCommand::Hold { url, token, connections } => ws::hold(url, token, connections).await,
         BenchCommand::Sends { url, senders, seconds, body_bytes, rate, partitions } => {
             bench_sends(SendsOptions { url, senders, seconds, body_bytes, rate, partitions }).await
         }
@@ -64,14 +100,14 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
 }
 
 /// Latencies in microseconds, summarized.
-struct Summary {
-    count: usize,
-    p50_ms: f64,
-    p99_ms: f64,
-    max_ms: f64,
+pub(crate) struct Summary {
+    pub(crate) count: usize,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) max_ms: f64,
 }
 
-fn summarize(mut latencies_us: Vec<u64>) -> Summary {
+pub(crate) fn summarize(mut latencies_us: Vec<u64>) -> Summary {
     latencies_us.sort_unstable();
     let at = |fraction: f64| -> f64 {
         if latencies_us.is_empty() {
@@ -135,9 +171,9 @@ fn tempdir_in_target() -> anyhow::Result<PathBuf> {
 }
 
 /// A server process started for the benchmark, killed when dropped.
-struct BenchServer {
+pub(crate) struct BenchServer {
     child: tokio::process::Child,
-    url: String,
+    pub(crate) url: String,
     data_dir: PathBuf,
 }
 
@@ -148,11 +184,33 @@ impl Drop for BenchServer {
     }
 }
 
+impl BenchServer {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    /// The server's resident memory.
+    pub(crate) fn rss_kib(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmRSS in /proc status")
+    }
+}
+
 async fn start_bench_server(partitions: u32) -> anyhow::Result<BenchServer> {
+    start_bench_server_with(partitions, "").await
+}
+
+/// Starts `confab serve` on a fresh data directory with rate limits off and
+/// `extra_config` (TOML tables) added.
+pub(crate) async fn start_bench_server_with(partitions: u32, extra_config: &str) -> anyhow::Result<BenchServer> {
     let data_dir = tempdir_in_target()?.join("server");
     std::fs::create_dir_all(&data_dir)?;
     // The benchmark measures the write path, so rate limits are off.
-    let config = format!("[log]\npartitions = {partitions}\n[gateway.rate_limits]\nenabled = false\n");
+    let config = format!("[log]\npartitions = {partitions}\n[gateway.rate_limits]\nenabled = false\n{extra_config}");
     let config_path = data_dir.with_extension("toml");
     std::fs::write(&config_path, config)?;
     let mut child = tokio::process::Command::new(std::env::current_exe()?)
@@ -176,7 +234,7 @@ async fn start_bench_server(partitions: u32) -> anyhow::Result<BenchServer> {
     Ok(BenchServer { child, url, data_dir })
 }
 
-async fn post(client: &reqwest::Client, url: &str, token: Option<&str>, body: Value) -> anyhow::Result<Value> {
+pub(crate) async fn post(client: &reqwest::Client, url: &str, token: Option<&str>, body: Value) -> anyhow::Result<Value> {
     let mut request = client.post(url).json(&body);
     if let Some(token) = token {
         request = request.bearer_auth(token);
@@ -191,7 +249,7 @@ async fn post(client: &reqwest::Client, url: &str, token: Option<&str>, body: Va
 }
 
 /// Signs up and logs in a user; returns (userId, accessToken).
-async fn account(client: &reqwest::Client, base: &str, username: &str) -> anyhow::Result<(String, String)> {
+pub(crate) async fn account(client: &reqwest::Client, base: &str, username: &str) -> anyhow::Result<(String, String)> {
     let password = "bench-password";
     let created = post(client, &format!("{base}/v1/users"), None, json!({"username": username, "password": password})).await?;
     let session = post(client, &format!("{base}/v1/sessions"), None, json!({"username": username, "password": password})).await?;

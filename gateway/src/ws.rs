@@ -67,7 +67,9 @@ pub async fn upgrade(
 }
 
 async fn session(socket: WebSocket, state: AppState, caller: Caller, start: Option<SyncCursor>, ip: String) {
-    let (connection, mut queue, first) = state.hub.register(&caller.user_id, &caller.device_id);
+    let head = state.ingest.head_cursor();
+    let stream_start = start.as_ref().unwrap_or(&head).positions.clone();
+    let (connection, mut queue, first) = state.hub.register(&caller.user_id, &caller.device_id, stream_start);
     if first {
         announce_presence(&state, &caller.user_id, "online");
     }
@@ -81,7 +83,7 @@ async fn session(socket: WebSocket, state: AppState, caller: Caller, start: Opti
         sink.send(Message::Text(hello.to_string().into())).await?;
         let mut cursor = match start {
             Some(cursor) => replay(&state, &caller, cursor, &mut sink).await?,
-            None => state.ingest.head_cursor(),
+            None => head,
         };
         loop {
             tokio::select! {

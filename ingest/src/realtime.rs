@@ -4,6 +4,7 @@
 //! presence.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use confab_log::Offset;
 use confab_schemas::api::ClientEvent;
@@ -21,7 +22,8 @@ use crate::{Error, Result};
 pub struct EventAt {
     pub index: u32,
     pub event: ClientEvent,
-    pub recipients: Vec<String>,
+    /// Shared by every event of the record.
+    pub recipients: Arc<[String]>,
     pub member_count: usize,
 }
 
@@ -49,7 +51,7 @@ impl Ingest {
             return Vec::new();
         }
         // Everyone who was a member at this offset; the same for every event of the record.
-        let recipients: Vec<String> = conversation.membership.keys().filter(|user_id| conversation.visible_to(user_id, offset)).cloned().collect();
+        let recipients: Arc<[String]> = conversation.membership.keys().filter(|user_id| conversation.visible_to(user_id, offset)).cloned().collect();
         let member_count = conversation.members.len();
         conversation.events[first..]
             .iter()

@@ -25,6 +25,9 @@ pub struct Connection {
     pub id: u64,
     pub user_id: String,
     pub device_id: String,
+    /// Per partition, where this connection's stream starts: older events
+    /// reach it by replay, never through its queue.
+    start: Vec<Position>,
     sender: mpsc::Sender<Outbound>,
     overflowed: AtomicBool,
     /// Woken when the connection must resync (its queue overflowed).
@@ -41,6 +44,12 @@ impl Connection {
     fn push(&self, frame: Outbound) -> bool {
         if self.overflowed() {
             return false;
+        }
+        if let Outbound::Durable { partition, position, .. } = &frame {
+            let starts_after = self.start.get(*partition as usize).is_some_and(|start| !start.admits(position.offset, position.skip));
+            if starts_after {
+                return true;
+            }
         }
         match self.sender.try_send(frame) {
             Ok(()) => true,
@@ -75,14 +84,16 @@ impl Hub {
         Hub { connections: DashMap::new(), queue_max_frames: queue_max_frames.max(1), next_id: AtomicU64::new(1), counters: HubCounters::default() }
     }
 
-    /// Registers a device's connection; returns it and its queue. Whether
-    /// the user was offline before (their first connection) is also returned.
-    pub fn register(&self, user_id: &str, device_id: &str) -> (Arc<Connection>, mpsc::Receiver<Outbound>, bool) {
+    /// Registers a device's connection whose stream starts at `start` (one
+    /// position per partition); returns it, its queue, and whether the user
+    /// was offline before (their first connection).
+    pub fn register(&self, user_id: &str, device_id: &str, start: Vec<Position>) -> (Arc<Connection>, mpsc::Receiver<Outbound>, bool) {
         let (sender, receiver) = mpsc::channel(self.queue_max_frames);
         let connection = Arc::new(Connection {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             user_id: user_id.to_string(),
             device_id: device_id.to_string(),
+            start,
             sender,
             overflowed: AtomicBool::new(false),
             resync: Notify::new(),
@@ -139,9 +150,9 @@ mod tests {
     #[test]
     fn a_full_queue_drops_ephemeral_frames_and_marks_durable_overflow() {
         let hub = Hub::new(2);
-        let (slow, _receiver, first) = hub.register("u", "d1");
+        let (slow, _receiver, first) = hub.register("u", "d1", vec![Position::at(0)]);
         assert!(first);
-        let (_fast, mut fast_receiver, first) = hub.register("u", "d2");
+        let (_fast, mut fast_receiver, first) = hub.register("u", "d2", vec![Position::at(0)]);
         assert!(!first);
         hub.deliver("u", Some("d2"), &event());
         hub.deliver("u", Some("d2"), &Outbound::Ephemeral(Arc::new(serde_json::json!({"type": "typing"}))));
@@ -152,5 +163,22 @@ mod tests {
         assert!(fast_receiver.try_recv().is_err(), "the excluded device got nothing");
         assert!(!hub.unregister(&slow));
         assert!(hub.is_online("u"));
+    }
+
+    #[test]
+    fn a_connection_never_queues_events_from_before_its_start() {
+        let hub = Hub::new(4);
+        let (_connection, mut receiver, _) = hub.register("u", "d", vec![Position { offset: 5, skip: 1 }]);
+        let at = |offset, skip| Outbound::Durable { partition: 0, position: Position { offset, skip }, json: Arc::from("{}") };
+        for (offset, skip) in [(4, 0), (5, 0), (5, 1), (6, 0)] {
+            hub.deliver("u", None, &at(offset, skip));
+        }
+        let queued: Vec<(u64, u32)> = std::iter::from_fn(|| receiver.try_recv().ok())
+            .map(|frame| match frame {
+                Outbound::Durable { position, .. } => (position.offset, position.skip),
+                Outbound::Ephemeral(_) => unreachable!(),
+            })
+            .collect();
+        assert_eq!(queued, vec![(5, 1), (6, 0)]);
     }
 }

@@ -31,8 +31,8 @@ pub struct RecordEvent {
     /// Its index among the record's events (a record can yield several).
     pub index: u32,
     pub event: ClientEvent,
-    /// Users who were members when it happened.
-    pub recipients: Vec<String>,
+    /// Users who were members when it happened (shared by the record's events).
+    pub recipients: Arc<[String]>,
     pub member_count: usize,
 }
 
@@ -235,17 +235,21 @@ impl LogTask {
                 continue;
             }
             let large = record_event.member_count > threshold;
-            let receipt_of = match &record_event.event {
-                ClientEvent::ReceiptDelivered { user_id, .. } | ClientEvent::ReceiptRead { user_id, .. } => Some(user_id.clone()),
+            // In a large conversation, receipts and membership changes go only
+            // to the user they are about: broadcast, they would be members x
+            // events frames. Others learn them by sync or the members list.
+            let only_for = match &record_event.event {
+                ClientEvent::ReceiptDelivered { user_id, .. } | ClientEvent::ReceiptRead { user_id, .. } | ClientEvent::ConversationMember { user_id, .. } => {
+                    Some(user_id.clone())
+                }
                 _ => None,
             };
             let json: Arc<str> = serde_json::to_string(&record_event.event).expect("client events serialize").into();
             let frame = Outbound::Durable { partition: self.partition, position: Position { offset, skip: record_event.index }, json };
-            match (large, receipt_of) {
-                // In a large conversation a receipt goes only to the reader's own devices.
+            match (large, only_for) {
                 (true, Some(user_id)) => self.hub.deliver(&user_id, None, &frame),
                 _ => {
-                    for user_id in &record_event.recipients {
+                    for user_id in record_event.recipients.iter() {
                         self.hub.deliver(user_id, origin_device, &frame);
                     }
                 }
