@@ -63,11 +63,12 @@ async fn accounts(client: &reqwest::Client, base: &str, prefix: &str, count: usi
 }
 
 pub async fn run(options: WsOptions) -> anyhow::Result<()> {
-    // Cheap password hashes: the benchmark creates thousands of accounts.
-    let server = start_bench_server_with(1, "[gateway.password_hash]\nmemory_kib = 8\niterations = 1\n").await?;
     let client = reqwest::Client::builder().pool_max_idle_per_host(128).build()?;
-    println!("WebSocket benchmarks against {} (server pid {})", server.url, server.pid());
     for scenario in &options.scenarios {
+        // A fresh server per scenario, so that one's memory does not colour the next.
+        // Cheap password hashes: the benchmark creates thousands of accounts.
+        let server = start_bench_server_with(1, "[gateway.password_hash]\nmemory_kib = 8\niterations = 1\n").await?;
+        println!("[{scenario}] server {} (pid {})", server.url, server.pid());
         match scenario.as_str() {
             "pairs" => pairs(&server, &client, options.pairs, options.rate, options.seconds).await?,
             "fanout" => fanout(&server, &client, options.members).await?,
@@ -81,18 +82,22 @@ pub async fn run(options: WsOptions) -> anyhow::Result<()> {
 async fn pairs(server: &BenchServer, client: &reqwest::Client, pairs: usize, rate: f64, seconds: u64) -> anyhow::Result<()> {
     let base = &server.url;
     let users = accounts(client, base, "pair", pairs * 2).await?;
-    let started_at = Instant::now();
-    let mut receivers = Vec::new();
-    let mut senders = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(seconds + 3);
-    let send_until = Instant::now() + Duration::from_secs(seconds + 1);
     let interval = Duration::from_secs_f64(pairs as f64 / rate);
+    let mut connected = Vec::new();
     for pair in 0..pairs {
         let (sender, receiver) = (&users[pair * 2], &users[pair * 2 + 1]);
         let dm = post(client, &format!("{base}/v1/conversations"), Some(&sender.1), json!({"type": "dm", "memberIds": [receiver.0]})).await?;
         let conversation_id = dm["conversationId"].as_str().unwrap_or_default().to_string();
-        let mut receiving = connect(base, &receiver.1).await?;
-        let sending = connect(base, &sender.1).await?;
+        connected.push((conversation_id, connect(base, &sender.1).await?, connect(base, &receiver.1).await?));
+    }
+    // Every sender starts on one clock, once everyone is connected.
+    let started_at = Instant::now();
+    let send_from = started_at + Duration::from_secs(1);
+    let send_until = send_from + Duration::from_secs(seconds);
+    let deadline = send_until + Duration::from_secs(2);
+    let mut receivers = Vec::new();
+    let mut senders = Vec::new();
+    for (conversation_id, sending, mut receiving) in connected {
         receivers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline.into(), receiving.next()).await {
@@ -109,7 +114,7 @@ async fn pairs(server: &BenchServer, client: &reqwest::Client, pairs: usize, rat
             let (mut sink, mut stream) = sending.split();
             // Drain the acks.
             tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
-            let mut scheduled = Instant::now() + Duration::from_secs(1) + interval.mul_f64(fastrand::f64());
+            let mut scheduled = send_from + interval.mul_f64(fastrand::f64());
             let mut counter = 0u64;
             while scheduled < send_until {
                 tokio::time::sleep_until(scheduled.into()).await;
