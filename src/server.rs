@@ -48,17 +48,20 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let lock = lock_data_dir(&config.data_dir)?;
     let token_secret = load_or_create_secret(&config.data_dir.join("secrets").join("token.key"))?;
     let log_dir = config.data_dir.join("log");
+    // Definitions first: a bad one stops the start before anything is opened,
+    // and the fanout's threshold decides which conversations get inboxes.
+    let specs = crate::wiring::load_pipelines(config.pipelines_dir.as_ref())?;
+    let inbox_max_members = crate::wiring::large_conversation_members(&specs);
     let (log, ingest) = tokio::task::spawn_blocking({
         let log_config = config.log.clone();
         let limits = config.limits.clone();
         move || -> anyhow::Result<(Arc<FileLog>, Ingest)> {
             let log = Arc::new(FileLog::open(&log_dir, log_config).with_context(|| format!("could not open the log in `{}`", log_dir.display()))?);
-            let ingest = Ingest::open(log.clone(), limits).context("could not rebuild the state from the log")?;
+            let ingest = Ingest::open_with_inbox_threshold(log.clone(), limits, inbox_max_members).context("could not rebuild the state from the log")?;
             Ok((log, ingest))
         }
     })
     .await??;
-    let specs = crate::wiring::load_pipelines(config.pipelines_dir.as_ref())?;
     let ingest = Arc::new(ingest);
     let hub = Arc::new(Hub::new(config.gateway.connection_queue_max_frames));
     let view = Arc::new(IngestView(ingest.clone()));

@@ -42,6 +42,19 @@ impl ReceiptSink for IngestView {
     }
 }
 
+/// The fanout's size above which conversations are delivered online only
+/// and read by scanning rather than through per-user inboxes.
+pub fn large_conversation_members(specs: &[PipelineSpec]) -> usize {
+    specs
+        .iter()
+        .flat_map(|spec| spec.stages.iter())
+        .find_map(|stage| match stage {
+            confab_pipelines::Stage::Fanout { large_conversation_members } => Some(*large_conversation_members),
+            _ => None,
+        })
+        .unwrap_or(confab_ingest::DEFAULT_INBOX_MAX_MEMBERS)
+}
+
 /// The pipeline definitions to run: the operator's folder, or the shipped
 /// ones. Any problem in any file stops the server before it starts.
 pub fn load_pipelines(dir: Option<&PathBuf>) -> anyhow::Result<Vec<PipelineSpec>> {

@@ -10,10 +10,70 @@ use confab_schemas::events::{ConversationType, LogEvent, MemberRole};
 use parking_lot::RwLock;
 
 use crate::fenwick::Fenwick;
-use crate::state::{dm_pair, ConversationHandle, ConversationState, Device, EventRef, MemberState, MessageRef, MessageState, State, User};
+use crate::state::{dm_pair, ConversationHandle, ConversationState, Device, EventRef, InboxEntry, MemberState, MessageRef, MessageState, State, User};
 
 impl State {
     pub(crate) fn apply(&self, partition: u32, offset: u64, event: LogEvent) {
+        let scoped = !matches!(event, LogEvent::UserCreated { .. } | LogEvent::SessionCreated { .. });
+        let conversation_id = event.partition_key().to_string();
+        self.apply_event(partition, offset, event);
+        if scoped {
+            self.route_record(partition, offset, &conversation_id);
+        }
+    }
+
+    /// Routes the events one record made: into every recipient's inbox if
+    /// the conversation is small, or (large) into its members' scan sets.
+    /// Inboxes are written after the conversation's lock is released, so no
+    /// reader ever waits on both.
+    fn route_record(&self, partition: u32, offset: u64, conversation_id: &str) {
+        let Some(handle) = self.conversation(conversation_id) else { return };
+        let (recipients, count, scanners) = {
+            let mut conversation = handle.state.write();
+            let first = conversation.events.partition_point(|event| event.offset < offset);
+            let count = conversation.events.len() - first;
+            if count == 0 {
+                return;
+            }
+            if conversation.members.len() > self.inbox_max_members {
+                let scanners: Vec<String> = if conversation.large {
+                    // Already large: only the members this record brought in.
+                    conversation.events[first..]
+                        .iter()
+                        .filter_map(|event| match &event.event {
+                            EventRef::Member { user_id, change: MemberChange::Joined } => Some(user_id.clone()),
+                            _ => None,
+                        })
+                        .collect()
+                } else {
+                    conversation.large = true;
+                    conversation.members.keys().cloned().collect()
+                };
+                (Vec::new(), 0, scanners)
+            } else {
+                for event in &mut conversation.events[first..] {
+                    event.inboxed = true;
+                }
+                let recipients: Vec<String> = conversation.membership.keys().filter(|user_id| conversation.visible_to(user_id, offset)).cloned().collect();
+                (recipients, count, Vec::new())
+            }
+        };
+        for user_id in scanners {
+            self.scan_conversations.entry(user_id).or_default().insert(conversation_id.to_string());
+        }
+        let conversation_id: Arc<str> = Arc::from(conversation_id);
+        for user_id in recipients {
+            let mut inbox = self.inboxes.entry(user_id).or_default();
+            if inbox.len() <= partition as usize {
+                inbox.resize_with(partition as usize + 1, Vec::new);
+            }
+            for index in 0..count as u32 {
+                inbox[partition as usize].push(InboxEntry { offset, index, conversation_id: conversation_id.clone() });
+            }
+        }
+    }
+
+    fn apply_event(&self, partition: u32, offset: u64, event: LogEvent) {
         match event {
             LogEvent::UserCreated { user_id, username, display_name, password_hash, roles, ts } => {
                 if roles.contains(&confab_schemas::events::AccountRole::Admin) {
@@ -49,7 +109,7 @@ impl State {
                 if let Some(range) = conversation.membership.get_mut(&user_id).and_then(|ranges| ranges.last_mut()) {
                     range.1 = Some(offset);
                 }
-                conversation.events.push((offset, ts, EventRef::Member { user_id: user_id.clone(), change: MemberChange::Left }));
+                conversation.push_event(offset, ts, EventRef::Member { user_id: user_id.clone(), change: MemberChange::Left });
                 if let Some(mut joined) = self.user_conversations.get_mut(&user_id) {
                     joined.remove(&conversation_id);
                 }
@@ -72,7 +132,7 @@ impl State {
                 let message = MessageState { message_id, sender_id, device_id, client_msg_id, ts, body, attachments, edited: false, deleted: false };
                 conversation.messages.push(message);
                 conversation.live_messages.push(1);
-                conversation.events.push((offset, ts, EventRef::MessageNew { seq }));
+                conversation.push_event(offset, ts, EventRef::MessageNew { seq });
                 handle.assigned_seq.fetch_max(seq, Ordering::AcqRel);
             }
             LogEvent::MessageEdited { conversation_id, seq, body, ts, .. } => {
@@ -84,7 +144,7 @@ impl State {
                 }
                 message.body = body;
                 message.edited = true;
-                conversation.events.push((offset, ts, EventRef::MessageEdit { seq }));
+                conversation.push_event(offset, ts, EventRef::MessageEdit { seq });
             }
             LogEvent::MessageDeleted { conversation_id, seq, ts, .. } => {
                 let Some(handle) = self.conversation(&conversation_id) else { return };
@@ -97,7 +157,7 @@ impl State {
                 message.body.clear();
                 message.attachments.clear();
                 conversation.live_messages.add(seq as usize, -1);
-                conversation.events.push((offset, ts, EventRef::MessageDelete { seq }));
+                conversation.push_event(offset, ts, EventRef::MessageDelete { seq });
             }
             LogEvent::ReadCursorMoved { conversation_id, user_id, seq, ts } => {
                 let Some(handle) = self.conversation(&conversation_id) else { return };
@@ -108,7 +168,7 @@ impl State {
                 }
                 member.last_read_seq = seq;
                 member.last_delivered_seq = member.last_delivered_seq.max(seq);
-                conversation.events.push((offset, ts, EventRef::Read { user_id, seq }));
+                conversation.push_event(offset, ts, EventRef::Read { user_id, seq });
             }
             LogEvent::DeliveryReceipts { conversation_id, receipts, ts } => {
                 let Some(handle) = self.conversation(&conversation_id) else { return };
@@ -130,7 +190,7 @@ impl State {
                     }
                 }
                 for (user_id, seq) in advanced {
-                    conversation.events.push((offset, ts, EventRef::Delivered { user_id, seq }));
+                    conversation.push_event(offset, ts, EventRef::Delivered { user_id, seq });
                 }
             }
         }
@@ -161,6 +221,7 @@ impl State {
             messages: Vec::new(),
             live_messages: Fenwick::default(),
             events: Vec::new(),
+            large: false,
             membership: HashMap::new(),
         };
         let creator_role = match conversation_type {
@@ -189,8 +250,7 @@ impl State {
         let member = MemberState { role, joined_at: ts, last_read_seq: last_seq, last_delivered_seq: last_seq, delivered_by_device: HashMap::new() };
         conversation.members.insert(user_id.clone(), member);
         conversation.membership.entry(user_id.clone()).or_default().push((offset, None));
-        conversation.events.push((offset, ts, EventRef::Member { user_id: user_id.clone(), change: MemberChange::Joined }));
-        self.user_conversations.entry(user_id.clone()).or_default().insert(conversation_id.clone());
-        self.user_history.entry(user_id).or_default().insert(conversation_id);
+        conversation.push_event(offset, ts, EventRef::Member { user_id: user_id.clone(), change: MemberChange::Joined });
+        self.user_conversations.entry(user_id).or_default().insert(conversation_id);
     }
 }

@@ -58,6 +58,9 @@ const REPLAY_BATCH_RECORDS: usize = 4_096;
 /// so it holds every record against retention until it has snapshots.
 pub const STATE_CONSUMER: &str = "state";
 
+/// Conversations larger than this are not inboxed, unless configured otherwise.
+pub const DEFAULT_INBOX_MAX_MEMBERS: usize = 1_000;
+
 /// How long a retry waits for its in-flight original before giving up (503).
 const IN_FLIGHT_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -65,7 +68,14 @@ impl Ingest {
     /// Rebuilds the state by replaying every partition of `log`, then is
     /// ready for commands.
     pub fn open(log: Arc<dyn Log>, limits: Limits) -> Result<Ingest> {
-        let state = State::default();
+        Ingest::open_with_inbox_threshold(log, limits, DEFAULT_INBOX_MAX_MEMBERS)
+    }
+
+    /// Like [`open`](Self::open); conversations with more members than
+    /// `inbox_max_members` are read by scanning instead of through inboxes
+    /// (the fanout pipeline's `large_conversation_members`).
+    pub fn open_with_inbox_threshold(log: Arc<dyn Log>, limits: Limits, inbox_max_members: usize) -> Result<Ingest> {
+        let state = State::new(inbox_max_members);
         let mut partitions = Vec::new();
         for partition in 0..log.partition_count() {
             if log.committed_offset(STATE_CONSUMER, partition)?.is_none() {

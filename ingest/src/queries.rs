@@ -7,7 +7,7 @@ use std::collections::BinaryHeap;
 use confab_schemas::api::{self, ClientEvent, CursoredEvent};
 
 use crate::commands::{render_message, Caller, Ingest};
-use crate::state::{ConversationState, EventRef};
+use crate::state::{ConversationState, EventRef, InboxEntry};
 use crate::{Error, Result};
 use confab_schemas::cursor::{Position, SyncCursor};
 
@@ -99,8 +99,31 @@ impl Ingest {
         // Read each partition's applied end first: events below it are all in the state.
         let applied_ends: Vec<u64> = self.partitions.iter().map(|partition| partition.applied_end()).collect();
         let mut streams: Vec<Vec<StreamEvent>> = vec![Vec::new(); partition_count as usize];
-        let conversation_ids: Vec<String> = self.state.user_history.get(&caller.user_id).map(|ids| ids.iter().cloned().collect()).unwrap_or_default();
-        for conversation_id in conversation_ids {
+        // Small conversations: the caller's inbox (copied out first, so no
+        // inbox lock is held while conversations are read).
+        let inboxed: Vec<(usize, Vec<InboxEntry>)> = match self.state.inboxes.get(&caller.user_id) {
+            Some(inbox) => inbox
+                .iter()
+                .enumerate()
+                .map(|(partition, entries)| {
+                    let from = start.positions[partition];
+                    let first = entries.partition_point(|entry| !from.admits(entry.offset, entry.index));
+                    let taken = entries[first..].iter().take_while(|entry| entry.offset < applied_ends[partition]).take(limit + 1).cloned().collect();
+                    (partition, taken)
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        for (partition, entries) in inboxed {
+            for entry in entries {
+                if let Some(event) = self.render_inbox_entry(&entry) {
+                    streams[partition].push(event);
+                }
+            }
+        }
+        // Large conversations: scanned for the events no inbox holds.
+        let scanned: Vec<String> = self.state.scan_conversations.get(&caller.user_id).map(|ids| ids.iter().cloned().collect()).unwrap_or_default();
+        for conversation_id in scanned {
             let Some(handle) = self.state.conversation(&conversation_id) else { continue };
             let partition = handle.partition as usize;
             let conversation = handle.state.read();
@@ -124,24 +147,36 @@ struct StreamEvent {
     event: ClientEvent,
 }
 
-/// Appends to `out` up to `max` events of `conversation` from position
-/// `from` up to offset `until` (exclusive) that `user_id` may see.
+/// Appends to `out` up to `max` events of a large `conversation` from
+/// position `from` up to offset `until` (exclusive) that `user_id` may see
+/// and that no inbox holds.
 fn collect_visible(conversation: &ConversationState, user_id: &str, (from, until): (Position, u64), max: usize, out: &mut Vec<StreamEvent>) {
-    let first = conversation.events.partition_point(|(offset, _, _)| *offset < from.offset);
+    let first = conversation.events.partition_point(|event| event.offset < from.offset);
     let mut taken = 0;
     let mut previous_offset = None;
     let mut index = 0u32;
-    for (offset, ts, event) in &conversation.events[first..] {
-        if *offset >= until || taken == max {
+    for event in &conversation.events[first..] {
+        if event.offset >= until || taken == max {
             break;
         }
         // The index counts every event of the record, visible or not, so it is stable.
-        index = if previous_offset == Some(*offset) { index + 1 } else { 0 };
-        previous_offset = Some(*offset);
-        if from.admits(*offset, index) && conversation.visible_to(user_id, *offset) {
-            out.push(StreamEvent { offset: *offset, index, ts: *ts, event: render_event(conversation, event) });
+        index = if previous_offset == Some(event.offset) { index + 1 } else { 0 };
+        previous_offset = Some(event.offset);
+        if !event.inboxed && from.admits(event.offset, index) && conversation.visible_to(user_id, event.offset) {
+            out.push(StreamEvent { offset: event.offset, index, ts: event.ts, event: render_event(conversation, &event.event) });
             taken += 1;
         }
+    }
+}
+
+impl Ingest {
+    /// The client event an inbox entry points at.
+    fn render_inbox_entry(&self, entry: &InboxEntry) -> Option<StreamEvent> {
+        let handle = self.state.conversation(&entry.conversation_id)?;
+        let conversation = handle.state.read();
+        let first = conversation.events.partition_point(|event| event.offset < entry.offset);
+        let event = conversation.events.get(first + entry.index as usize).filter(|event| event.offset == entry.offset)?;
+        Some(StreamEvent { offset: entry.offset, index: entry.index, ts: event.ts, event: render_event(&conversation, &event.event) })
     }
 }
 

@@ -46,8 +46,8 @@ impl Ingest {
         }
         let Some(handle) = self.state.conversation(event.partition_key()) else { return Vec::new() };
         let conversation = handle.state.read();
-        let first = conversation.events.partition_point(|(at, _, _)| *at < offset);
-        if conversation.events.get(first).is_none_or(|(at, _, _)| *at != offset) {
+        let first = conversation.events.partition_point(|event| event.offset < offset);
+        if conversation.events.get(first).is_none_or(|event| event.offset != offset) {
             return Vec::new();
         }
         // Everyone who was a member at this offset; the same for every event of the record.
@@ -55,11 +55,11 @@ impl Ingest {
         let member_count = conversation.members.len();
         conversation.events[first..]
             .iter()
-            .take_while(|(at, _, _)| *at == offset)
+            .take_while(|event| event.offset == offset)
             .enumerate()
-            .map(|(index, (_, _, event_ref))| EventAt {
+            .map(|(index, event)| EventAt {
                 index: index as u32,
-                event: render_event(&conversation, event_ref),
+                event: render_event(&conversation, &event.event),
                 recipients: recipients.clone(),
                 member_count,
             })

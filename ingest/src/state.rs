@@ -72,6 +72,25 @@ pub(crate) enum EventRef {
     Member { user_id: UserId, change: MemberChange },
 }
 
+/// One event of a conversation, at the log offset of the record that made it.
+#[derive(Debug, Clone)]
+pub(crate) struct ConversationEvent {
+    pub offset: u64,
+    pub ts: i64,
+    pub event: EventRef,
+    /// Written to each recipient's inbox (fanout-on-write); otherwise
+    /// readers find it by scanning the conversation (fanout-on-read).
+    pub inboxed: bool,
+}
+
+/// One entry of a user's inbox: the `index`-th event of record `offset`.
+#[derive(Debug, Clone)]
+pub(crate) struct InboxEntry {
+    pub offset: u64,
+    pub index: u32,
+    pub conversation_id: Arc<str>,
+}
+
 #[derive(Debug)]
 pub(crate) struct ConversationState {
     pub conversation_id: ConversationId,
@@ -82,13 +101,20 @@ pub(crate) struct ConversationState {
     /// `messages[seq - 1]`.
     pub messages: Vec<MessageState>,
     pub live_messages: Fenwick,
-    /// `(offset, ts, event)`, ascending by offset.
-    pub events: Vec<(u64, i64, EventRef)>,
+    /// Ascending by offset.
+    pub events: Vec<ConversationEvent>,
+    /// Whether the conversation has been above the inbox threshold: its
+    /// members then have it in their scan sets.
+    pub large: bool,
     /// Per user, the offset ranges during which they were a member (inclusive).
     pub membership: HashMap<UserId, Vec<(u64, Option<u64>)>>,
 }
 
 impl ConversationState {
+    pub fn push_event(&mut self, offset: u64, ts: i64, event: EventRef) {
+        self.events.push(ConversationEvent { offset, ts, event, inboxed: false });
+    }
+
     pub fn last_seq(&self) -> u64 {
         self.messages.len() as u64
     }
@@ -119,7 +145,7 @@ pub(crate) struct MessageRef {
     pub seq: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct State {
     pub users: DashMap<UserId, Arc<User>>,
     /// Username to user; a name being created is reserved with `None`.
@@ -129,8 +155,14 @@ pub(crate) struct State {
     pub conversations: DashMap<ConversationId, Arc<ConversationHandle>>,
     /// The conversations a user is a member of now.
     pub user_conversations: DashMap<UserId, HashSet<ConversationId>>,
-    /// Every conversation a user has ever been a member of (for sync).
-    pub user_history: DashMap<UserId, HashSet<ConversationId>>,
+    /// Per user and partition, the events of small conversations they may
+    /// see, in log order (fanout-on-write).
+    pub inboxes: DashMap<UserId, Vec<Vec<InboxEntry>>>,
+    /// Per user, the conversations that were large while they were in
+    /// them: sync scans these for events not in the inbox (fanout-on-read).
+    pub scan_conversations: DashMap<UserId, HashSet<ConversationId>>,
+    /// Conversations with more members than this are not inboxed.
+    pub inbox_max_members: usize,
     /// The idempotency index: (sender, clientMsgId) to the message.
     pub idempotency: DashMap<(UserId, String), MessageRef>,
     pub messages_by_id: DashMap<MessageId, MessageRef>,
@@ -143,5 +175,24 @@ pub(crate) fn dm_pair(first: &str, second: &str) -> (UserId, UserId) {
         (first.to_string(), second.to_string())
     } else {
         (second.to_string(), first.to_string())
+    }
+}
+
+impl State {
+    pub fn new(inbox_max_members: usize) -> State {
+        State {
+            users: DashMap::new(),
+            usernames: DashMap::new(),
+            admin_assigned: AtomicBool::new(false),
+            devices: DashMap::new(),
+            conversations: DashMap::new(),
+            user_conversations: DashMap::new(),
+            inboxes: DashMap::new(),
+            scan_conversations: DashMap::new(),
+            inbox_max_members,
+            idempotency: DashMap::new(),
+            messages_by_id: DashMap::new(),
+            dm_pairs: DashMap::new(),
+        }
     }
 }

@@ -123,3 +123,92 @@ async fn sync_from_the_latest_cursor_sees_only_new_events_and_respects_membershi
     let (_, page) = carol.get(&format!("/v1/sync?cursor={carol_cursor}")).await;
     assert_eq!(page["events"], json!([]));
 }
+
+/// Replaces every ID (`u_…`, `c_…`, `m_…`, `d_…`) by its order of first
+/// appearance, so that two servers' histories can be compared.
+fn normalized(events: &[Value]) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    events
+        .iter()
+        .map(|event| {
+            let mut event = event.clone();
+            event.as_object_mut().unwrap().remove("cursor");
+            if let Some(message) = event.get_mut("message").and_then(Value::as_object_mut) {
+                message.remove("ts");
+            }
+            let text = event.to_string();
+            let mut out = String::new();
+            let mut rest = text.as_str();
+            while let Some(at) = rest.find(|c: char| c == '"') {
+                out.push_str(&rest[..=at]);
+                rest = &rest[at + 1..];
+                let end = rest.find('"').unwrap_or(rest.len());
+                let token = &rest[..end];
+                if ["u_", "c_", "m_", "d_"].iter().any(|prefix| token.starts_with(prefix)) && token.len() == 22 {
+                    let position = seen.iter().position(|id| id == token).unwrap_or_else(|| {
+                        seen.push(token.to_string());
+                        seen.len() - 1
+                    });
+                    out.push_str(&format!("id{position}"));
+                } else {
+                    out.push_str(token);
+                }
+                out.push('"');
+                rest = rest.get(end + 1..).unwrap_or("");
+            }
+            out.push_str(rest);
+            out
+        })
+        .collect()
+}
+
+/// One history, written to a server whose inbox threshold is `large_above`.
+async fn history_under_threshold(large_above: usize) -> (Vec<Value>, Vec<Value>, TestServer, Client, [tempfile::TempDir; 2]) {
+    let definitions = tempfile::tempdir().unwrap();
+    std::fs::write(
+        definitions.path().join("fanout.toml"),
+        format!("version = 1\n[[pipeline]]\nname = \"fanout\"\nsource = \"log\"\n[[pipeline.stage]]\nkind = \"fanout\"\nlarge_conversation_members = {large_above}\n"),
+    )
+    .unwrap();
+    let temporary = tempfile::tempdir().unwrap();
+    let mut config = crate::harness::test_config(temporary.path());
+    config.pipelines_dir = Some(definitions.path().to_path_buf());
+    let server = TestServer::start_with(config).await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let carol = server.user("carol").await;
+    let dave = server.user("dave").await;
+    // A group that grows past the threshold, shrinks, and a dm that stays small.
+    let group = alice.conversation("group", &[&bob]).await;
+    let dm = alice.conversation("dm", &[&bob]).await;
+    for index in 0..4 {
+        alice.say(&group, &format!("g-small-{index}"), "while small").await;
+        bob.say(&dm, &format!("d-{index}"), "dm").await;
+    }
+    alice.post(&format!("/v1/conversations/{group}/members"), json!({"userIds": [carol.user_id, dave.user_id]})).await;
+    for index in 0..4 {
+        let message = carol.say(&group, &format!("g-large-{index}"), "while large").await;
+        bob.post(&format!("/v1/conversations/{group}/read"), json!({"lastReadMessageId": message["messageId"]})).await;
+    }
+    alice.delete(&format!("/v1/conversations/{group}/members/{}", dave.user_id)).await;
+    alice.delete(&format!("/v1/conversations/{group}/members/{}", carol.user_id)).await;
+    alice.say(&group, "g-small-again", "small again").await;
+    let (bob_events, _) = sync_all(&bob, None, 1000).await;
+    let (carol_events, _) = sync_all(&carol, None, 1000).await;
+    (bob_events, carol_events, server, bob, [definitions, temporary])
+}
+
+#[tokio::test]
+async fn inboxes_and_scans_give_the_same_sync_whatever_the_threshold() {
+    let (bob_inboxed, carol_inboxed, _first, _, _first_dirs) = history_under_threshold(1_000).await;
+    let (bob_scanned, carol_scanned, _second, bob, _second_dirs) = history_under_threshold(2).await;
+    assert!(bob_inboxed.len() > 20, "{}", bob_inboxed.len());
+    assert_eq!(normalized(&bob_scanned), normalized(&bob_inboxed), "bob's sync differs between inboxes and scans");
+    assert_eq!(normalized(&carol_scanned), normalized(&carol_inboxed), "carol's sync differs between inboxes and scans");
+    // Paging across the inbox and the scanned conversation keeps the order.
+    let described: Vec<String> = bob_scanned.iter().map(describe).collect();
+    for limit in [1, 2, 5] {
+        let (paged, _) = sync_all(&bob, None, limit).await;
+        assert_eq!(paged.iter().map(describe).collect::<Vec<_>>(), described, "page size {limit}");
+    }
+}
