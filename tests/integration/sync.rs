@@ -139,7 +139,7 @@ fn normalized(events: &[Value]) -> Vec<String> {
             let text = event.to_string();
             let mut out = String::new();
             let mut rest = text.as_str();
-            while let Some(at) = rest.find(|c: char| c == '"') {
+            while let Some(at) = rest.find('"') {
                 out.push_str(&rest[..=at]);
                 rest = &rest[at + 1..];
                 let end = rest.find('"').unwrap_or(rest.len());
