@@ -125,9 +125,11 @@ impl State {
                 self.idempotency.insert((sender_id.clone(), client_msg_id.clone()), message_ref.clone());
                 self.messages_by_id.insert(message_id.clone(), message_ref);
                 if let Some(sender) = conversation.members.get_mut(&sender_id) {
-                    // Sending reads everything before it.
+                    // Sending reads everything before it, on the sending device too.
                     sender.last_read_seq = sender.last_read_seq.max(seq);
                     sender.last_delivered_seq = sender.last_delivered_seq.max(seq);
+                    sender.read_by_device.insert(device_id.clone(), seq);
+                    sender.delivered_by_device.insert(device_id.clone(), seq);
                 }
                 let message = MessageState { message_id, sender_id, device_id, client_msg_id, ts, body, attachments, edited: false, deleted: false };
                 conversation.messages.push(message);
@@ -159,10 +161,16 @@ impl State {
                 conversation.live_messages.add(seq as usize, -1);
                 conversation.push_event(offset, ts, EventRef::MessageDelete { seq });
             }
-            LogEvent::ReadCursorMoved { conversation_id, user_id, seq, ts } => {
+            LogEvent::ReadCursorMoved { conversation_id, user_id, seq, device_id, ts } => {
                 let Some(handle) = self.conversation(&conversation_id) else { return };
                 let mut conversation = handle.state.write();
                 let Some(member) = conversation.members.get_mut(&user_id) else { return };
+                if let Some(device_id) = device_id {
+                    let read = member.read_by_device.entry(device_id.clone()).or_insert(0);
+                    *read = (*read).max(seq);
+                    let delivered = member.delivered_by_device.entry(device_id).or_insert(0);
+                    *delivered = (*delivered).max(seq);
+                }
                 if seq <= member.last_read_seq {
                     return;
                 }
@@ -247,7 +255,14 @@ impl State {
         let conversation_id = conversation.conversation_id.clone();
         let last_seq = conversation.last_seq();
         // A new member starts with everything before joining read.
-        let member = MemberState { role, joined_at: ts, last_read_seq: last_seq, last_delivered_seq: last_seq, delivered_by_device: HashMap::new() };
+        let member = MemberState {
+            role,
+            joined_at: ts,
+            last_read_seq: last_seq,
+            last_delivered_seq: last_seq,
+            delivered_by_device: HashMap::new(),
+            read_by_device: HashMap::new(),
+        };
         conversation.members.insert(user_id.clone(), member);
         conversation.membership.entry(user_id.clone()).or_default().push((offset, None));
         conversation.push_event(offset, ts, EventRef::Member { user_id: user_id.clone(), change: MemberChange::Joined });

@@ -518,7 +518,13 @@ impl Ingest {
                 Some(current) if current >= seq => return Ok(()),
                 Some(_) => {}
             }
-            let event = LogEvent::ReadCursorMoved { conversation_id: conversation_id.to_string(), user_id: caller.user_id.clone(), seq, ts: now_ms() };
+            let event = LogEvent::ReadCursorMoved {
+                conversation_id: conversation_id.to_string(),
+                user_id: caller.user_id.clone(),
+                seq,
+                device_id: Some(caller.device_id.clone()),
+                ts: now_ms(),
+            };
             partition.append(&*self.log, vec![event])?
         };
         partition.finish(&*self.log, &self.state, ticket).await

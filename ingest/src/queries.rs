@@ -79,6 +79,7 @@ impl Ingest {
                 joined_at: member.joined_at,
                 last_delivered_seq: member.last_delivered_seq,
                 last_read_seq: member.last_read_seq,
+                devices: device_positions(member),
             })
             .collect();
         members.sort_by(|left, right| left.joined_at.cmp(&right.joined_at).then_with(|| left.user_id.cmp(&right.user_id)));
@@ -136,6 +137,20 @@ impl Ingest {
         }
         Ok(merge_streams(streams, start, &applied_ends, limit))
     }
+}
+
+fn device_positions(member: &crate::state::MemberState) -> Vec<api::DevicePositions> {
+    let mut devices: Vec<api::DevicePositions> = member
+        .delivered_by_device
+        .iter()
+        .map(|(device_id, delivered)| api::DevicePositions {
+            device_id: device_id.clone(),
+            last_delivered_seq: *delivered,
+            last_read_seq: member.read_by_device.get(device_id).copied().unwrap_or(0),
+        })
+        .collect();
+    devices.sort_by(|left, right| left.device_id.cmp(&right.device_id));
+    devices
 }
 
 /// One event of a partition's stream: the `index`-th event of record `offset`.

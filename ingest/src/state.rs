@@ -55,8 +55,10 @@ pub(crate) struct MemberState {
     /// The highest seq any of the member's devices has (a message is
     /// delivered to a user once one of their devices has it).
     pub last_delivered_seq: u64,
-    /// Per device, the highest seq it confirmed.
+    /// Per device, the highest seq it confirmed having.
     pub delivered_by_device: HashMap<DeviceId, u64>,
+    /// Per device, the highest seq read on it.
+    pub read_by_device: HashMap<DeviceId, u64>,
 }
 
 /// What happened at one log offset of a conversation, for `/v1/sync`. Message

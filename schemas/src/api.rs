@@ -53,6 +53,17 @@ pub struct Member {
     pub joined_at: i64,
     pub last_delivered_seq: u64,
     pub last_read_seq: u64,
+    /// An extension of the API: the positions each of the member's devices
+    /// confirmed.
+    pub devices: Vec<DevicePositions>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DevicePositions {
+    pub device_id: String,
+    pub last_delivered_seq: u64,
+    pub last_read_seq: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -113,6 +113,9 @@ pub enum LogEvent {
         conversation_id: ConversationId,
         user_id: UserId,
         seq: u64,
+        /// The device that read (absent in records from before devices were recorded).
+        #[serde(default)]
+        device_id: Option<DeviceId>,
         ts: i64,
     },
     /// Delivery receipts of many devices, coalesced by the receipts pipeline.

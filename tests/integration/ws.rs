@@ -181,6 +181,8 @@ async fn every_durable_event_type_arrives_live_with_a_cursor() {
     let (_, members) = bob.get(&format!("/v1/conversations/{group}/members")).await;
     let alice_row = members["members"].as_array().unwrap().iter().find(|row| row["userId"] == alice.user_id.as_str()).unwrap().clone();
     assert_eq!((alice_row["lastDeliveredSeq"].clone(), alice_row["lastReadSeq"].clone()), (json!(1), json!(1)));
+    // Per device too: the socket's device delivered and read 1.
+    assert_eq!(alice_row["devices"], json!([{"deviceId": alice.device_id, "lastDeliveredSeq": 1, "lastReadSeq": 1}]));
 
     alice.delete(&format!("/v1/messages/{id}")).await;
     let deleted = bob_ws.next_of("message.delete").await;
