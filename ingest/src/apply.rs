@@ -14,7 +14,7 @@ use crate::state::{dm_pair, ConversationHandle, ConversationState, Device, Event
 
 impl State {
     pub(crate) fn apply(&self, partition: u32, offset: u64, event: LogEvent) {
-        let scoped = !matches!(event, LogEvent::UserCreated { .. } | LogEvent::SessionCreated { .. });
+        let scoped = !matches!(event, LogEvent::UserCreated { .. } | LogEvent::SessionCreated { .. } | LogEvent::RoleGranted { .. } | LogEvent::Audited { .. });
         let conversation_id = event.partition_key().to_string();
         self.apply_event(partition, offset, event);
         if scoped {
@@ -83,6 +83,24 @@ impl State {
                 let user = User { user_id: user_id.clone(), username, display_name, password_hash, roles, created_at: ts };
                 self.users.insert(user_id, Arc::new(user));
             }
+            LogEvent::RoleGranted { user_id, role, .. } => {
+                let Some(user) = self.users.get(&user_id).map(|entry| entry.value().clone()) else { return };
+                if user.roles.contains(&role) {
+                    return;
+                }
+                let mut roles = user.roles.clone();
+                roles.push(role);
+                let updated = User {
+                    user_id: user.user_id.clone(),
+                    username: user.username.clone(),
+                    display_name: user.display_name.clone(),
+                    password_hash: user.password_hash.clone(),
+                    roles,
+                    created_at: user.created_at,
+                };
+                self.users.insert(user_id, Arc::new(updated));
+            }
+            LogEvent::Audited { .. } => {}
             LogEvent::SessionCreated { user_id, device_id, device_name, platform, ts } => {
                 let device = Device { device_id: device_id.clone(), user_id, name: device_name, platform, created_at: ts };
                 self.devices.insert(device_id, Arc::new(device));

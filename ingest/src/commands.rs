@@ -423,7 +423,7 @@ impl Ingest {
         let (handle, seq) = self.member_message(caller, message_id)?;
         let partition = &self.partitions[handle.partition as usize];
         let _writer = partition.writer.lock().await;
-        let conversation_id = {
+        let (conversation_id, sender_id) = {
             let conversation = handle.state.read();
             // Checked again under the lock: a removal may have landed since.
             if !conversation.members.contains_key(&caller.user_id) {
@@ -436,13 +436,14 @@ impl Ingest {
             if message.deleted {
                 return Err(Error::MessageDeleted(message_id.to_string()));
             }
-            conversation.conversation_id.clone()
+            (conversation.conversation_id.clone(), message.sender_id.clone())
         };
         let event = LogEvent::MessageEdited {
             message_id: message_id.to_string(),
             conversation_id,
             seq,
             body,
+            sender_id: Some(sender_id),
             by: caller.user_id.clone(),
             device_id: caller.device_id.clone(),
             ts: now_ms(),
@@ -458,7 +459,7 @@ impl Ingest {
         let (handle, seq) = self.member_message(caller, message_id)?;
         let partition = &self.partitions[handle.partition as usize];
         let _writer = partition.writer.lock().await;
-        let conversation_id = {
+        let (conversation_id, sender_id) = {
             let conversation = handle.state.read();
             if !conversation.members.contains_key(&caller.user_id) {
                 return Err(Error::MessageNotFound(message_id.to_string()));
@@ -475,12 +476,13 @@ impl Ingest {
             if message.deleted {
                 return Ok(());
             }
-            conversation.conversation_id.clone()
+            (conversation.conversation_id.clone(), message.sender_id.clone())
         };
         let event = LogEvent::MessageDeleted {
             message_id: message_id.to_string(),
             conversation_id,
             seq,
+            sender_id: Some(sender_id),
             by: caller.user_id.clone(),
             device_id: caller.device_id.clone(),
             ts: now_ms(),
@@ -554,6 +556,38 @@ impl Ingest {
             }
         }
         Ok(())
+    }
+
+    // ---- administration ----
+
+    /// Gives `user_id` a role; administrators only. Recorded in the audit log.
+    pub async fn grant_role(&self, caller: &Caller, user_id: &str, role: AccountRole) -> Result<()> {
+        let is_admin = self.user(&caller.user_id).is_some_and(|user| user.roles.contains(&AccountRole::Admin));
+        if !is_admin {
+            return Err(Error::NotAdmin);
+        }
+        if self.user(user_id).is_none() {
+            return Err(Error::invalid("userId", format!("user `{user_id}` does not exist")));
+        }
+        let ts = now_ms();
+        let role_name = match role {
+            AccountRole::Admin => "admin",
+            AccountRole::Compliance => "compliance",
+        };
+        let details = serde_json::json!({"userId": user_id, "role": role_name}).to_string();
+        self.commit(self.partition_of(user_id), vec![LogEvent::RoleGranted { user_id: user_id.to_string(), role, by: caller.user_id.clone(), ts }]).await?;
+        self.record_audit(&caller.user_id, "role.grant", details).await
+    }
+
+    /// Writes an administrative or compliance action to the log, and so to
+    /// the audit table.
+    pub async fn record_audit(&self, actor_id: &str, action: &str, details: String) -> Result<()> {
+        let event = LogEvent::Audited { actor_id: actor_id.to_string(), action: action.to_string(), details, ts: now_ms() };
+        self.commit(self.partition_of(actor_id), vec![event]).await
+    }
+
+    pub fn has_role(&self, user_id: &str, role: AccountRole) -> bool {
+        self.user(user_id).is_some_and(|user| user.roles.contains(&role))
     }
 
     // ---- lookups used by authentication ----

@@ -20,6 +20,8 @@ pub enum Error {
     MessageNotFound(String),
     #[error("user `{user_id}` is not a member of conversation `{conversation_id}`")]
     MemberNotFound { conversation_id: String, user_id: String },
+    #[error("only administrators may do this; ask one to grant you the role")]
+    NotAdmin,
     #[error("username `{0}` is taken; choose another")]
     UsernameTaken(String),
     #[error("message `{0}` was deleted and can no longer be edited")]
@@ -42,7 +44,7 @@ impl Error {
         match self {
             Error::Invalid { .. } => ErrorCode::BadRequest,
             Error::TooLarge { .. } | Error::TooManyMembers { .. } => ErrorCode::TooLarge,
-            Error::NotMember(_) | Error::NotAllowed { .. } => ErrorCode::Forbidden,
+            Error::NotMember(_) | Error::NotAllowed { .. } | Error::NotAdmin => ErrorCode::Forbidden,
             Error::ConversationNotFound(_) | Error::MessageNotFound(_) | Error::MemberNotFound { .. } => ErrorCode::NotFound,
             Error::UsernameTaken(_) | Error::MessageDeleted(_) => ErrorCode::Conflict,
             Error::Log(confab_log::Error::Overloaded { .. }) => ErrorCode::Unavailable,

@@ -41,7 +41,7 @@ impl Ingest {
     /// The client events the record at `offset` produced, for fanout. Call
     /// only once the record is applied.
     pub fn events_at(&self, offset: Offset, event: &LogEvent) -> Vec<EventAt> {
-        if matches!(event, LogEvent::UserCreated { .. } | LogEvent::SessionCreated { .. }) {
+        if matches!(event, LogEvent::UserCreated { .. } | LogEvent::SessionCreated { .. } | LogEvent::RoleGranted { .. } | LogEvent::Audited { .. }) {
             return Vec::new();
         }
         let Some(handle) = self.state.conversation(event.partition_key()) else { return Vec::new() };

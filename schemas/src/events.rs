@@ -97,6 +97,9 @@ pub enum LogEvent {
         conversation_id: ConversationId,
         seq: u64,
         body: String,
+        /// The message's sender (absent in records written before it was kept).
+        #[serde(default)]
+        sender_id: Option<UserId>,
         by: UserId,
         device_id: DeviceId,
         ts: i64,
@@ -105,6 +108,8 @@ pub enum LogEvent {
         message_id: MessageId,
         conversation_id: ConversationId,
         seq: u64,
+        #[serde(default)]
+        sender_id: Option<UserId>,
         by: UserId,
         device_id: DeviceId,
         ts: i64,
@@ -116,6 +121,20 @@ pub enum LogEvent {
         /// The device that read (absent in records from before devices were recorded).
         #[serde(default)]
         device_id: Option<DeviceId>,
+        ts: i64,
+    },
+    /// An administrator gave a user a role.
+    RoleGranted {
+        user_id: UserId,
+        role: AccountRole,
+        by: UserId,
+        ts: i64,
+    },
+    /// An administrative or compliance action, for the audit table.
+    Audited {
+        actor_id: UserId,
+        action: String,
+        details: String,
         ts: i64,
     },
     /// Delivery receipts of many devices, coalesced by the receipts pipeline.
@@ -139,7 +158,8 @@ impl LogEvent {
     /// share one partition, so they stay in order.
     pub fn partition_key(&self) -> &str {
         match self {
-            LogEvent::UserCreated { user_id, .. } | LogEvent::SessionCreated { user_id, .. } => user_id,
+            LogEvent::UserCreated { user_id, .. } | LogEvent::SessionCreated { user_id, .. } | LogEvent::RoleGranted { user_id, .. } => user_id,
+            LogEvent::Audited { actor_id, .. } => actor_id,
             LogEvent::ConversationCreated { conversation_id, .. }
             | LogEvent::MembersAdded { conversation_id, .. }
             | LogEvent::MemberRemoved { conversation_id, .. }

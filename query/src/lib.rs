@@ -1,0 +1,16 @@
+//! Confab's history: the log sunk into Delta Lake tables ([`sink`]), and
+//! read-only SQL over them with DataFusion ([`sql`]).
+//!
+//! `README.md` beside this crate walks one event from the log into a table
+//! and one query through the checks, then each failure mode.
+
+pub mod error;
+pub mod rows;
+pub mod sink;
+pub mod sql;
+pub mod tables;
+
+pub use error::{Error, Result};
+pub use sink::{HistorySink, SinkConfig};
+pub use sql::{QueryOutput, SqlEngine};
+pub use tables::HistoryStore;

@@ -1,0 +1,198 @@
+//! The history sink: one task per log partition, appending the log's
+//! events to the Delta tables in batches, exactly once per log offset.
+//!
+//! Every commit to a table carries a Delta application transaction
+//! `confab-history-p<partition>` whose version is the next log offset to
+//! write. A commit is atomic with its transaction, so after a crash each
+//! table says exactly how far it got: the task re-reads from the lowest of
+//! them and skips, per table, the rows that table already holds.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use confab_log::Log;
+use confab_schemas::events::LogEvent;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::Transaction;
+use deltalake::DeltaTable;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::rows::{rows_of, Rows};
+use crate::tables::{HistoryStore, Table};
+use crate::{Error, Result};
+
+/// Bounds of the sink's batches; every one carries its unit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    /// Write once this many rows are waiting...
+    pub flush_rows: usize,
+    /// ...or once the oldest waiting row is this old (visibility delay).
+    pub flush_interval_ms: u64,
+    /// Compact a table's small files after this many appends to it.
+    pub compact_every_commits: u64,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig { flush_rows: 20_000, flush_interval_ms: 2_000, compact_every_commits: 50 }
+    }
+}
+
+/// Records read from the log at once.
+const READ_BATCH_RECORDS: usize = 4_096;
+
+pub struct HistorySink {
+    tasks: Vec<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for HistorySink {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("HistorySink").field("partitions", &self.tasks.len()).finish()
+    }
+}
+
+impl HistorySink {
+    /// Opens (or creates) the tables and starts one task per partition.
+    pub async fn start(store: HistoryStore, log: Arc<dyn Log>, config: SinkConfig) -> Result<HistorySink> {
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = Vec::new();
+        for partition in 0..log.partition_count() {
+            let mut tables = HashMap::new();
+            for table in Table::ALL {
+                tables.insert(table, store.open_or_create(table).await?);
+            }
+            let task = PartitionSink { partition, log: log.clone(), tables, config: config.clone(), commits: HashMap::new() };
+            let stopped = stopped.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(error) = task.run(stopped).await {
+                    tracing::error!(%error, partition, "the history sink stopped; restart the server to resume it");
+                }
+            }));
+        }
+        Ok(HistorySink { tasks, stop })
+    }
+
+    /// Writes what is waiting, then stops.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+struct PartitionSink {
+    partition: u32,
+    log: Arc<dyn Log>,
+    tables: HashMap<Table, DeltaTable>,
+    config: SinkConfig,
+    commits: HashMap<Table, u64>,
+}
+
+impl PartitionSink {
+    fn app_id(&self) -> String {
+        format!("confab-history-p{}", self.partition)
+    }
+
+    /// Per table, the next log offset it does not hold yet.
+    async fn written_up_to(&self) -> Result<HashMap<Table, u64>> {
+        let mut versions = HashMap::new();
+        for (table, delta) in &self.tables {
+            let snapshot = delta.snapshot().map_err(|source| Error::Delta { table: table.name(), source })?;
+            let version =
+                snapshot.transaction_version(delta.log_store().as_ref(), self.app_id()).await.map_err(|source| Error::Delta { table: table.name(), source })?;
+            versions.insert(*table, version.unwrap_or(0).max(0) as u64);
+        }
+        Ok(versions)
+    }
+
+    async fn run(mut self, mut stopped: watch::Receiver<bool>) -> Result<()> {
+        let mut written = self.written_up_to().await?;
+        let mut next = written.values().copied().min().unwrap_or(0).max(self.log.earliest(self.partition)?);
+        let mut durable = self.log.subscribe(self.partition)?;
+        let mut rows = Rows::default();
+        let mut oldest_waiting: Option<Instant> = None;
+        let flush_after = Duration::from_millis(self.config.flush_interval_ms);
+        loop {
+            // Take in everything durable, a batch of records at a time.
+            while next < *durable.borrow_and_update() && rows.count < self.config.flush_rows {
+                for record in self.log.read(self.partition, next, READ_BATCH_RECORDS, 16 * 1024 * 1024)? {
+                    next = record.offset + 1;
+                    let Ok(event) = LogEvent::decode(&record.payload) else {
+                        tracing::error!(partition = self.partition, offset = record.offset, "the history sink skips an unreadable record");
+                        continue;
+                    };
+                    for (table, ts, cells) in rows_of(&event) {
+                        if record.offset >= written[&table] {
+                            rows.push(table, self.partition, record.offset, ts, cells);
+                        }
+                    }
+                }
+                if rows.count > 0 && oldest_waiting.is_none() {
+                    oldest_waiting = Some(Instant::now());
+                }
+            }
+            let due = rows.count >= self.config.flush_rows || oldest_waiting.is_some_and(|since| since.elapsed() >= flush_after);
+            if due {
+                self.flush(&mut rows, next, &mut written).await?;
+                oldest_waiting = None;
+                continue;
+            }
+            let wait = oldest_waiting.map_or(Duration::from_secs(3_600), |since| flush_after.saturating_sub(since.elapsed()));
+            tokio::select! {
+                changed = durable.changed() => if changed.is_err() { break },
+                _ = tokio::time::sleep(wait) => {}
+                _ = stopped.changed() => break,
+            }
+        }
+        if rows.count > 0 {
+            self.flush(&mut rows, next, &mut written).await?;
+        }
+        Ok(())
+    }
+
+    /// Appends each table's waiting rows with the transaction "written up to `next`".
+    async fn flush(&mut self, rows: &mut Rows, next: u64, written: &mut HashMap<Table, u64>) -> Result<()> {
+        for (table, table_rows) in std::mem::take(&mut rows.by_table) {
+            if table_rows.is_empty() {
+                continue;
+            }
+            let batch = Rows::batch(table, &table_rows);
+            let delta = self.tables.remove(&table).expect("every table is open");
+            let properties = CommitProperties::default().with_application_transaction(Transaction::new(self.app_id(), next as i64));
+            let updated = delta
+                .write(vec![batch])
+                .with_partition_columns(["day"])
+                .with_commit_properties(properties)
+                .await
+                .map_err(|source| Error::Delta { table: table.name(), source })?;
+            written.insert(table, next);
+            let commits = self.commits.entry(table).or_insert(0);
+            *commits += 1;
+            let updated = if (*commits).is_multiple_of(self.config.compact_every_commits.max(1)) { compact(table, updated).await } else { updated };
+            self.tables.insert(table, updated);
+        }
+        rows.count = 0;
+        Ok(())
+    }
+}
+
+/// Merges small files so that streaming does not leave thousands of them.
+async fn compact(table: Table, delta: DeltaTable) -> DeltaTable {
+    let reopen = delta.clone();
+    match delta.optimize().await {
+        Ok((compacted, metrics)) => {
+            tracing::info!(table = table.name(), files_removed = metrics.num_files_removed, files_added = metrics.num_files_added, "compacted");
+            compacted
+        }
+        Err(error) => {
+            tracing::warn!(%error, table = table.name(), "compaction failed; it will be tried again later");
+            reopen
+        }
+    }
+}

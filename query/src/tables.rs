@@ -1,0 +1,165 @@
+//! The history tables: their schemas, and where they live (a folder under
+//! the data directory, or an object-store URL).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use deltalake::arrow::datatypes::{DataType as ArrowType, Field, Schema, SchemaRef, TimeUnit};
+use deltalake::kernel::{DataType, PrimitiveType, StructField};
+use deltalake::DeltaTable;
+use url::Url;
+
+use crate::{Error, Result};
+
+/// One history table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Table {
+    MessageEvents,
+    Conversations,
+    MembershipEvents,
+    Receipts,
+    Audit,
+}
+
+impl Table {
+    pub const ALL: [Table; 5] = [Table::MessageEvents, Table::Conversations, Table::MembershipEvents, Table::Receipts, Table::Audit];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::MessageEvents => "message_events",
+            Table::Conversations => "conversations",
+            Table::MembershipEvents => "membership_events",
+            Table::Receipts => "receipts",
+            Table::Audit => "audit",
+        }
+    }
+
+    /// `(name, type, nullable)`; every table ends with the log position of
+    /// the row (for exactly-once) and the day it is partitioned by.
+    fn columns(self) -> Vec<(&'static str, Column, bool)> {
+        use Column::{Int, Text, Time};
+        let mut columns = match self {
+            Table::MessageEvents => vec![
+                ("message_id", Text, false),
+                ("conversation_id", Text, false),
+                ("seq", Int, false),
+                ("sender_id", Text, false),
+                ("device_id", Text, false),
+                ("ts", Time, false),
+                ("event_type", Text, false),
+                ("body", Text, true),
+                ("actor_id", Text, false),
+            ],
+            Table::Conversations => vec![
+                ("conversation_id", Text, false),
+                ("conversation_type", Text, false),
+                ("title", Text, true),
+                ("creator_id", Text, false),
+                ("created_at", Time, false),
+            ],
+            Table::MembershipEvents => {
+                vec![("conversation_id", Text, false), ("user_id", Text, false), ("change", Text, false), ("actor_id", Text, false), ("ts", Time, false)]
+            }
+            Table::Receipts => vec![
+                ("conversation_id", Text, false),
+                ("user_id", Text, false),
+                ("device_id", Text, true),
+                ("kind", Text, false),
+                ("seq", Int, false),
+                ("ts", Time, false),
+            ],
+            Table::Audit => vec![("ts", Time, false), ("actor_id", Text, false), ("action", Text, false), ("details", Text, false)],
+        };
+        columns.extend([("log_partition", Int, false), ("log_offset", Int, false), ("day", Text, false)]);
+        columns
+    }
+
+    pub fn arrow_schema(self) -> SchemaRef {
+        let fields: Vec<Field> = self.columns().into_iter().map(|(name, column, nullable)| Field::new(name, column.arrow(), nullable)).collect();
+        Arc::new(Schema::new(fields))
+    }
+
+    fn delta_columns(self) -> Vec<StructField> {
+        self.columns().into_iter().map(|(name, column, nullable)| StructField::new(name, column.delta(), nullable)).collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Column {
+    Text,
+    Int,
+    Time,
+}
+
+impl Column {
+    fn arrow(self) -> ArrowType {
+        match self {
+            Column::Text => ArrowType::Utf8,
+            Column::Int => ArrowType::Int64,
+            Column::Time => ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        }
+    }
+
+    fn delta(self) -> DataType {
+        DataType::Primitive(match self {
+            Column::Text => PrimitiveType::String,
+            Column::Int => PrimitiveType::Long,
+            Column::Time => PrimitiveType::Timestamp,
+        })
+    }
+}
+
+/// Where the history tables live.
+#[derive(Debug, Clone)]
+pub struct HistoryStore {
+    root: Url,
+    storage_options: HashMap<String, String>,
+}
+
+impl HistoryStore {
+    /// `location` is a folder path or an `s3://bucket/prefix` URL; storage
+    /// options (endpoint, keys, region) are for object stores.
+    pub fn new(location: &str, storage_options: HashMap<String, String>) -> Result<HistoryStore> {
+        let root = if location.contains("://") {
+            Url::parse(&format!("{}/", location.trim_end_matches('/'))).map_err(|_| Error::Location(location.to_string()))?
+        } else {
+            std::fs::create_dir_all(location).map_err(|_| Error::Location(location.to_string()))?;
+            let absolute = std::fs::canonicalize(location).map_err(|_| Error::Location(location.to_string()))?;
+            Url::from_directory_path(absolute).map_err(|_| Error::Location(location.to_string()))?
+        };
+        Ok(HistoryStore { root, storage_options })
+    }
+
+    pub fn table_url(&self, table: Table) -> Result<Url> {
+        let url = self.root.join(&format!("{}/", table.name())).map_err(|_| Error::Location(self.root.to_string()))?;
+        if url.scheme() == "file" {
+            let path = url.to_file_path().map_err(|_| Error::Location(url.to_string()))?;
+            std::fs::create_dir_all(path).map_err(|_| Error::Location(url.to_string()))?;
+        }
+        Ok(url)
+    }
+
+    /// Opens a table, creating it (empty, partitioned by day) the first time.
+    pub async fn open_or_create(&self, table: Table) -> Result<DeltaTable> {
+        let url = self.table_url(table)?;
+        let delta = |source| Error::Delta { table: table.name(), source };
+        match deltalake::open_table_with_storage_options(url.clone(), self.storage_options.clone()).await {
+            Ok(opened) => Ok(opened),
+            Err(deltalake::DeltaTableError::NotATable(_)) => {
+                let fresh = DeltaTable::try_from_url_with_storage_options(url, self.storage_options.clone()).await.map_err(delta)?;
+                fresh.create().with_table_name(table.name()).with_columns(table.delta_columns()).with_partition_columns(["day"]).await.map_err(delta)
+            }
+            Err(other) => Err(delta(other)),
+        }
+    }
+
+    /// Opens a table as of a version, for time travel.
+    pub async fn open_version(&self, table: Table, version: u64) -> Result<DeltaTable> {
+        let url = self.table_url(table)?;
+        let mut opened = deltalake::open_table_with_storage_options(url, self.storage_options.clone())
+            .await
+            .map_err(|source| Error::Delta { table: table.name(), source })?;
+        opened.load_version(version).await.map_err(|source| Error::Delta { table: table.name(), source })?;
+        Ok(opened)
+    }
+}
