@@ -21,6 +21,25 @@ pub struct Config {
     pub log: LogConfig,
     pub limits: Limits,
     pub gateway: GatewayConfig,
+    pub history: HistoryConfig,
+}
+
+/// Where the history tables live.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// A folder, or an `s3://bucket/prefix` URL; `<data_dir>/history` by default.
+    pub location: Option<String>,
+    /// Object-store settings, e.g. `AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ALLOW_HTTP`.
+    pub storage_options: std::collections::HashMap<String, String>,
+}
+
+impl Config {
+    /// The history's location: the configured one, or under the data directory.
+    pub fn history_location(&self) -> String {
+        self.history.location.clone().unwrap_or_else(|| self.data_dir.join("history").to_string_lossy().into_owned())
+    }
 }
 
 impl Default for Config {
@@ -32,6 +51,7 @@ impl Default for Config {
             log: LogConfig::default(),
             limits: Limits::default(),
             gateway: GatewayConfig::default(),
+            history: HistoryConfig::default(),
         }
     }
 }

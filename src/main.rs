@@ -34,6 +34,18 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Run one read-only SQL query over the history of a data directory.
+    Sql {
+        /// The query, e.g. "SELECT count(*) FROM messages".
+        sql: String,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// table, csv, json (one object per line) or parquet (to stdout).
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
     /// Work with pipeline definitions.
     #[command(subcommand)]
     Pipelines(PipelinesCommand),
@@ -61,6 +73,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve { data_dir, listen, config } => runtime.block_on(serve(data_dir, listen, config)),
         Command::Bench(command) => runtime.block_on(confab::bench::run(command)),
         Command::Pipelines(PipelinesCommand::Validate { files }) => validate_pipelines(files),
+        Command::Sql { sql, data_dir, config, format } => runtime.block_on(run_sql(sql, data_dir, config, format)),
     }
 }
 
@@ -85,6 +98,22 @@ async fn serve(data_dir: Option<PathBuf>, listen: Option<SocketAddr>, config_pat
             server.shutdown().await
         }
     }
+}
+
+async fn run_sql(sql: String, data_dir: Option<PathBuf>, config_path: Option<PathBuf>, format: String) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut config = match config_path {
+        Some(path) => Config::load(&path)?,
+        None => Config::default(),
+    };
+    if let Some(data_dir) = data_dir {
+        config.data_dir = data_dir;
+    }
+    let format = confab_query::output::Format::parse(&format).ok_or_else(|| anyhow::anyhow!("unknown --format `{format}`: use table, csv, json or parquet"))?;
+    let store = confab_query::HistoryStore::new(&config.history_location(), config.history.storage_options.clone())?;
+    let output = confab_query::SqlEngine::new(store).query(&sql).await?;
+    std::io::stdout().write_all(&confab_query::output::render(&output, format)?)?;
+    Ok(())
 }
 
 fn validate_pipelines(files: Vec<PathBuf>) -> anyhow::Result<()> {

@@ -52,6 +52,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     // and the fanout's threshold decides which conversations get inboxes.
     let specs = crate::wiring::load_pipelines(config.pipelines_dir.as_ref())?;
     let inbox_max_members = crate::wiring::large_conversation_members(&specs);
+    let sink_config = crate::wiring::history_sink(&specs);
     let (log, ingest) = tokio::task::spawn_blocking({
         let log_config = config.log.clone();
         let limits = config.limits.clone();
@@ -66,7 +67,14 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let hub = Arc::new(Hub::new(config.gateway.connection_queue_max_frames));
     let view = Arc::new(IngestView(ingest.clone()));
     let pipelines = Arc::new(Runtime::start(specs, log.clone(), view.clone(), hub.clone(), view));
-    let state = AppState::new(ingest, hub, pipelines.clone(), config.gateway.clone(), token_secret);
+    let store = confab_query::HistoryStore::new(&config.history_location(), config.history.storage_options.clone())
+        .with_context(|| format!("could not open the history at `{}`", config.history_location()))?;
+    let history_sink = match sink_config {
+        Some(sink_config) => Some(confab_query::HistorySink::start(store.clone(), log.clone(), sink_config).await.context("could not start the history sink")?),
+        None => None,
+    };
+    let history = Arc::new(confab_query::SqlEngine::new(store));
+    let state = AppState::new(ingest, hub, pipelines.clone(), history, config.gateway.clone(), token_secret);
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("could not listen on `{}`", config.listen))?;
     let address = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
@@ -89,6 +97,9 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             .await;
         janitor.abort();
         pipelines.shutdown().await;
+        if let Some(sink) = history_sink {
+            sink.shutdown().await;
+        }
         log.close();
         drop(lock);
         served.context("the HTTP server failed")

@@ -55,6 +55,16 @@ pub fn large_conversation_members(specs: &[PipelineSpec]) -> usize {
         .unwrap_or(confab_ingest::DEFAULT_INBOX_MAX_MEMBERS)
 }
 
+/// The history sink's settings, if a pipeline has a `delta_sink` stage.
+pub fn history_sink(specs: &[PipelineSpec]) -> Option<confab_query::SinkConfig> {
+    specs.iter().flat_map(|spec| spec.stages.iter()).find_map(|stage| match stage {
+        confab_pipelines::Stage::DeltaSink { flush_rows, flush_interval_ms, compact_every_commits } => {
+            Some(confab_query::SinkConfig { flush_rows: *flush_rows, flush_interval_ms: *flush_interval_ms, compact_every_commits: *compact_every_commits })
+        }
+        _ => None,
+    })
+}
+
 /// The pipeline definitions to run: the operator's folder, or the shipped
 /// ones. Any problem in any file stops the server before it starts.
 pub fn load_pipelines(dir: Option<&PathBuf>) -> anyhow::Result<Vec<PipelineSpec>> {

@@ -31,6 +31,8 @@ pub struct Shared {
     pub ingest: Arc<Ingest>,
     pub hub: Arc<Hub>,
     pub pipelines: Arc<Runtime>,
+    /// Read-only SQL over the history.
+    pub history: Arc<confab_query::SqlEngine>,
     /// When each user was last seen online (presence).
     pub last_seen: dashmap::DashMap<String, i64>,
     /// Set when the server stops: WebSocket sessions close ("going away")
@@ -53,11 +55,19 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(ingest: Arc<Ingest>, hub: Arc<Hub>, pipelines: Arc<Runtime>, config: GatewayConfig, token_secret: Vec<u8>) -> AppState {
+    pub fn new(
+        ingest: Arc<Ingest>,
+        hub: Arc<Hub>,
+        pipelines: Arc<Runtime>,
+        history: Arc<confab_query::SqlEngine>,
+        config: GatewayConfig,
+        token_secret: Vec<u8>,
+    ) -> AppState {
         AppState(Arc::new(Shared {
             ingest,
             hub,
             pipelines,
+            history,
             last_seen: dashmap::DashMap::new(),
             closing: tokio::sync::watch::channel(false).0,
             tokens: auth::TokenKeys::new(token_secret, config.access_token_ttl_secs),
@@ -87,6 +97,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/messages/{id}", axum::routing::patch(routes::messages::edit).delete(routes::messages::delete))
         .route("/v1/sync", get(routes::messages::sync))
         .route("/v1/ws", get(ws::upgrade))
+        .route("/v1/admin/roles", post(routes::admin::grant_role))
+        .route("/v1/admin/sql", post(routes::admin::sql))
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

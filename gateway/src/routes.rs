@@ -1,6 +1,7 @@
 //! The routes of the public API, one module per resource.
 
 pub mod accounts;
+pub mod admin;
 pub mod conversations;
 pub mod messages;
 pub mod ops;

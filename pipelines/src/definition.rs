@@ -17,6 +17,7 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const SHIPPED: &[(&str, &str)] = &[
     ("pipelines/definitions/fanout.toml", include_str!("../definitions/fanout.toml")),
     ("pipelines/definitions/receipts.toml", include_str!("../definitions/receipts.toml")),
+    ("pipelines/definitions/history.toml", include_str!("../definitions/history.toml")),
 ];
 
 #[derive(Debug, Deserialize)]
@@ -49,6 +50,8 @@ enum StageV1 {
     },
     /// Coalesce delivery receipts from devices and write them to the log.
     AggregateReceipts { flush_interval_ms: u64, max_receipts_per_record: usize },
+    /// Append every event to the Delta Lake history tables, in batches.
+    DeltaSink { flush_rows: usize, flush_interval_ms: u64, compact_every_commits: u64 },
 }
 
 /// Where a pipeline reads from.
@@ -65,6 +68,7 @@ pub enum Stage {
     Filter { event_types: Vec<String> },
     Fanout { large_conversation_members: usize },
     AggregateReceipts { flush_interval_ms: u64, max_receipts_per_record: usize },
+    DeltaSink { flush_rows: usize, flush_interval_ms: u64, compact_every_commits: u64 },
 }
 
 /// A validated pipeline.
@@ -182,6 +186,24 @@ pub fn validate(files: &[(PathBuf, String)]) -> Result<Vec<PipelineSpec>, Vec<Pr
                         }
                         stages.push(Stage::AggregateReceipts { flush_interval_ms, max_receipts_per_record });
                     }
+                    StageV1::DeltaSink { flush_rows, flush_interval_ms, compact_every_commits } => {
+                        if !(1..=1_000_000).contains(&flush_rows) {
+                            report(&field("flush_rows"), "must be between 1 and 1000000".into());
+                        }
+                        if !(10..=300_000).contains(&flush_interval_ms) {
+                            report(&field("flush_interval_ms"), "must be between 10 and 300000".into());
+                        }
+                        if !(1..=100_000).contains(&compact_every_commits) {
+                            report(&field("compact_every_commits"), "must be between 1 and 100000".into());
+                        }
+                        if source != Some(Source::Log) {
+                            report(&field("kind"), "`delta_sink` writes log events: use it with source = \"log\"".into());
+                        }
+                        if index != last {
+                            report(&field("kind"), "`delta_sink` writes the history, so it must be the last stage".into());
+                        }
+                        stages.push(Stage::DeltaSink { flush_rows, flush_interval_ms, compact_every_commits });
+                    }
                 }
             }
             if problems.len() == before {
@@ -263,7 +285,7 @@ mod tests {
     #[test]
     fn the_shipped_definitions_are_valid() {
         let specs = validate(&shipped()).unwrap();
-        assert_eq!(specs.iter().map(|spec| spec.name.as_str()).collect::<Vec<_>>(), vec!["fanout", "receipts"]);
+        assert_eq!(specs.iter().map(|spec| spec.name.as_str()).collect::<Vec<_>>(), vec!["fanout", "receipts", "history"]);
     }
 
     #[test]
@@ -306,6 +328,6 @@ event_types = ["message.nope"]
         let mut twice = shipped();
         twice.push((PathBuf::from("copy.toml"), SHIPPED[0].1.replace("name = \"fanout\"", "name = \"fanout-copy\"")));
         let problems = validate(&twice).unwrap_err();
-        assert!(problems[0].message.contains("devices would get events twice"), "{}", problems[0]);
+        assert!(problems[0].message.contains("delivered or written twice"), "{}", problems[0]);
     }
 }

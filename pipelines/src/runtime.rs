@@ -82,6 +82,10 @@ impl Runtime {
         let mut receipts = None;
         let mut large_conversation_members = usize::MAX;
         for spec in specs {
+            // The history sink is run by the query layer (see the binary's wiring).
+            if spec.stages.iter().any(|stage| matches!(stage, Stage::DeltaSink { .. })) {
+                continue;
+            }
             match spec.source {
                 Source::Log => {
                     let plan = Arc::new(LogPlan::from_stages(&spec.stages));
@@ -145,7 +149,7 @@ impl LogPlan {
             match stage {
                 Stage::Filter { event_types } => plan.allowed_types = Some(event_types.clone()),
                 Stage::Fanout { large_conversation_members } => plan.fanout_threshold = Some(*large_conversation_members),
-                Stage::AggregateReceipts { .. } => {}
+                Stage::AggregateReceipts { .. } | Stage::DeltaSink { .. } => {}
             }
         }
         plan

@@ -5,6 +5,7 @@
 //! and one query through the checks, then each failure mode.
 
 pub mod error;
+pub mod output;
 pub mod rows;
 pub mod sink;
 pub mod sql;
@@ -12,5 +13,5 @@ pub mod tables;
 
 pub use error::{Error, Result};
 pub use sink::{HistorySink, SinkConfig};
-pub use sql::{QueryOutput, SqlEngine};
+pub use sql::{check_read_only, QueryOutput, SqlEngine};
 pub use tables::HistoryStore;

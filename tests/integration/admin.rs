@@ -1,0 +1,99 @@
+//! Administration and compliance over HTTP: roles, read-only SQL over the
+//! history tables, refusals, and the audit log.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::harness::{assert_error, Client, TestServer};
+
+/// Polls a query until it returns at least `rows` rows (the history is
+/// written in batches, visible within the sink's flush interval).
+async fn query_until(client: &Client, sql: &str, rows: usize) -> Value {
+    for _ in 0..100 {
+        let (status, body) = client.post("/v1/admin/sql", json!({"sql": sql})).await;
+        assert_eq!(status, 200, "{body}");
+        if body["rows"].as_array().unwrap().len() >= rows {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("`{sql}` never returned {rows} rows");
+}
+
+#[tokio::test]
+async fn roles_are_granted_by_administrators_only() {
+    let server = TestServer::start().await;
+    let admin = server.user("admin").await; // the first account
+    let carol = server.user("carol").await;
+    let mallory = server.user("mallory").await;
+    assert_error(&mallory.post("/v1/admin/roles", json!({"userId": mallory.user_id, "role": "admin"})).await, 403, "forbidden");
+    let message = assert_error(&admin.post("/v1/admin/roles", json!({"userId": carol.user_id, "role": "root"})).await, 400, "bad_request");
+    assert!(message.contains("`role`"), "{message}");
+    let message = assert_error(&admin.post("/v1/admin/roles", json!({"userId": "u_nobody", "role": "compliance"})).await, 400, "bad_request");
+    assert!(message.contains("`userId`"), "{message}");
+    assert_error(&carol.post("/v1/admin/sql", json!({"sql": "SELECT 1"})).await, 403, "forbidden");
+    let (status, _) = admin.post("/v1/admin/roles", json!({"userId": carol.user_id, "role": "compliance"})).await;
+    assert_eq!(status, 204);
+    let (status, body) = carol.post("/v1/admin/sql", json!({"sql": "SELECT 1 AS one"})).await;
+    assert_eq!((status, body), (200, json!({"columns": ["one"], "rows": [[1]]})));
+    // Administrators are not compliance officers unless granted.
+    assert_error(&admin.post("/v1/admin/sql", json!({"sql": "SELECT 1"})).await, 403, "forbidden");
+}
+
+#[tokio::test]
+async fn the_history_matches_what_was_sent_and_only_queries_run() {
+    let server = TestServer::start().await;
+    let admin = server.user("admin").await;
+    let bob = server.user("bob").await;
+    let carol = server.user("carol").await;
+    admin.post("/v1/admin/roles", json!({"userId": carol.user_id, "role": "compliance"})).await;
+    let group = admin.conversation("group", &[&bob]).await;
+    let first = admin.say(&group, "h1", "the launch is monday").await;
+    bob.say(&group, "h2", "noted").await;
+    let id = first["messageId"].as_str().unwrap();
+    admin.patch(&format!("/v1/messages/{id}"), json!({"body": "the launch is tuesday"})).await;
+    let second = bob.all_messages(&group).await[1]["messageId"].as_str().unwrap().to_string();
+    bob.delete(&format!("/v1/messages/{second}")).await;
+    admin.delete(&format!("/v1/conversations/{group}/members/{}", bob.user_id)).await;
+
+    let events =
+        query_until(&carol, &format!("SELECT seq, event_type, body, sender_id FROM message_events WHERE conversation_id = '{group}' ORDER BY log_offset"), 4)
+            .await;
+    assert_eq!(
+        events["rows"],
+        json!([
+            [1, "created", "the launch is monday", admin.user_id],
+            [2, "created", "noted", bob.user_id],
+            [1, "edited", "the launch is tuesday", admin.user_id],
+            [2, "deleted", null, bob.user_id],
+        ])
+    );
+    let latest = query_until(&carol, &format!("SELECT seq, body, edited, deleted FROM messages WHERE conversation_id = '{group}' ORDER BY seq"), 2).await;
+    assert_eq!(latest["rows"], json!([[1, "the launch is tuesday", true, false], [2, "", false, true]]));
+    let members = query_until(
+        &carol,
+        &format!("SELECT user_id, change FROM membership_events WHERE conversation_id = '{group}' ORDER BY log_offset, change DESC, user_id"),
+        3,
+    )
+    .await;
+    assert_eq!(members["rows"].as_array().unwrap().last().unwrap(), &json!([bob.user_id, "left"]));
+
+    for (sql, named) in [
+        ("COPY message_events TO '/tmp/leak.csv'", "COPY"),
+        ("INSERT INTO audit SELECT * FROM audit", "INSERT"),
+        ("CREATE TABLE t AS SELECT 1", "CREATE"),
+        ("DROP TABLE audit", "DROP"),
+        ("DELETE FROM message_events", "DELETE"),
+    ] {
+        let message = assert_error(&carol.post("/v1/admin/sql", json!({"sql": sql})).await, 400, "bad_request");
+        assert!(message.contains(named), "{sql} -> {message}");
+    }
+    assert_error(&carol.post("/v1/admin/sql", json!({"sql": "SELECT 1; SELECT 2"})).await, 400, "bad_request");
+    assert_error(&carol.post("/v1/admin/sql", json!({"sql": "SELECT nope FROM messages"})).await, 400, "bad_request");
+    // Every attempt is audited, with who and the SQL, refused ones included.
+    let audit = query_until(&carol, "SELECT actor_id, action, details FROM audit WHERE action = 'sql.query' AND details LIKE '%leak.csv%'", 1).await;
+    assert_eq!(audit["rows"][0][0], carol.user_id.as_str());
+    let grants = query_until(&carol, "SELECT actor_id FROM audit WHERE action = 'role.grant'", 1).await;
+    assert_eq!(grants["rows"][0][0], admin.user_id.as_str());
+}
