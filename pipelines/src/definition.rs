@@ -223,7 +223,7 @@ pub fn validate(files: &[(PathBuf, String)]) -> Result<Vec<PipelineSpec>, Vec<Pr
                 file,
                 pipeline: None,
                 field: "stage.kind".into(),
-                message: format!("{count} pipelines have a `{kind}` stage; at most one may, or devices would get events twice"),
+                message: format!("{count} pipelines have a `{kind}` stage; at most one may, or events would be delivered or written twice"),
             });
         }
     }
