@@ -8,6 +8,13 @@ use deltalake::datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use deltalake::datafusion::sql::sqlparser::ast::Statement;
 use deltalake::datafusion::sql::sqlparser::dialect::GenericDialect;
 
+use std::sync::Arc;
+
+use deltalake::datafusion::catalog::{TableFunctionArgs, TableFunctionImpl, TableProvider};
+use deltalake::datafusion::common::ScalarValue;
+use deltalake::datafusion::error::DataFusionError;
+use deltalake::datafusion::logical_expr::Expr;
+
 use crate::tables::{HistoryStore, Table};
 use crate::{Error, Result};
 
@@ -63,6 +70,7 @@ impl SqlEngine {
             context.register_table(table.name(), provider).map_err(|error| Error::Query(error.to_string()))?;
         }
         context.sql(MESSAGES_VIEW).await.map_err(|error| Error::Query(error.to_string()))?;
+        context.register_udtf("as_of", Arc::new(AsOf { store: self.store.clone() }));
         Ok(context)
     }
 
@@ -75,6 +83,61 @@ impl SqlEngine {
         let batches = frame.collect().await.map_err(|error| Error::Query(error.to_string()))?;
         Ok(QueryOutput { columns, batches })
     }
+}
+
+/// `as_of('<table>', <version> | '<RFC 3339 timestamp>')`: a history table
+/// as it was at a Delta version or a moment.
+///
+/// DataFusion resolves table functions synchronously while opening a Delta
+/// version is async, so this runs it with `block_in_place`: it needs the
+/// multi-threaded runtime, which the server and `confab sql` use.
+#[derive(Debug)]
+struct AsOf {
+    store: HistoryStore,
+}
+
+fn plan_error(message: String) -> DataFusionError {
+    DataFusionError::Plan(message)
+}
+
+impl TableFunctionImpl for AsOf {
+    fn call_with_args(&self, args: TableFunctionArgs) -> deltalake::datafusion::error::Result<Arc<dyn TableProvider>> {
+        let usage = "use as_of('<table>', <version> | '<RFC 3339 timestamp>')";
+        let [Expr::Literal(name, _), Expr::Literal(when, _)] = args.exprs() else {
+            return Err(plan_error(format!("as_of takes two literal arguments; {usage}")));
+        };
+        let ScalarValue::Utf8(Some(name)) = name else {
+            return Err(plan_error(format!("as_of's first argument is a table name in quotes; {usage}")));
+        };
+        let table = Table::ALL.into_iter().find(|table| table.name() == name).ok_or_else(|| {
+            let names: Vec<&str> = Table::ALL.iter().map(|table| table.name()).collect();
+            plan_error(format!("as_of: `{name}` is not one of {}", names.join(", ")))
+        })?;
+        let store = self.store.clone();
+        let opened = match when {
+            ScalarValue::Int64(Some(version)) if *version >= 0 => {
+                let version = *version as u64;
+                block_on(async move { store.open_version(table, version).await })
+            }
+            ScalarValue::Utf8(Some(text)) => {
+                let moment =
+                    chrono::DateTime::parse_from_rfc3339(text).map_err(|error| plan_error(format!("as_of: `{text}` is not an RFC 3339 time ({error})")))?;
+                let moment = moment.with_timezone(&chrono::Utc);
+                block_on(async move { store.open_at(table, moment).await })
+            }
+            other => return Err(plan_error(format!("as_of: `{other}` is neither a version nor a time; {usage}"))),
+        };
+        let delta = opened.map_err(|error| plan_error(format!("as_of: {error}")))?;
+        let provider = block_on(async move { delta.table_provider().await }).map_err(|error| plan_error(format!("as_of: {error}")))?;
+        Ok(provider)
+    }
+}
+
+fn block_on<F: std::future::Future + Send>(future: F) -> F::Output
+where
+    F::Output: Send,
+{
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
 }
 
 #[cfg(test)]

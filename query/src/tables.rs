@@ -153,6 +153,16 @@ impl HistoryStore {
         }
     }
 
+    /// Opens a table as it was at a moment, for time travel.
+    pub async fn open_at(&self, table: Table, moment: chrono::DateTime<chrono::Utc>) -> Result<DeltaTable> {
+        let url = self.table_url(table)?;
+        let mut opened = deltalake::open_table_with_storage_options(url, self.storage_options.clone())
+            .await
+            .map_err(|source| Error::Delta { table: table.name(), source })?;
+        opened.load_with_datetime(moment).await.map_err(|source| Error::Delta { table: table.name(), source })?;
+        Ok(opened)
+    }
+
     /// Opens a table as of a version, for time travel.
     pub async fn open_version(&self, table: Table, version: u64) -> Result<DeltaTable> {
         let url = self.table_url(table)?;

@@ -79,6 +79,9 @@ async fn the_tables_match_the_log_exactly_once() {
     let engine = SqlEngine::new(store.clone());
     wait_for_rows(&engine, "SELECT * FROM message_events", 2).await;
     sink.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let between = chrono::Utc::now().to_rfc3339();
+    tokio::time::sleep(Duration::from_millis(20)).await;
 
     // More events while the sink is down; then a new sink picks up exactly where the tables are.
     append(
@@ -141,6 +144,13 @@ async fn the_tables_match_the_log_exactly_once() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(rows(&engine, "SELECT count(*) FROM message_events").await, vec![vec!["4"]]);
     sink.shutdown().await;
+
+    // Time travel: the table as it was after the first sink's write.
+    assert_eq!(rows(&engine, "SELECT count(*) FROM as_of('message_events', 1)").await, vec![vec!["2"]]);
+    let at = format!("SELECT body FROM as_of('message_events', '{between}') WHERE message_id = 'm_1'");
+    assert_eq!(rows(&engine, &at).await, vec![vec!["hello bob"]]);
+    let error = engine.query("SELECT * FROM as_of('nope', 1)").await.unwrap_err();
+    assert!(error.to_string().contains("`nope` is not one of"), "{error}");
 
     let error = engine.query("INSERT INTO audit SELECT * FROM audit").await.unwrap_err();
     assert!(error.to_string().contains("only queries may run here"), "{error}");

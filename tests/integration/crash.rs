@@ -173,6 +173,25 @@ async fn acknowledged_sends_survive_ten_sigkills_exactly_once_and_in_order() {
         }
         check_history(&reader, &conversations, &acknowledged, cycle).await;
     }
+
+    // The Delta history was being written while each kill landed: it still
+    // holds every message exactly once.
+    let admin = devices[0].with_base(&server.base);
+    let auditor = devices[DEVICES_PER_USER].with_base(&server.base);
+    let (status, _) = admin.post("/v1/admin/roles", json!({"userId": auditor.user_id, "role": "compliance"})).await;
+    assert_eq!(status, 204);
+    let sql = "SELECT count(*) AS created, count(DISTINCT message_id) AS distinct_ids FROM message_events WHERE event_type = 'created'";
+    let mut last = Value::Null;
+    for _ in 0..300 {
+        let (status, body) = auditor.post("/v1/admin/sql", json!({"sql": sql})).await;
+        assert_eq!(status, 200, "{body}");
+        last = body["rows"][0].clone();
+        if last[0].as_u64() == Some(acknowledged.len() as u64) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last, json!([acknowledged.len(), acknowledged.len()]), "the history has every message exactly once");
     server.child.start_kill().unwrap();
 }
 
