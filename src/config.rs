@@ -16,6 +16,8 @@ pub struct Config {
     /// Everything Confab stores lives under this folder.
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    /// Where to serve the history over the PostgreSQL protocol (off if absent).
+    pub sql_listen: Option<SocketAddr>,
     /// A folder of pipeline definitions (`*.toml`) replacing the shipped ones.
     pub pipelines_dir: Option<PathBuf>,
     pub log: LogConfig,
@@ -47,6 +49,7 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("./data"),
             listen: "127.0.0.1:8080".parse().expect("valid address"),
+            sql_listen: None,
             pipelines_dir: None,
             log: LogConfig::default(),
             limits: Limits::default(),

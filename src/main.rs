@@ -33,6 +33,10 @@ enum Command {
         /// A TOML config file; flags win over it.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Also serve the history over the PostgreSQL protocol here
+        /// (`psql -h HOST -p PORT -U <compliance account>`).
+        #[arg(long)]
+        sql_listen: Option<SocketAddr>,
     },
     /// Run one read-only SQL query over the history of a data directory.
     Sql {
@@ -70,14 +74,14 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("could not start the async runtime")?;
     match cli.command {
-        Command::Serve { data_dir, listen, config } => runtime.block_on(serve(data_dir, listen, config)),
+        Command::Serve { data_dir, listen, config, sql_listen } => runtime.block_on(serve(data_dir, listen, config, sql_listen)),
         Command::Bench(command) => runtime.block_on(confab::bench::run(command)),
         Command::Pipelines(PipelinesCommand::Validate { files }) => validate_pipelines(files),
         Command::Sql { sql, data_dir, config, format } => runtime.block_on(run_sql(sql, data_dir, config, format)),
     }
 }
 
-async fn serve(data_dir: Option<PathBuf>, listen: Option<SocketAddr>, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+async fn serve(data_dir: Option<PathBuf>, listen: Option<SocketAddr>, config_path: Option<PathBuf>, sql_listen: Option<SocketAddr>) -> anyhow::Result<()> {
     let mut config = match config_path {
         Some(path) => Config::load(&path)?,
         None => Config::default(),
@@ -87,6 +91,9 @@ async fn serve(data_dir: Option<PathBuf>, listen: Option<SocketAddr>, config_pat
     }
     if let Some(listen) = listen {
         config.listen = listen;
+    }
+    if sql_listen.is_some() {
+        config.sql_listen = sql_listen;
     }
     let server = confab::server::start(config).await?;
     // Tools that start the server read this line to learn the address.

@@ -74,7 +74,23 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         None => None,
     };
     let history = Arc::new(confab_query::SqlEngine::new(store));
-    let state = AppState::new(ingest, hub, pipelines.clone(), history, config.gateway.clone(), token_secret);
+    let state = AppState::new(ingest.clone(), hub, pipelines.clone(), history.clone(), config.gateway.clone(), token_secret);
+    let sql_server = match config.sql_listen {
+        Some(address) => {
+            let accounts = Arc::new(crate::wiring::PgAccountsView { ingest, passwords: state.passwords.clone() });
+            let engine = (*history).clone();
+            let host = address.ip().to_string();
+            // Bind here so that a busy port fails the start, then serve.
+            drop(std::net::TcpListener::bind(address).with_context(|| format!("could not listen for SQL on `{address}`"))?);
+            tracing::info!(%address, "serving the history over the PostgreSQL protocol");
+            Some(tokio::spawn(async move {
+                if let Err(error) = confab_query::pgwire::serve(engine, accounts, &host, address.port()).await {
+                    tracing::error!(%error, "the PostgreSQL protocol server stopped");
+                }
+            }))
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("could not listen on `{}`", config.listen))?;
     let address = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
@@ -96,6 +112,9 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             })
             .await;
         janitor.abort();
+        if let Some(sql_server) = sql_server {
+            sql_server.abort();
+        }
         pipelines.shutdown().await;
         if let Some(sink) = history_sink {
             sink.shutdown().await;

@@ -55,6 +55,32 @@ pub fn large_conversation_members(specs: &[PipelineSpec]) -> usize {
         .unwrap_or(confab_ingest::DEFAULT_INBOX_MAX_MEMBERS)
 }
 
+/// Logins and audit for the PostgreSQL protocol, over the accounts.
+pub struct PgAccountsView {
+    pub ingest: Arc<Ingest>,
+    pub passwords: Arc<confab_gateway::auth::Passwords>,
+}
+
+#[async_trait::async_trait]
+impl confab_query::pgwire::PgAccounts for PgAccountsView {
+    async fn login(&self, username: &str, password: &str) -> Option<String> {
+        let user = self.ingest.user_by_username(username);
+        let stored = user.as_ref().map(|user| user.password_hash.clone());
+        let (passwords, password) = (self.passwords.clone(), password.to_string());
+        let verified = tokio::task::spawn_blocking(move || passwords.verify(&password, stored.as_deref())).await.unwrap_or(false);
+        let user = user.filter(|_| verified)?;
+        self.ingest.has_role(&user.user_id, confab_schemas::events::AccountRole::Compliance).then(|| user.user_id.clone())
+    }
+
+    async fn audit(&self, username: &str, sql: &str) {
+        let Some(user) = self.ingest.user_by_username(username) else { return };
+        let details = serde_json::json!({"sql": sql, "via": "pgwire"}).to_string();
+        if let Err(error) = self.ingest.record_audit(&user.user_id, "sql.query", details).await {
+            tracing::error!(%error, "could not audit a query");
+        }
+    }
+}
+
 /// The history sink's settings, if a pipeline has a `delta_sink` stage.
 pub fn history_sink(specs: &[PipelineSpec]) -> Option<confab_query::SinkConfig> {
     specs.iter().flat_map(|spec| spec.stages.iter()).find_map(|stage| match stage {

@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod output;
+pub mod pgwire;
 pub mod rows;
 pub mod sink;
 pub mod sql;

@@ -85,6 +85,20 @@ impl SqlEngine {
     }
 }
 
+/// Points each table of a long-lived session at its latest version.
+pub async fn refresh_tables(engine: &SqlEngine, context: &SessionContext) -> Result<()> {
+    for table in Table::ALL {
+        let delta = engine.store.open_or_create(table).await?;
+        let provider = delta.table_provider().await.map_err(|source| Error::Delta { table: table.name(), source: source.into() })?;
+        context.deregister_table(table.name()).map_err(|error| Error::Query(error.to_string()))?;
+        context.register_table(table.name(), provider).map_err(|error| Error::Query(error.to_string()))?;
+    }
+    // The view holds the snapshots it was made from: make it again.
+    context.deregister_table("messages").map_err(|error| Error::Query(error.to_string()))?;
+    context.sql(MESSAGES_VIEW).await.map_err(|error| Error::Query(error.to_string()))?;
+    Ok(())
+}
+
 /// `as_of('<table>', <version> | '<RFC 3339 timestamp>')`: a history table
 /// as it was at a Delta version or a moment.
 ///
