@@ -39,6 +39,34 @@ pub fn day_of(ts_ms: i64) -> String {
     format!("{year:04}-{month:02}-{day:02}")
 }
 
+/// An edit or a delete of a message, as a `message_events` row.
+struct Change<'a> {
+    message_id: &'a str,
+    conversation_id: &'a str,
+    seq: u64,
+    sender_id: &'a str,
+    device_id: &'a str,
+    ts: i64,
+    by: &'a str,
+}
+
+impl Change<'_> {
+    fn row(&self, event_type: &str, body: Option<&str>) -> (Table, i64, Vec<Cell>) {
+        let cells = vec![
+            text(self.message_id),
+            text(self.conversation_id),
+            Cell::Int(self.seq as i64),
+            text(self.sender_id),
+            text(self.device_id),
+            Cell::Time(self.ts),
+            text(event_type),
+            Cell::Text(body.map(str::to_string)),
+            text(self.by),
+        ];
+        (Table::MessageEvents, self.ts, cells)
+    }
+}
+
 /// The rows one log record adds, by table (without the trailing log
 /// position and day columns, which [`Rows::push`] adds).
 pub fn rows_of(event: &LogEvent) -> Vec<(Table, i64, Vec<Cell>)> {
@@ -58,36 +86,14 @@ pub fn rows_of(event: &LogEvent) -> Vec<(Table, i64, Vec<Cell>)> {
                 text(sender_id),
             ],
         )],
-        LogEvent::MessageEdited { message_id, conversation_id, seq, body, sender_id, by, device_id, ts } => vec![(
-            Table::MessageEvents,
-            *ts,
-            vec![
-                text(message_id),
-                text(conversation_id),
-                Cell::Int(*seq as i64),
-                text(sender_id.as_deref().unwrap_or(by)),
-                text(device_id),
-                Cell::Time(*ts),
-                text("edited"),
-                text(body),
-                text(by),
-            ],
-        )],
-        LogEvent::MessageDeleted { message_id, conversation_id, seq, sender_id, by, device_id, ts } => vec![(
-            Table::MessageEvents,
-            *ts,
-            vec![
-                text(message_id),
-                text(conversation_id),
-                Cell::Int(*seq as i64),
-                text(sender_id.as_deref().unwrap_or(by)),
-                text(device_id),
-                Cell::Time(*ts),
-                text("deleted"),
-                Cell::Text(None),
-                text(by),
-            ],
-        )],
+        LogEvent::MessageEdited { message_id, conversation_id, seq, body, sender_id, by, device_id, ts } => {
+            let change = Change { message_id, conversation_id, seq: *seq, sender_id: sender_id.as_deref().unwrap_or(by), device_id, ts: *ts, by };
+            vec![change.row("edited", Some(body))]
+        }
+        LogEvent::MessageDeleted { message_id, conversation_id, seq, sender_id, by, device_id, ts } => {
+            let change = Change { message_id, conversation_id, seq: *seq, sender_id: sender_id.as_deref().unwrap_or(by), device_id, ts: *ts, by };
+            vec![change.row("deleted", None)]
+        }
         LogEvent::ConversationCreated { conversation_id, conversation_type, title, creator_id, member_ids, ts } => {
             let kind = match conversation_type {
                 ConversationType::Dm => "dm",
