@@ -112,10 +112,6 @@ impl ReadOnlyAudited {
     }
 }
 
-fn user_of(client: &(dyn ClientInfo + Send + Sync)) -> String {
-    client.metadata().get("user").cloned().unwrap_or_default()
-}
-
 #[async_trait]
 impl QueryHook for ReadOnlyAudited {
     async fn handle_simple_query(&self, statement: &Statement, context: &SessionContext, client: &mut dyn HookClient) -> Option<PgWireResult<Response>> {
@@ -127,9 +123,8 @@ impl QueryHook for ReadOnlyAudited {
         &self,
         statement: &Statement,
         _context: &SessionContext,
-        client: &(dyn ClientInfo + Send + Sync),
+        _client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
-        let _ = user_of(client);
         refused(statement).map(Err)
     }
 

@@ -64,12 +64,7 @@ impl SqlEngine {
     /// A session over the tables as they are now.
     pub async fn context(&self) -> Result<SessionContext> {
         let context = SessionContext::new_with_config(SessionConfig::new().with_information_schema(true));
-        for table in Table::ALL {
-            let delta = self.store.open_or_create(table).await?;
-            let provider = delta.table_provider().await.map_err(|source| Error::Delta { table: table.name(), source: source.into() })?;
-            context.register_table(table.name(), provider).map_err(|error| Error::Query(error.to_string()))?;
-        }
-        context.sql(MESSAGES_VIEW).await.map_err(|error| Error::Query(error.to_string()))?;
+        refresh_tables(self, &context).await?;
         context.register_udtf("as_of", Arc::new(AsOf { store: self.store.clone() }));
         Ok(context)
     }
