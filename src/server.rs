@@ -73,8 +73,11 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         Some(sink_config) => Some(confab_query::HistorySink::start(store.clone(), log.clone(), sink_config).await.context("could not start the history sink")?),
         None => None,
     };
+    let maintenance = confab_query::HistoryMaintenance::open(store.clone(), log.clone(), history_sink.as_ref().map(|sink| sink.handle()))
+        .await
+        .context("could not open the legal-hold registry")?;
     let history = Arc::new(confab_query::SqlEngine::new(store));
-    let state = AppState::new(ingest.clone(), hub, pipelines.clone(), history.clone(), config.gateway.clone(), token_secret);
+    let state = AppState::new(ingest.clone(), hub, pipelines.clone(), history.clone(), Arc::new(maintenance), config.gateway.clone(), token_secret);
     let sql_server = match config.sql_listen {
         Some(address) => {
             let accounts = Arc::new(crate::wiring::PgAccountsView { ingest, passwords: state.passwords.clone() });

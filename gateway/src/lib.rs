@@ -33,6 +33,8 @@ pub struct Shared {
     pub pipelines: Arc<Runtime>,
     /// Read-only SQL over the history.
     pub history: Arc<confab_query::SqlEngine>,
+    /// Legal holds, retention and erasure of the history.
+    pub maintenance: Arc<confab_query::HistoryMaintenance>,
     /// When each user was last seen online (presence).
     pub last_seen: dashmap::DashMap<String, i64>,
     /// Set when the server stops: WebSocket sessions close ("going away")
@@ -55,11 +57,13 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         ingest: Arc<Ingest>,
         hub: Arc<Hub>,
         pipelines: Arc<Runtime>,
         history: Arc<confab_query::SqlEngine>,
+        maintenance: Arc<confab_query::HistoryMaintenance>,
         config: GatewayConfig,
         token_secret: Vec<u8>,
     ) -> AppState {
@@ -68,6 +72,7 @@ impl AppState {
             hub,
             pipelines,
             history,
+            maintenance,
             last_seen: dashmap::DashMap::new(),
             closing: tokio::sync::watch::channel(false).0,
             tokens: auth::TokenKeys::new(token_secret, config.access_token_ttl_secs),
@@ -99,6 +104,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/admin/roles", post(routes::admin::grant_role))
         .route("/v1/admin/sql", post(routes::admin::sql))
+        .route("/v1/admin/holds", post(routes::admin::place_hold).get(routes::admin::list_holds))
+        .route("/v1/admin/holds/{id}", delete(routes::admin::release_hold))
+        .route("/v1/admin/retention", post(routes::admin::delete_history))
+        .route("/v1/admin/erasure", post(routes::admin::erase_user))
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

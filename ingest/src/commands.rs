@@ -604,6 +604,10 @@ impl Ingest {
     pub fn device(&self, device_id: &str) -> Option<Arc<crate::Device>> {
         self.state.devices.get(device_id).map(|entry| entry.value().clone())
     }
+
+    pub fn conversation_exists(&self, conversation_id: &str) -> bool {
+        self.state.conversations.contains_key(conversation_id)
+    }
 }
 
 fn check_chars(field: &'static str, text: &str, max_chars: usize) -> Result<()> {

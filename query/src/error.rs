@@ -20,6 +20,12 @@ pub enum Error {
     Parse(String),
     #[error("the query failed: {0}")]
     Query(String),
+    #[error("{target} is under legal hold `{hold_id}`; release the hold first if the deletion is lawful")]
+    UnderHold { hold_id: String, target: String },
+    #[error("legal hold `{0}` is not active; list the active ones with GET /v1/admin/holds")]
+    HoldNotFound(String),
+    #[error("the history is still catching up with the log; try again in a minute")]
+    HistoryBehind,
     #[error("the log could not be read: {0}")]
     Log(#[from] confab_log::Error),
 }

@@ -5,6 +5,8 @@
 //! and one query through the checks, then each failure mode.
 
 pub mod error;
+pub mod holds;
+pub mod maintenance;
 pub mod output;
 pub mod pgwire;
 pub mod rows;
@@ -13,6 +15,8 @@ pub mod sql;
 pub mod tables;
 
 pub use error::{Error, Result};
-pub use sink::{HistorySink, SinkConfig};
+pub use holds::{Hold, HoldTarget};
+pub use maintenance::{HistoryMaintenance, Outcome};
+pub use sink::{HistorySink, SinkConfig, SinkHandle};
 pub use sql::{check_read_only, QueryOutput, SqlEngine};
 pub use tables::HistoryStore;

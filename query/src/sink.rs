@@ -8,6 +8,7 @@
 //! them and skips, per table, the rows that table already holds.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,24 @@ const READ_BATCH_RECORDS: usize = 4_096;
 pub struct HistorySink {
     tasks: Vec<JoinHandle<()>>,
     stop: watch::Sender<bool>,
+    handle: SinkHandle,
+}
+
+/// What others need of a running sink: how far it has written, a way to
+/// ask it to write now, and the lock that keeps it still while history is
+/// deleted or rewritten (see [`crate::maintenance`]).
+#[derive(Debug, Clone)]
+pub struct SinkHandle {
+    /// Per partition: every record below this offset is in the tables
+    /// (nothing read is still waiting in memory).
+    pub(crate) written: Vec<watch::Receiver<u64>>,
+    /// Bumped to ask every task to write what is waiting at once.
+    pub(crate) flush_requests: Arc<watch::Sender<u64>>,
+    /// Appends and compactions hold it shared; deletes and vacuums hold it
+    /// alone, so a vacuum never removes a file an append is about to commit.
+    pub(crate) writers: Arc<tokio::sync::RwLock<()>>,
+    /// Bumped after history was rewritten: the tasks reopen their tables.
+    pub(crate) rewrites: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for HistorySink {
@@ -60,21 +79,40 @@ impl HistorySink {
     /// Opens (or creates) the tables and starts one task per partition.
     pub async fn start(store: HistoryStore, log: Arc<dyn Log>, config: SinkConfig) -> Result<HistorySink> {
         let (stop, stopped) = watch::channel(false);
+        let flush_requests = Arc::new(watch::channel(0).0);
+        let writers = Arc::new(tokio::sync::RwLock::new(()));
+        let rewrites = Arc::new(AtomicU64::new(0));
         let mut tasks = Vec::new();
+        let mut written = Vec::new();
         for partition in 0..log.partition_count() {
-            let mut tables = HashMap::new();
-            for table in Table::ALL {
-                tables.insert(table, store.open_or_create(table).await?);
-            }
-            let task = PartitionSink { partition, log: log.clone(), tables, config: config.clone(), commits: HashMap::new() };
+            let (progress, progress_seen) = watch::channel(0);
+            written.push(progress_seen);
+            let task = PartitionSink {
+                partition,
+                log: log.clone(),
+                store: store.clone(),
+                tables: open_tables(&store).await?,
+                config: config.clone(),
+                commits: HashMap::new(),
+                progress,
+                writers: writers.clone(),
+                rewrites: rewrites.clone(),
+                rewrites_seen: 0,
+            };
             let stopped = stopped.clone();
+            let flush_requested = flush_requests.subscribe();
             tasks.push(tokio::spawn(async move {
-                if let Err(error) = task.run(stopped).await {
+                if let Err(error) = task.run(stopped, flush_requested).await {
                     tracing::error!(%error, partition, "the history sink stopped; restart the server to resume it");
                 }
             }));
         }
-        Ok(HistorySink { tasks, stop })
+        let handle = SinkHandle { written, flush_requests, writers, rewrites };
+        Ok(HistorySink { tasks, stop, handle })
+    }
+
+    pub fn handle(&self) -> SinkHandle {
+        self.handle.clone()
     }
 
     /// Writes what is waiting, then stops.
@@ -86,12 +124,25 @@ impl HistorySink {
     }
 }
 
+async fn open_tables(store: &HistoryStore) -> Result<HashMap<Table, DeltaTable>> {
+    let mut tables = HashMap::new();
+    for table in Table::SUNK {
+        tables.insert(table, store.open_or_create(table).await?);
+    }
+    Ok(tables)
+}
+
 struct PartitionSink {
     partition: u32,
     log: Arc<dyn Log>,
+    store: HistoryStore,
     tables: HashMap<Table, DeltaTable>,
     config: SinkConfig,
     commits: HashMap<Table, u64>,
+    progress: watch::Sender<u64>,
+    writers: Arc<tokio::sync::RwLock<()>>,
+    rewrites: Arc<AtomicU64>,
+    rewrites_seen: u64,
 }
 
 impl PartitionSink {
@@ -111,7 +162,7 @@ impl PartitionSink {
         Ok(versions)
     }
 
-    async fn run(mut self, mut stopped: watch::Receiver<bool>) -> Result<()> {
+    async fn run(mut self, mut stopped: watch::Receiver<bool>, mut flush_requested: watch::Receiver<u64>) -> Result<()> {
         let mut written = self.written_up_to().await?;
         let mut next = written.values().copied().min().unwrap_or(0).max(self.log.earliest(self.partition)?);
         let mut durable = self.log.subscribe(self.partition)?;
@@ -137,16 +188,23 @@ impl PartitionSink {
                     oldest_waiting = Some(Instant::now());
                 }
             }
+            let asked = flush_requested.has_changed().unwrap_or(false);
             let due = rows.count >= self.config.flush_rows || oldest_waiting.is_some_and(|since| since.elapsed() >= flush_after);
-            if due {
+            if due || (asked && rows.count > 0) {
                 self.flush(&mut rows, next, &mut written).await?;
                 oldest_waiting = None;
                 continue;
+            }
+            flush_requested.mark_unchanged();
+            if rows.count == 0 {
+                // Nothing read is waiting: everything below `next` is written.
+                self.progress.send_replace(next);
             }
             let wait = oldest_waiting.map_or(Duration::from_secs(3_600), |since| flush_after.saturating_sub(since.elapsed()));
             tokio::select! {
                 changed = durable.changed() => if changed.is_err() { break },
                 _ = tokio::time::sleep(wait) => {}
+                _ = flush_requested.changed() => {}
                 _ = stopped.changed() => break,
             }
         }
@@ -158,6 +216,14 @@ impl PartitionSink {
 
     /// Appends each table's waiting rows with the transaction "written up to `next`".
     async fn flush(&mut self, rows: &mut Rows, next: u64, written: &mut HashMap<Table, u64>) -> Result<()> {
+        let writers = self.writers.clone();
+        let _writing = writers.read().await;
+        let rewrites = self.rewrites.load(Ordering::Acquire);
+        if rewrites != self.rewrites_seen {
+            // History was deleted or rewritten meanwhile: start from the new versions.
+            self.tables = open_tables(&self.store).await?;
+            self.rewrites_seen = rewrites;
+        }
         for (table, table_rows) in std::mem::take(&mut rows.by_table) {
             if table_rows.is_empty() {
                 continue;
@@ -178,6 +244,7 @@ impl PartitionSink {
             self.tables.insert(table, updated);
         }
         rows.count = 0;
+        self.progress.send_replace(next);
         Ok(())
     }
 }

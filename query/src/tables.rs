@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use deltalake::arrow::datatypes::{DataType as ArrowType, Field, Schema, SchemaRef, TimeUnit};
 use deltalake::kernel::{DataType, PrimitiveType, StructField};
-use deltalake::DeltaTable;
+use deltalake::{DeltaTable, TableProperty};
 use url::Url;
 
 use crate::{Error, Result};
@@ -19,10 +19,20 @@ pub enum Table {
     MembershipEvents,
     Receipts,
     Audit,
+    /// The legal-hold registry: written by [`crate::holds`], not by the sink.
+    LegalHolds,
 }
 
 impl Table {
-    pub const ALL: [Table; 5] = [Table::MessageEvents, Table::Conversations, Table::MembershipEvents, Table::Receipts, Table::Audit];
+    /// Every table SQL sees.
+    pub const ALL: [Table; 6] = [Table::MessageEvents, Table::Conversations, Table::MembershipEvents, Table::Receipts, Table::Audit, Table::LegalHolds];
+    /// The tables the history sink fills from the log.
+    pub const SUNK: [Table; 5] = [Table::MessageEvents, Table::Conversations, Table::MembershipEvents, Table::Receipts, Table::Audit];
+
+    /// Whether the rows come from the log (and carry their log position and day).
+    pub fn is_sunk(self) -> bool {
+        self != Table::LegalHolds
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -31,11 +41,12 @@ impl Table {
             Table::MembershipEvents => "membership_events",
             Table::Receipts => "receipts",
             Table::Audit => "audit",
+            Table::LegalHolds => "legal_holds",
         }
     }
 
-    /// `(name, type, nullable)`; every table ends with the log position of
-    /// the row (for exactly-once) and the day it is partitioned by.
+    /// `(name, type, nullable)`; every sunk table ends with the log position
+    /// of the row (for exactly-once) and the day it is partitioned by.
     fn columns(self) -> Vec<(&'static str, Column, bool)> {
         use Column::{Int, Text, Time};
         let mut columns = match self {
@@ -69,9 +80,33 @@ impl Table {
                 ("ts", Time, false),
             ],
             Table::Audit => vec![("ts", Time, false), ("actor_id", Text, false), ("action", Text, false), ("details", Text, false)],
+            Table::LegalHolds => {
+                return vec![
+                    ("hold_id", Text, false),
+                    ("change", Text, false),
+                    ("target_type", Text, false),
+                    ("target_id", Text, false),
+                    ("reason", Text, false),
+                    ("actor_id", Text, false),
+                    ("ts", Time, false),
+                ]
+            }
         };
         columns.extend([("log_partition", Int, false), ("log_offset", Int, false), ("day", Text, false)]);
         columns
+    }
+
+    /// Free text that must never be copied into the Delta log: Delta keeps
+    /// each file's min and max per column in the log, which a vacuum does
+    /// not remove, so an erased body would live on there.
+    fn is_free_text(column: &str) -> bool {
+        matches!(column, "body" | "title" | "details" | "reason")
+    }
+
+    /// The columns Delta keeps statistics for (to skip files): all but free text.
+    fn stats_columns(self) -> String {
+        let names: Vec<&str> = self.columns().into_iter().map(|(name, _, _)| name).filter(|name| !Table::is_free_text(name)).collect();
+        names.join(",")
     }
 
     pub fn arrow_schema(self) -> SchemaRef {
@@ -139,7 +174,7 @@ impl HistoryStore {
         Ok(url)
     }
 
-    /// Opens a table, creating it (empty, partitioned by day) the first time.
+    /// Opens a table, creating it (empty; a sunk one partitioned by day) the first time.
     pub async fn open_or_create(&self, table: Table) -> Result<DeltaTable> {
         let url = self.table_url(table)?;
         let delta = |source| Error::Delta { table: table.name(), source };
@@ -147,7 +182,13 @@ impl HistoryStore {
             Ok(opened) => Ok(opened),
             Err(deltalake::DeltaTableError::NotATable(_)) => {
                 let fresh = DeltaTable::try_from_url_with_storage_options(url, self.storage_options.clone()).await.map_err(delta)?;
-                fresh.create().with_table_name(table.name()).with_columns(table.delta_columns()).with_partition_columns(["day"]).await.map_err(delta)
+                let create = fresh
+                    .create()
+                    .with_table_name(table.name())
+                    .with_columns(table.delta_columns())
+                    .with_configuration_property(TableProperty::DataSkippingStatsColumns, Some(table.stats_columns()));
+                let create = if table.is_sunk() { create.with_partition_columns(["day"]) } else { create };
+                create.await.map_err(delta)
             }
             Err(other) => Err(delta(other)),
         }

@@ -9,5 +9,6 @@ mod harness;
 mod messages;
 mod psql;
 mod restart;
+mod retention;
 mod sync;
 mod ws;

@@ -1,6 +1,7 @@
-//! Administration and compliance: roles, and read-only SQL over the history.
+//! Administration and compliance: roles, read-only SQL over the history,
+//! legal holds, and the retention and erasure of history.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use confab_schemas::events::AccountRole;
@@ -12,6 +13,7 @@ use crate::auth::Authenticated;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
 use crate::AppState;
+use confab_query::HoldTarget;
 
 /// Largest SQL text accepted.
 const SQL_MAX_BYTES: usize = 64 * 1024;
@@ -44,19 +46,24 @@ fn query_error(error: confab_query::Error) -> ApiError {
     use confab_query::Error;
     match error {
         Error::NotAQuery { .. } | Error::StatementCount(_) | Error::Parse(_) | Error::Query(_) => ApiError::bad_request(error.to_string()),
+        Error::UnderHold { .. } => ApiError::new(ErrorCode::Conflict, error.to_string()),
+        Error::HoldNotFound(_) => ApiError::new(ErrorCode::NotFound, error.to_string()),
+        Error::HistoryBehind => ApiError::new(ErrorCode::Unavailable, error.to_string()),
         other => ApiError::internal("querying the history", other),
     }
+}
+
+fn require_compliance(state: &AppState, user_id: &str, what: &str) -> ApiResult<()> {
+    if state.ingest.has_role(user_id, AccountRole::Compliance) {
+        return Ok(());
+    }
+    Err(ApiError::new(ErrorCode::Forbidden, format!("only compliance accounts may {what}; an administrator grants the role with POST /v1/admin/roles")))
 }
 
 /// Runs one read-only query for a compliance account. Every attempt,
 /// refused or not, is written to the audit log first.
 pub async fn sql(State(state): State<AppState>, Authenticated(caller): Authenticated, ApiJson(request): ApiJson<SqlRequest>) -> ApiResult<Json<Value>> {
-    if !state.ingest.has_role(&caller.user_id, AccountRole::Compliance) {
-        return Err(ApiError::new(
-            ErrorCode::Forbidden,
-            "only compliance accounts may query the history; an administrator grants the role with POST /v1/admin/roles",
-        ));
-    }
+    require_compliance(&state, &caller.user_id, "query the history")?;
     if request.sql.len() > SQL_MAX_BYTES {
         return Err(ApiError::new(ErrorCode::TooLarge, format!("`sql` is {} bytes; the limit is {SQL_MAX_BYTES}", request.sql.len())));
     }
@@ -68,4 +75,101 @@ pub async fn sql(State(state): State<AppState>, Authenticated(caller): Authentic
         return Err(ApiError::new(ErrorCode::TooLarge, format!("the result has {} rows; the limit is {RESULT_MAX_ROWS}: add a LIMIT", rows.len())));
     }
     Ok(Json(json!({"columns": output.columns, "rows": rows})))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlaceHold {
+    user_id: Option<String>,
+    conversation_id: Option<String>,
+    reason: String,
+}
+
+/// Places a legal hold on a user's messages or a conversation's.
+pub async fn place_hold(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    ApiJson(request): ApiJson<PlaceHold>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    require_compliance(&state, &caller.user_id, "place legal holds")?;
+    let reason = request.reason.trim();
+    if reason.is_empty() || reason.len() > confab_query::holds::REASON_MAX_BYTES {
+        return Err(ApiError::bad_request(format!("invalid `reason`: say why, in 1 to {} bytes", confab_query::holds::REASON_MAX_BYTES)));
+    }
+    let target = match (request.user_id, request.conversation_id) {
+        (Some(user_id), None) if state.ingest.user(&user_id).is_some() => HoldTarget::User(user_id),
+        (Some(user_id), None) => return Err(ApiError::new(ErrorCode::NotFound, format!("user `{user_id}` not found"))),
+        (None, Some(conversation_id)) if state.ingest.conversation_exists(&conversation_id) => HoldTarget::Conversation(conversation_id),
+        (None, Some(conversation_id)) => return Err(ApiError::new(ErrorCode::NotFound, format!("conversation `{conversation_id}` not found"))),
+        _ => return Err(ApiError::bad_request("give exactly one of `userId` and `conversationId`")),
+    };
+    let details = match &target {
+        HoldTarget::User(user_id) => json!({"userId": user_id, "reason": reason}),
+        HoldTarget::Conversation(conversation_id) => json!({"conversationId": conversation_id, "reason": reason}),
+    };
+    state.ingest.record_audit(&caller.user_id, "hold.place", details.to_string()).await?;
+    let hold = state.maintenance.place_hold(target, reason, &caller.user_id).await.map_err(query_error)?;
+    Ok((StatusCode::CREATED, Json(json!(hold))))
+}
+
+pub async fn list_holds(State(state): State<AppState>, Authenticated(caller): Authenticated) -> ApiResult<Json<Value>> {
+    require_compliance(&state, &caller.user_id, "see legal holds")?;
+    Ok(Json(json!({"holds": state.maintenance.active_holds().await})))
+}
+
+pub async fn release_hold(State(state): State<AppState>, Authenticated(caller): Authenticated, Path(hold_id): Path<String>) -> ApiResult<StatusCode> {
+    require_compliance(&state, &caller.user_id, "release legal holds")?;
+    state.ingest.record_audit(&caller.user_id, "hold.release", json!({"holdId": hold_id}).to_string()).await?;
+    state.maintenance.release_hold(&hold_id, &caller.user_id).await.map_err(query_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteHistory {
+    conversation_id: String,
+    /// Milliseconds since the epoch: messages created before it go.
+    before: i64,
+}
+
+/// Retention: deletes a conversation's messages created before a time from
+/// the history, unless a legal hold covers them.
+pub async fn delete_history(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    ApiJson(request): ApiJson<DeleteHistory>,
+) -> ApiResult<Json<Value>> {
+    require_compliance(&state, &caller.user_id, "delete history")?;
+    if !state.ingest.conversation_exists(&request.conversation_id) {
+        return Err(ApiError::new(ErrorCode::NotFound, format!("conversation `{}` not found", request.conversation_id)));
+    }
+    if request.before <= 0 || request.before > confab_schemas::ids::now_ms() {
+        return Err(ApiError::bad_request("invalid `before`: a time in milliseconds since the epoch, not in the future"));
+    }
+    let details = json!({"conversationId": request.conversation_id, "before": request.before});
+    state.ingest.record_audit(&caller.user_id, "retention.delete", details.to_string()).await?;
+    let outcome = state.maintenance.delete_conversation_before(&request.conversation_id, request.before).await.map_err(query_error)?;
+    let done = json!({"conversationId": request.conversation_id, "before": request.before, "outcome": outcome});
+    state.ingest.record_audit(&caller.user_id, "retention.deleted", done.to_string()).await?;
+    Ok(Json(json!({"deletedRows": outcome.rows, "filesRemoved": outcome.files_removed})))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EraseUser {
+    user_id: String,
+}
+
+/// Erasure (GDPR): clears the bodies of every message a user sent from the
+/// history, unless a legal hold covers them.
+pub async fn erase_user(State(state): State<AppState>, Authenticated(caller): Authenticated, ApiJson(request): ApiJson<EraseUser>) -> ApiResult<Json<Value>> {
+    require_compliance(&state, &caller.user_id, "erase history")?;
+    if state.ingest.user(&request.user_id).is_none() {
+        return Err(ApiError::new(ErrorCode::NotFound, format!("user `{}` not found", request.user_id)));
+    }
+    state.ingest.record_audit(&caller.user_id, "erasure.request", json!({"userId": request.user_id}).to_string()).await?;
+    let outcome = state.maintenance.erase_user_bodies(&request.user_id).await.map_err(query_error)?;
+    let done = json!({"userId": request.user_id, "outcome": outcome});
+    state.ingest.record_audit(&caller.user_id, "erasure.done", done.to_string()).await?;
+    Ok(Json(json!({"erasedRows": outcome.rows, "filesRemoved": outcome.files_removed})))
 }

@@ -1,0 +1,215 @@
+//! Legal holds, retention and erasure of the history: holds refuse both,
+//! erasure leaves no body on disk, retention deletes whole messages, and
+//! every step is audited.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::harness::{assert_error, Client, TestServer};
+
+async fn sql(client: &Client, sql: &str) -> Value {
+    let (status, body) = client.post("/v1/admin/sql", json!({"sql": sql})).await;
+    assert_eq!(status, 200, "{sql}: {body}");
+    body["rows"].clone()
+}
+
+/// Polls until the query returns exactly `expected` (the history is written in batches).
+async fn sql_until(client: &Client, query: &str, expected: Value) {
+    let mut rows = Value::Null;
+    for _ in 0..100 {
+        rows = sql(client, query).await;
+        if rows == expected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("`{query}` returned {rows}, not {expected}");
+}
+
+/// Whether any file of the table holds these bytes.
+fn table_files_contain(data_dir: &Path, table: &str, needle: &[u8]) -> bool {
+    fn walk(folder: &Path, needle: &[u8]) -> bool {
+        std::fs::read_dir(folder).unwrap().flatten().any(|entry| {
+            let path = entry.path();
+            if path.is_dir() {
+                return walk(&path, needle);
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            bytes.windows(needle.len()).any(|window| window == needle)
+        })
+    }
+    walk(&data_dir.join("history").join(table), needle)
+}
+
+struct Cast {
+    admin: Client,
+    bob: Client,
+    carol: Client,
+    group: String,
+}
+
+async fn cast(server: &TestServer) -> Cast {
+    let admin = server.user("admin").await;
+    let bob = server.user("bob").await;
+    let carol = server.user("carol").await;
+    let (status, _) = admin.post("/v1/admin/roles", json!({"userId": carol.user_id, "role": "compliance"})).await;
+    assert_eq!(status, 204);
+    let group = admin.conversation("group", &[&bob]).await;
+    Cast { admin, bob, carol, group }
+}
+
+#[tokio::test]
+async fn holds_refuse_erasure_and_retention_until_released() {
+    let server = TestServer::start().await;
+    let Cast { admin, bob, carol, group } = cast(&server).await;
+    bob.say(&group, "b1", "bob was here").await;
+
+    assert_error(&bob.post("/v1/admin/holds", json!({"userId": bob.user_id, "reason": "mine"})).await, 403, "forbidden");
+    assert_error(&carol.post("/v1/admin/holds", json!({"userId": "u_nobody", "reason": "case 7"})).await, 404, "not_found");
+    let message = assert_error(&carol.post("/v1/admin/holds", json!({"userId": bob.user_id})).await, 400, "bad_request");
+    assert!(message.contains("`reason`"), "{message}");
+    assert_error(&carol.post("/v1/admin/holds", json!({"userId": bob.user_id, "conversationId": group, "reason": "x"})).await, 400, "bad_request");
+
+    let (status, hold) = carol.post("/v1/admin/holds", json!({"userId": bob.user_id, "reason": "case 7"})).await;
+    assert_eq!(status, 201, "{hold}");
+    let hold_id = hold["holdId"].as_str().unwrap().to_string();
+    assert_eq!(
+        (hold["targetType"].as_str(), hold["targetId"].as_str(), hold["placedBy"].as_str()),
+        (Some("user"), Some(bob.user_id.as_str()), Some(carol.user_id.as_str()))
+    );
+    let (_, listed) = carol.get("/v1/admin/holds").await;
+    assert_eq!(listed["holds"], json!([hold]));
+    assert_error(&admin.get("/v1/admin/holds").await, 403, "forbidden");
+
+    // A user hold covers their messages everywhere: both primitives refuse.
+    let message = assert_error(&carol.post("/v1/admin/erasure", json!({"userId": bob.user_id})).await, 409, "conflict");
+    assert!(message.contains(&hold_id), "{message}");
+    let now = confab_schemas::ids::now_ms();
+    let message = assert_error(&carol.post("/v1/admin/retention", json!({"conversationId": group, "before": now})).await, 409, "conflict");
+    assert!(message.contains(&hold_id), "{message}");
+
+    // The hold survives a restart (it is in `legal_holds`), then is released.
+    let mut server = server;
+    server.restart().await;
+    let carol = carol.with_base(&server.base);
+    let bob = bob.with_base(&server.base);
+    let (_, listed) = carol.get("/v1/admin/holds").await;
+    assert_eq!(listed["holds"], json!([hold]));
+    let (status, _) = carol.delete(&format!("/v1/admin/holds/{hold_id}")).await;
+    assert_eq!(status, 204);
+    assert_error(&carol.delete(&format!("/v1/admin/holds/{hold_id}")).await, 404, "not_found");
+
+    // A conversation hold covers everyone's messages in it, erasure included.
+    let (status, conversation_hold) = carol.post("/v1/admin/holds", json!({"conversationId": group, "reason": "case 8"})).await;
+    assert_eq!(status, 201);
+    let message = assert_error(&carol.post("/v1/admin/erasure", json!({"userId": bob.user_id})).await, 409, "conflict");
+    assert!(message.contains(conversation_hold["holdId"].as_str().unwrap()), "{message}");
+    carol.delete(&format!("/v1/admin/holds/{}", conversation_hold["holdId"].as_str().unwrap())).await;
+    let (status, erased) = carol.post("/v1/admin/erasure", json!({"userId": bob.user_id})).await;
+    assert_eq!((status, erased["erasedRows"].as_u64()), (200, Some(1)), "{erased}");
+
+    let history = sql(&carol, "SELECT hold_id, change FROM legal_holds ORDER BY ts, change DESC").await;
+    assert_eq!(history.as_array().unwrap().len(), 4, "{history}");
+    sql_until(
+        &carol,
+        "SELECT action FROM audit WHERE action LIKE 'hold.%' OR action LIKE 'erasure.%' OR action LIKE 'retention.%' ORDER BY ts, log_offset",
+        json!([
+            ["hold.place"],
+            ["erasure.request"],
+            ["retention.delete"],
+            ["hold.release"],
+            ["hold.release"],
+            ["hold.place"],
+            ["erasure.request"],
+            ["hold.release"],
+            ["erasure.request"],
+            ["erasure.done"]
+        ]),
+    )
+    .await;
+}
+
+// `as_of` needs the multi-threaded runtime (as the server has).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_clears_a_users_bodies_from_the_tables_and_the_disk() {
+    let server = TestServer::start().await;
+    let Cast { admin, bob, carol, group } = cast(&server).await;
+    admin.say(&group, "a1", "admin keeps this").await;
+    let first = bob.say(&group, "b1", "bob-secret-body-one").await;
+    bob.say(&group, "b2", "bob-secret-body-two").await;
+    let first_id = first["messageId"].as_str().unwrap();
+    bob.patch(&format!("/v1/messages/{first_id}"), json!({"body": "bob-secret-body-edited"})).await;
+    let bodies = format!("SELECT sender_id, event_type, body FROM message_events WHERE conversation_id = '{group}' ORDER BY log_offset");
+    sql_until(
+        &carol,
+        &bodies,
+        json!([
+            [admin.user_id, "created", "admin keeps this"],
+            [bob.user_id, "created", "bob-secret-body-one"],
+            [bob.user_id, "created", "bob-secret-body-two"],
+            [bob.user_id, "edited", "bob-secret-body-edited"],
+        ]),
+    )
+    .await;
+    assert!(table_files_contain(&server.data_dir, "message_events", b"bob-secret-body-two"), "the body is on disk before the erasure");
+
+    let (status, erased) = carol.post("/v1/admin/erasure", json!({"userId": bob.user_id})).await;
+    assert_eq!(status, 200, "{erased}");
+    assert_eq!(erased["erasedRows"], 3, "{erased}");
+    assert!(erased["filesRemoved"].as_u64().unwrap() >= 1, "{erased}");
+
+    let rows = sql(&carol, &bodies).await;
+    assert_eq!(
+        rows,
+        json!([[admin.user_id, "created", "admin keeps this"], [bob.user_id, "created", null], [bob.user_id, "created", null], [bob.user_id, "edited", null],])
+    );
+    for needle in ["bob-secret-body-one", "bob-secret-body-two", "bob-secret-body-edited"] {
+        assert!(!table_files_contain(&server.data_dir, "message_events", needle.as_bytes()), "`{needle}` is still on disk");
+    }
+    // Time travel cannot bring a body back: the old files are gone.
+    let (status, old) = carol.post("/v1/admin/sql", json!({"sql": "SELECT body FROM as_of('message_events', 1) WHERE body LIKE 'bob-secret%'"})).await;
+    assert!(status == 400 || old["rows"] == json!([]), "{status} {old}");
+
+    // New messages after the erasure are kept, and the sink goes on writing.
+    bob.say(&group, "b3", "after the erasure").await;
+    sql_until(
+        &carol,
+        &format!("SELECT body FROM message_events WHERE conversation_id = '{group}' AND body IS NOT NULL ORDER BY log_offset"),
+        json!([["admin keeps this"], ["after the erasure"]]),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn retention_deletes_whole_messages_before_a_time() {
+    let server = TestServer::start().await;
+    let Cast { admin, bob, carol, group } = cast(&server).await;
+    let other = admin.conversation("group", &[&bob]).await;
+    let old = admin.say(&group, "o1", "old one").await;
+    bob.say(&group, "o2", "old two").await;
+    admin.say(&other, "x1", "other conversation").await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cut = confab_schemas::ids::now_ms();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    admin.say(&group, "n1", "new one").await;
+    // An edit after the cut of a message from before it goes with its message.
+    admin.patch(&format!("/v1/messages/{}", old["messageId"].as_str().unwrap()), json!({"body": "old one, edited late"})).await;
+
+    assert_error(&bob.post("/v1/admin/retention", json!({"conversationId": group, "before": cut})).await, 403, "forbidden");
+    assert_error(&carol.post("/v1/admin/retention", json!({"conversationId": "c_nothing", "before": cut})).await, 404, "not_found");
+    assert_error(&carol.post("/v1/admin/retention", json!({"conversationId": group, "before": cut + 3_600_000})).await, 400, "bad_request");
+
+    let (status, deleted) = carol.post("/v1/admin/retention", json!({"conversationId": group, "before": cut})).await;
+    assert_eq!(status, 200, "{deleted}");
+    assert_eq!(deleted["deletedRows"], 3, "{deleted}");
+    let remaining = sql(&carol, &format!("SELECT seq, event_type, body FROM message_events WHERE conversation_id = '{group}' ORDER BY log_offset")).await;
+    assert_eq!(remaining, json!([[3, "created", "new one"]]));
+    let untouched = sql(&carol, &format!("SELECT body FROM messages WHERE conversation_id = '{other}'")).await;
+    assert_eq!(untouched, json!([["other conversation"]]));
+    assert!(!table_files_contain(&server.data_dir, "message_events", b"old two"), "a deleted body is still on disk");
+    // Running it again finds nothing more.
+    let (_, again) = carol.post("/v1/admin/retention", json!({"conversationId": group, "before": cut})).await;
+    assert_eq!(again["deletedRows"], 0, "{again}");
+}
