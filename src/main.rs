@@ -67,11 +67,17 @@ enum PipelinesCommand {
 }
 
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The server tells what it does; one-shot commands speak only of problems.
+    // Delta's kernel logs every snapshot at info: that is noise here.
+    let default_filter = match cli.command {
+        Command::Serve { .. } => "info,buoyant_kernel=warn,delta_kernel=warn,deltalake_core=warn",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("could not start the async runtime")?;
     match cli.command {
         Command::Serve { data_dir, listen, config, sql_listen } => runtime.block_on(serve(data_dir, listen, config, sql_listen)),
@@ -118,6 +124,12 @@ async fn run_sql(sql: String, data_dir: Option<PathBuf>, config_path: Option<Pat
     }
     let format = confab_query::output::Format::parse(&format).ok_or_else(|| anyhow::anyhow!("unknown --format `{format}`: use table, csv, json or parquet"))?;
     let store = confab_query::HistoryStore::new(&config.history_location(), config.history.storage_options.clone())?;
+    // Operators are audited too: who ran what, before it runs (refused or not).
+    let operator = format!("os:{}", std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".to_string()));
+    let details = serde_json::json!({"sql": sql, "via": "cli"}).to_string();
+    confab_query::audit::record_direct(&store, &operator, "sql.query", &details, confab_schemas::ids::now_ms())
+        .await
+        .context("could not write the audit record, so the query did not run")?;
     let output = confab_query::SqlEngine::new(store).query(&sql).await?;
     std::io::stdout().write_all(&confab_query::output::render(&output, format)?)?;
     Ok(())

@@ -4,6 +4,7 @@
 //! `README.md` beside this crate walks one event from the log into a table
 //! and one query through the checks, then each failure mode.
 
+pub mod audit;
 pub mod error;
 pub mod holds;
 pub mod maintenance;

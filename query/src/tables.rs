@@ -105,7 +105,8 @@ impl Table {
 
     /// The columns Delta keeps statistics for (to skip files): all but free text.
     fn stats_columns(self) -> String {
-        let names: Vec<&str> = self.columns().into_iter().map(|(name, _, _)| name).filter(|name| !Table::is_free_text(name)).collect();
+        // `day` is the partition: its value is in the path, not in statistics.
+        let names: Vec<&str> = self.columns().into_iter().map(|(name, _, _)| name).filter(|name| !Table::is_free_text(name) && *name != "day").collect();
         names.join(",")
     }
 

@@ -97,3 +97,45 @@ async fn the_history_matches_what_was_sent_and_only_queries_run() {
     let grants = query_until(&carol, "SELECT actor_id FROM audit WHERE action = 'role.grant'", 1).await;
     assert_eq!(grants["rows"][0][0], admin.user_id.as_str());
 }
+
+fn confab_sql(data_dir: &std::path::Path, sql: &str) -> (bool, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_confab"))
+        .args(["sql", "--data-dir", data_dir.to_str().unwrap(), "--format", "csv", sql])
+        .env("USER", "operator7")
+        .output()
+        .unwrap();
+    if output.status.success() {
+        return (true, String::from_utf8_lossy(&output.stdout).to_string());
+    }
+    (false, String::from_utf8_lossy(&output.stderr).to_string())
+}
+
+/// `confab sql` reads a data directory, beside a running server, refuses
+/// writes, and leaves an audit row for every statement, refused or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_query_with_confab_sql_and_are_audited() {
+    let server = TestServer::start().await;
+    let admin = server.user("admin").await;
+    let carol = server.user("carol").await;
+    admin.post("/v1/admin/roles", json!({"userId": carol.user_id, "role": "compliance"})).await;
+    let group = admin.conversation("group", &[&carol]).await;
+    admin.say(&group, "c1", "for the operators").await;
+    query_until(&carol, "SELECT 1 FROM message_events", 1).await;
+
+    let data_dir = server.data_dir.clone();
+    let (ok, text) = tokio::task::spawn_blocking(move || confab_sql(&data_dir, "SELECT body FROM messages")).await.unwrap();
+    assert!(ok, "{text}");
+    assert_eq!(text, "body\nfor the operators\n");
+    let data_dir = server.data_dir.clone();
+    let (ok, text) = tokio::task::spawn_blocking(move || confab_sql(&data_dir, "DELETE FROM audit")).await.unwrap();
+    assert!(!ok && text.contains("`DELETE FROM`"), "{text}");
+
+    let audit = query_until(&carol, "SELECT actor_id, details FROM audit WHERE actor_id LIKE 'os:%' ORDER BY ts", 2).await;
+    assert_eq!(
+        audit["rows"],
+        json!([
+            ["os:operator7", json!({"sql": "SELECT body FROM messages", "via": "cli"}).to_string()],
+            ["os:operator7", json!({"sql": "DELETE FROM audit", "via": "cli"}).to_string()],
+        ])
+    );
+}
