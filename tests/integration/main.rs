@@ -10,5 +10,6 @@ mod messages;
 mod psql;
 mod restart;
 mod retention;
+mod s3;
 mod sync;
 mod ws;
