@@ -139,7 +139,10 @@ pub fn rows_of(event: &LogEvent) -> Vec<(Table, i64, Vec<Cell>)> {
             })
             .collect(),
         LogEvent::Audited { actor_id, action, details, ts } => vec![(Table::Audit, *ts, vec![Cell::Time(*ts), text(actor_id), text(action), text(details)])],
-        LogEvent::UserCreated { .. } | LogEvent::SessionCreated { .. } | LogEvent::RoleGranted { .. } => Vec::new(),
+        LogEvent::UserCreated { user_id, username, display_name, ts, .. } => {
+            vec![(Table::Users, *ts, vec![text(user_id), text(username), Cell::Text(display_name.clone()), Cell::Time(*ts)])]
+        }
+        LogEvent::SessionCreated { .. } | LogEvent::RoleGranted { .. } => Vec::new(),
     }
 }
 

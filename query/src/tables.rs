@@ -19,15 +19,19 @@ pub enum Table {
     MembershipEvents,
     Receipts,
     Audit,
+    /// Accounts: who a `sender_id` is (never a password hash).
+    Users,
     /// The legal-hold registry: written by [`crate::holds`], not by the sink.
     LegalHolds,
 }
 
 impl Table {
     /// Every table SQL sees.
-    pub const ALL: [Table; 6] = [Table::MessageEvents, Table::Conversations, Table::MembershipEvents, Table::Receipts, Table::Audit, Table::LegalHolds];
-    /// The tables the history sink fills from the log.
-    pub const SUNK: [Table; 5] = [Table::MessageEvents, Table::Conversations, Table::MembershipEvents, Table::Receipts, Table::Audit];
+    pub const ALL: [Table; 7] =
+        [Table::MessageEvents, Table::Conversations, Table::MembershipEvents, Table::Receipts, Table::Audit, Table::Users, Table::LegalHolds];
+    /// The tables the history sink fills from the log. A table added here
+    /// later is backfilled: the sink starts from the lowest table's position.
+    pub const SUNK: [Table; 6] = [Table::MessageEvents, Table::Conversations, Table::MembershipEvents, Table::Receipts, Table::Audit, Table::Users];
 
     /// Whether the rows come from the log (and carry their log position and day).
     pub fn is_sunk(self) -> bool {
@@ -41,6 +45,7 @@ impl Table {
             Table::MembershipEvents => "membership_events",
             Table::Receipts => "receipts",
             Table::Audit => "audit",
+            Table::Users => "users",
             Table::LegalHolds => "legal_holds",
         }
     }
@@ -80,6 +85,7 @@ impl Table {
                 ("ts", Time, false),
             ],
             Table::Audit => vec![("ts", Time, false), ("actor_id", Text, false), ("action", Text, false), ("details", Text, false)],
+            Table::Users => vec![("user_id", Text, false), ("username", Text, false), ("display_name", Text, true), ("created_at", Time, false)],
             Table::LegalHolds => {
                 return vec![
                     ("hold_id", Text, false),
@@ -100,7 +106,7 @@ impl Table {
     /// each file's min and max per column in the log, which a vacuum does
     /// not remove, so an erased body would live on there.
     fn is_free_text(column: &str) -> bool {
-        matches!(column, "body" | "title" | "details" | "reason")
+        matches!(column, "body" | "title" | "details" | "reason" | "display_name")
     }
 
     /// The columns Delta keeps statistics for (to skip files): all but free text.

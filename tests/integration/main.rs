@@ -7,6 +7,7 @@ mod conversations;
 mod crash;
 mod harness;
 mod messages;
+mod notebook;
 mod psql;
 mod restart;
 mod retention;

@@ -24,7 +24,9 @@ fn s3_server() -> Option<S3> {
         (Some(endpoint), Some(filer), Some(access_key), Some(secret_key)) => {
             Some(S3 { endpoint, filer, bucket: var("CONFAB_TEST_S3_BUCKET").unwrap_or_else(|| "confab-test".into()), access_key, secret_key })
         }
-        _ if std::env::var_os("CONFAB_REQUIRE_EXTERNAL").is_some() => panic!("CONFAB_TEST_S3_* is not set: run the tests with tests/run, which starts SeaweedFS"),
+        _ if std::env::var_os("CONFAB_REQUIRE_EXTERNAL").is_some() => {
+            panic!("CONFAB_TEST_S3_* is not set: run the tests with tests/run, which starts SeaweedFS")
+        }
         _ => {
             eprintln!("skipped: no S3 server (CONFAB_TEST_S3_*); tests/run starts one");
             None
