@@ -16,6 +16,7 @@ use confab_log::{FileLog, Log, LogConfig};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+mod history;
 mod ws;
 
 #[derive(Subcommand)]
@@ -53,6 +54,27 @@ pub enum BenchCommand {
         /// Log partitions of the server the benchmark starts.
         #[arg(long, default_value_t = 1)]
         partitions: u32,
+        /// Whether the server the benchmark starts runs the history sink
+        /// (`off` keeps only the fanout and receipts pipelines).
+        #[arg(long, default_value = "on")]
+        history: String,
+    },
+    /// The history at scale: the sink's sustained rate, then compliance queries.
+    History {
+        /// Folder for the log and tables; an existing one is reused (no reload).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 10_000_000)]
+        messages: u64,
+        #[arg(long, default_value_t = 30)]
+        days: u64,
+        #[arg(long, default_value_t = 100_000)]
+        conversations: u64,
+        #[arg(long, default_value_t = 10_000)]
+        users: u64,
+        /// Runs of each query (best and median are printed).
+        #[arg(long, default_value_t = 5)]
+        repeat: usize,
     },
     /// Many WebSocket clients: 1:1 traffic, a large fanout, idle connections.
     Ws {
@@ -93,8 +115,16 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             ws::run(ws::WsOptions { scenarios, pairs, rate, seconds, members, idle_connections }).await
         }
         BenchCommand::Hold { url, token, connections } => ws::hold(url, token, connections).await,
-        BenchCommand::Sends { url, senders, seconds, body_bytes, rate, partitions } => {
-            bench_sends(SendsOptions { url, senders, seconds, body_bytes, rate, partitions }).await
+        BenchCommand::Sends { url, senders, seconds, body_bytes, rate, partitions, history } => {
+            let history = match history.as_str() {
+                "on" => true,
+                "off" => false,
+                other => bail!("--history `{other}`: use on or off"),
+            };
+            bench_sends(SendsOptions { url, senders, seconds, body_bytes, rate, partitions, history }).await
+        }
+        BenchCommand::History { dir, messages, days, conversations, users, repeat } => {
+            history::run(history::HistoryOptions { dir, messages, days, conversations, users, repeat }).await
         }
     }
 }
@@ -204,13 +234,30 @@ async fn start_bench_server(partitions: u32) -> anyhow::Result<BenchServer> {
     start_bench_server_with(partitions, "").await
 }
 
+/// A server with the shipped pipelines but the history sink.
+async fn start_bench_server_without_history(partitions: u32) -> anyhow::Result<BenchServer> {
+    let pipelines = tempdir_in_target()?.join("pipelines");
+    std::fs::create_dir_all(&pipelines)?;
+    for (path, text) in confab_pipelines::definition::shipped() {
+        if !text.contains("delta_sink") {
+            std::fs::write(pipelines.join(path.file_name().context("a shipped definition has a file name")?), text)?;
+        }
+    }
+    start_bench_server_full(partitions, &format!("pipelines_dir = {:?}\n", pipelines.to_string_lossy()), "").await
+}
+
 /// Starts `confab serve` on a fresh data directory with rate limits off and
 /// `extra_config` (TOML tables) added.
 pub(crate) async fn start_bench_server_with(partitions: u32, extra_config: &str) -> anyhow::Result<BenchServer> {
+    start_bench_server_full(partitions, "", extra_config).await
+}
+
+/// As [`start_bench_server_with`], with top-level keys (before any table) too.
+async fn start_bench_server_full(partitions: u32, top_level: &str, extra_config: &str) -> anyhow::Result<BenchServer> {
     let data_dir = tempdir_in_target()?.join("server");
     std::fs::create_dir_all(&data_dir)?;
     // The benchmark measures the write path, so rate limits are off.
-    let config = format!("[log]\npartitions = {partitions}\n[gateway.rate_limits]\nenabled = false\n{extra_config}");
+    let config = format!("{top_level}[log]\npartitions = {partitions}\n[gateway.rate_limits]\nenabled = false\n{extra_config}");
     let config_path = data_dir.with_extension("toml");
     std::fs::write(&config_path, config)?;
     let mut child = tokio::process::Command::new(std::env::current_exe()?)
@@ -263,13 +310,15 @@ struct SendsOptions {
     body_bytes: usize,
     rate: Option<f64>,
     partitions: u32,
+    history: bool,
 }
 
 async fn bench_sends(options: SendsOptions) -> anyhow::Result<()> {
-    let SendsOptions { url, senders, seconds, body_bytes, rate, partitions } = options;
+    let SendsOptions { url, senders, seconds, body_bytes, rate, partitions, history } = options;
     let server = match url {
         Some(_) => None,
-        None => Some(start_bench_server(partitions).await?),
+        None if history => Some(start_bench_server(partitions).await?),
+        None => Some(start_bench_server_without_history(partitions).await?),
     };
     let base = url.unwrap_or_else(|| server.as_ref().expect("started").url.clone());
     let max_senders = senders.iter().copied().max().unwrap_or(1);

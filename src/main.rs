@@ -69,10 +69,11 @@ enum PipelinesCommand {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The server tells what it does; one-shot commands speak only of problems.
-    // Delta's kernel logs every snapshot at info: that is noise here.
+    // Delta's kernel logs every snapshot, and every missing table as an error
+    // that it also returns (and we report): noise here.
     let default_filter = match cli.command {
-        Command::Serve { .. } => "info,buoyant_kernel=warn,delta_kernel=warn,deltalake_core=warn",
-        _ => "warn",
+        Command::Serve { .. } => "info,buoyant_kernel=off,delta_kernel=off,deltalake_core=warn",
+        _ => "warn,buoyant_kernel=off,delta_kernel=off",
     };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()))

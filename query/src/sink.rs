@@ -50,6 +50,45 @@ pub struct HistorySink {
     tasks: Vec<JoinHandle<()>>,
     stop: watch::Sender<bool>,
     handle: SinkHandle,
+    /// The sink's own runtime (see [`HistorySink::start`]).
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// Nice value of the sink's threads: the kernel runs them when the live
+/// path leaves a core idle.
+const SINK_NICE: i32 = 10;
+
+/// Gives the calling thread the nice value [`SINK_NICE`]. On Linux a thread
+/// id is a process id to `renice` (`/proc/thread-self` names it); `renice`
+/// keeps this crate free of `unsafe`. Elsewhere, or without `renice`, the
+/// thread keeps its priority and a warning says so.
+fn lower_this_threads_priority() {
+    let thread_id = std::fs::read_link("/proc/thread-self").ok().and_then(|link| link.file_name().map(|name| name.to_string_lossy().into_owned()));
+    let Some(thread_id) = thread_id else {
+        tracing::warn!("the history sink runs at normal priority: no /proc/thread-self");
+        return;
+    };
+    let status = std::process::Command::new("renice")
+        .args(["-n", &SINK_NICE.to_string(), "-p", &thread_id])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !status.is_ok_and(|status| status.success()) {
+        tracing::warn!(thread_id, "the history sink runs at normal priority: `renice` failed");
+    }
+}
+
+/// A runtime of one low-priority worker thread for the sink. Encoding
+/// Parquet, committing and compacting take whole milliseconds of CPU; on
+/// the live path's threads they would show in every send's latency.
+fn sink_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(2)
+        .thread_name("confab-history")
+        .on_thread_start(lower_this_threads_priority)
+        .enable_all()
+        .build()
 }
 
 /// What others need of a running sink: how far it has written, a way to
@@ -76,8 +115,18 @@ impl std::fmt::Debug for HistorySink {
 }
 
 impl HistorySink {
-    /// Opens (or creates) the tables and starts one task per partition.
+    /// Opens (or creates) the tables and starts one task per partition, on a
+    /// runtime of its own whose thread runs at a lower priority.
     pub async fn start(store: HistoryStore, log: Arc<dyn Log>, config: SinkConfig) -> Result<HistorySink> {
+        let runtime = sink_runtime().map_err(|error| Error::Runtime(error.to_string()))?;
+        let spawner = runtime.handle().clone();
+        let mut sink = HistorySink::start_on(&spawner, store, log, config).await?;
+        sink.runtime = Some(runtime);
+        Ok(sink)
+    }
+
+    /// As [`HistorySink::start`], spawning on a runtime the caller owns.
+    pub async fn start_on(spawner: &tokio::runtime::Handle, store: HistoryStore, log: Arc<dyn Log>, config: SinkConfig) -> Result<HistorySink> {
         let (stop, stopped) = watch::channel(false);
         let flush_requests = Arc::new(watch::channel(0).0);
         let writers = Arc::new(tokio::sync::RwLock::new(()));
@@ -101,14 +150,14 @@ impl HistorySink {
             };
             let stopped = stopped.clone();
             let flush_requested = flush_requests.subscribe();
-            tasks.push(tokio::spawn(async move {
+            tasks.push(spawner.spawn(async move {
                 if let Err(error) = task.run(stopped, flush_requested).await {
                     tracing::error!(%error, partition, "the history sink stopped; restart the server to resume it");
                 }
             }));
         }
         let handle = SinkHandle { written, flush_requests, writers, rewrites };
-        Ok(HistorySink { tasks, stop, handle })
+        Ok(HistorySink { tasks, stop, handle, runtime: None })
     }
 
     pub fn handle(&self) -> SinkHandle {
@@ -116,11 +165,27 @@ impl HistorySink {
     }
 
     /// Writes what is waiting, then stops.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
-        for task in self.tasks {
+        for task in std::mem::take(&mut self.tasks) {
             let _ = task.await;
         }
+    }
+}
+
+impl Drop for HistorySink {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            // A runtime may not be dropped inside another one: let it go in the background.
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl SinkHandle {
+    /// Every record of `partition` below this offset is in the tables.
+    pub fn written_up_to(&self, partition: u32) -> u64 {
+        self.written.get(partition as usize).map_or(0, |written| *written.borrow())
     }
 }
 

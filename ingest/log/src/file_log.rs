@@ -419,6 +419,11 @@ impl Writer {
     /// written, and only then makes the records readable.
     fn write_round(&mut self, batches: &[Batch], buffers: &mut [Vec<u8>]) -> Result<()> {
         let mut touched: Vec<(u32, Offset, u64)> = Vec::new(); // (partition, first offset, count)
+                                                               // Per partition, `(offset, position in the round's buffer)` of frames
+                                                               // at least an index interval apart: a big round (a burst, a bulk
+                                                               // load) must not leave megabytes between two index entries, or every
+                                                               // read would scan them.
+        let mut marks: Vec<Vec<(Offset, u64)>> = vec![Vec::new(); buffers.len()];
         for batch in batches {
             let partition = batch.partition as usize;
             if buffers[partition].is_empty() {
@@ -429,7 +434,12 @@ impl Writer {
                 touched.push((batch.partition, batch.first_offset, 0));
             }
             for (index, payload) in batch.payloads.iter().enumerate() {
-                frame::encode(batch.first_offset + index as u64, payload, &mut buffers[partition]);
+                let position = buffers[partition].len() as u64;
+                let offset = batch.first_offset + index as u64;
+                if marks[partition].last().is_none_or(|&(_, marked)| position - marked >= segment::INDEX_INTERVAL_BYTES) {
+                    marks[partition].push((offset, position));
+                }
+                frame::encode(offset, payload, &mut buffers[partition]);
             }
             let entry = touched.iter_mut().find(|entry| entry.0 == batch.partition).expect("touched above");
             entry.2 += batch.payloads.len() as u64;
@@ -449,7 +459,7 @@ impl Writer {
                 let mut segments = state.segments.write();
                 let active = segments.last_mut().expect("active segment");
                 let position = active.size;
-                active.note_appended(first_offset, position, written, count);
+                active.note_appended(first_offset, position, written, count, &marks[partition as usize]);
             }
             state.durable_end.send_replace(first_offset + count);
             buffers[partition as usize].clear();

@@ -10,7 +10,7 @@ use crate::frame::{self, Decoded};
 use crate::{Error, Offset, Record, Result};
 
 /// Bytes between two entries of a segment's sparse index.
-const INDEX_INTERVAL_BYTES: u64 = 64 * 1024;
+pub const INDEX_INTERVAL_BYTES: u64 = 64 * 1024;
 /// Bytes read at once when scanning forward.
 const READ_CHUNK_BYTES: usize = 256 * 1024;
 
@@ -73,11 +73,15 @@ impl Segment {
         Ok(Scanned { segment, damaged_tail_at })
     }
 
-    /// Notes frames appended at `position` (called by the writer after fsync).
-    pub fn note_appended(&mut self, first_offset: Offset, position: u64, bytes: u64, count: u64) {
-        let last_indexed = self.index.last().map(|&(_, at)| at);
-        if last_indexed.is_none_or(|at| position - at >= INDEX_INTERVAL_BYTES) {
-            self.index.push((first_offset, position));
+    /// Notes frames appended at `position` (called by the writer after
+    /// fsync); `marks` are some frames' `(offset, position relative to
+    /// `position`)`, ascending, the first frame among them.
+    pub fn note_appended(&mut self, first_offset: Offset, position: u64, bytes: u64, count: u64, marks: &[(Offset, u64)]) {
+        for &(offset, relative) in marks {
+            let at = position + relative;
+            if self.index.last().is_none_or(|&(_, indexed)| at - indexed >= INDEX_INTERVAL_BYTES) {
+                self.index.push((offset, at));
+            }
         }
         self.size = position + bytes;
         self.end_offset = first_offset + count;
