@@ -84,7 +84,9 @@ fn lower_this_threads_priority() {
 fn sink_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
-        .max_blocking_threads(2)
+        // Delta's engine blocks in place while its own futures run on this
+        // runtime: each blocked task needs a spare thread, so the pool is not
+        // cut below tokio's default.
         .thread_name("confab-history")
         .on_thread_start(lower_this_threads_priority)
         .enable_all()
@@ -131,6 +133,9 @@ impl HistorySink {
         let flush_requests = Arc::new(watch::channel(0).0);
         let writers = Arc::new(tokio::sync::RwLock::new(()));
         let rewrites = Arc::new(AtomicU64::new(0));
+        // Open (and create) every table here first, so that a bad location or
+        // credentials fail the start rather than a task later.
+        drop(open_tables(&store).await?);
         let mut tasks = Vec::new();
         let mut written = Vec::new();
         for partition in 0..log.partition_count() {
@@ -140,7 +145,9 @@ impl HistorySink {
                 partition,
                 log: log.clone(),
                 store: store.clone(),
-                tables: open_tables(&store).await?,
+                // Opened by the task itself, on the sink's runtime: Delta's
+                // engine runs its work on the runtime a table was opened on.
+                tables: HashMap::new(),
                 config: config.clone(),
                 commits: HashMap::new(),
                 progress,
@@ -228,6 +235,7 @@ impl PartitionSink {
     }
 
     async fn run(mut self, mut stopped: watch::Receiver<bool>, mut flush_requested: watch::Receiver<u64>) -> Result<()> {
+        self.tables = open_tables(&self.store).await?;
         let mut written = self.written_up_to().await?;
         let mut next = written.values().copied().min().unwrap_or(0).max(self.log.earliest(self.partition)?);
         let mut durable = self.log.subscribe(self.partition)?;
