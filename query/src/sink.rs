@@ -122,9 +122,17 @@ impl HistorySink {
     pub async fn start(store: HistoryStore, log: Arc<dyn Log>, config: SinkConfig) -> Result<HistorySink> {
         let runtime = sink_runtime().map_err(|error| Error::Runtime(error.to_string()))?;
         let spawner = runtime.handle().clone();
-        let mut sink = HistorySink::start_on(&spawner, store, log, config).await?;
-        sink.runtime = Some(runtime);
-        Ok(sink)
+        match HistorySink::start_on(&spawner, store, log, config).await {
+            Ok(mut sink) => {
+                sink.runtime = Some(runtime);
+                Ok(sink)
+            }
+            Err(error) => {
+                // A runtime may not be dropped inside another one.
+                runtime.shutdown_background();
+                Err(error)
+            }
+        }
     }
 
     /// As [`HistorySink::start`], spawning on a runtime the caller owns.
