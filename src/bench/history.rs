@@ -51,7 +51,7 @@ pub async fn run(options: HistoryOptions) -> anyhow::Result<()> {
 
 /// Fills a log, then times the sink from empty tables to caught up.
 async fn load(options: &HistoryOptions, dir: &std::path::Path, store: HistoryStore) -> anyhow::Result<()> {
-    let log = Arc::new(FileLog::open(&dir.join("log"), LogConfig::default())?);
+    let log = Arc::new(FileLog::open(dir.join("log"), LogConfig::default())?);
     let started = Instant::now();
     let now = confab_schemas::ids::now_ms();
     let first_ts = now - (options.days as i64) * 86_400_000;
