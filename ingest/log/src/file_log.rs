@@ -505,3 +505,28 @@ impl Writer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A round that carries megabytes must still leave an index entry every
+    /// 64 KiB, or each read from its middle scans from the segment's start.
+    #[tokio::test]
+    async fn a_big_round_is_indexed_every_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = FileLog::open(dir.path(), LogConfig::default()).unwrap();
+        let payloads: Vec<Vec<u8>> = (0..4_096u32).map(|index| vec![(index % 251) as u8; 1_024]).collect();
+        log.append(0, payloads).unwrap().durable().await.unwrap();
+        let segments = log.partition(0).unwrap().segments.read().clone();
+        let index = &segments.last().unwrap().index;
+        // 4 MiB of frames: about 64 entries, one per 64 KiB.
+        assert!(index.len() >= 60, "{} index entries for 4 MiB", index.len());
+        for pair in index.windows(2) {
+            assert!(pair[1].1 - pair[0].1 >= crate::segment::INDEX_INTERVAL_BYTES, "{pair:?}");
+        }
+        // And a read from the middle starts at the right record.
+        let records = log.read(0, 3_000, 2, usize::MAX).unwrap();
+        assert_eq!((records[0].offset, records[0].payload[0]), (3_000, (3_000 % 251) as u8));
+    }
+}
