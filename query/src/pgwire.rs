@@ -87,6 +87,7 @@ struct ReadOnlyAudited {
 fn refused(statement: &Statement) -> Option<PgWireError> {
     match statement {
         Statement::Query(_) | Statement::StartTransaction { .. } | Statement::Commit { .. } | Statement::Rollback { .. } => None,
+        Statement::Explain { statement, .. } if matches!(statement.as_ref(), Statement::Query(_)) => None,
         Statement::Set(_) | Statement::ShowVariable { .. } => None,
         other => {
             let text = other.to_string();
@@ -103,7 +104,7 @@ impl ReadOnlyAudited {
         if let Some(error) = refused(statement) {
             return Some(error);
         }
-        if matches!(statement, Statement::Query(_)) {
+        if matches!(statement, Statement::Query(_) | Statement::Explain { .. }) {
             if let Err(error) = refresh_tables(&self.engine, context).await {
                 return Some(PgWireError::ApiError(Box::new(std::io::Error::other(error.to_string()))));
             }

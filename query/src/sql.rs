@@ -40,7 +40,8 @@ pub struct SqlEngine {
     store: HistoryStore,
 }
 
-/// Refuses anything but one query: DDL, DML, COPY, SET and the rest never run.
+/// Refuses anything but one query (or the EXPLAIN of one): DDL, DML, COPY,
+/// SET and the rest never run.
 pub fn check_read_only(sql: &str) -> Result<()> {
     let statements = DFParser::parse_sql_with_dialect(sql, &GenericDialect {}).map_err(|error| Error::Parse(error.to_string()))?;
     if statements.len() != 1 {
@@ -48,6 +49,10 @@ pub fn check_read_only(sql: &str) -> Result<()> {
     }
     match &statements[0] {
         DfStatement::Statement(statement) if matches!(statement.as_ref(), Statement::Query(_)) => Ok(()),
+        // EXPLAIN (ANALYZE) of a query plans (and runs) only that query.
+        DfStatement::Explain(explain) if matches!(explain.statement.as_ref(), DfStatement::Statement(inner) if matches!(inner.as_ref(), Statement::Query(_))) => {
+            Ok(())
+        }
         other => {
             let text = other.to_string();
             let first_word = text.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
@@ -157,6 +162,9 @@ mod tests {
     fn only_single_queries_pass() {
         assert!(check_read_only("SELECT 1").is_ok());
         assert!(check_read_only("WITH x AS (SELECT 1) SELECT * FROM x").is_ok());
+        assert!(check_read_only("EXPLAIN SELECT 1").is_ok());
+        assert!(check_read_only("EXPLAIN ANALYZE SELECT 1").is_ok());
+        assert!(matches!(check_read_only("EXPLAIN INSERT INTO audit VALUES (1)"), Err(Error::NotAQuery { .. })));
         for refused in [
             "INSERT INTO audit VALUES (1)",
             "CREATE TABLE t AS SELECT 1",

@@ -59,6 +59,8 @@ async fn compliance_accounts_query_the_history_with_psql_and_nothing_else_runs()
             psql(port, "carol", "password123", "CREATE TABLE t AS SELECT 1"),
             psql(port, "carol", "wrong-password", "SELECT 1"),
             psql(port, "admin", "password123", "SELECT 1"),
+            psql(port, "carol", "password123", "EXPLAIN SELECT count(*) FROM message_events"),
+            psql(port, "carol", "password123", "EXPLAIN DELETE FROM audit"),
         ]
     })
     .await
@@ -68,6 +70,9 @@ async fn compliance_accounts_query_the_history_with_psql_and_nothing_else_runs()
     assert!(!checks[2].0 && checks[2].1.contains("login refused"), "{}", checks[2].1);
     assert!(!checks[3].0 && checks[3].1.contains("not a compliance account"), "{}", checks[3].1);
     assert!(!std::path::Path::new("/tmp/confab-leak.csv").exists());
+    // Analysts may see a query's plan, but not the plan of a write.
+    assert!(checks[4].0 && checks[4].1.contains("physical_plan"), "{}", checks[4].1);
+    assert!(!checks[5].0 && checks[5].1.contains("only queries may run here"), "{}", checks[5].1);
     // The queries are in the audit log, with the protocol they came by.
     let (status, audit) = carol.post("/v1/admin/sql", json!({"sql": "SELECT count(*) FROM audit WHERE details LIKE '%pgwire%'"})).await;
     assert_eq!(status, 200, "{audit}");
