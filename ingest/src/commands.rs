@@ -490,6 +490,47 @@ impl Ingest {
         self.commit_locked(partition, vec![event]).await
     }
 
+    /// Deletes live messages for a compliance action (retention, erasure):
+    /// each becomes `deleted` with an empty body, exactly as a delete by its
+    /// sender, and devices are told with `message.delete`. No membership is
+    /// needed: the caller's role was checked by the gateway. Returns how
+    /// many messages it deleted.
+    pub async fn delete_for_compliance(&self, caller: &Caller, scope: ComplianceScope<'_>) -> Result<u64> {
+        let handles: Vec<Arc<ConversationHandle>> = match scope {
+            ComplianceScope::SentBy(_) => self.state.conversations.iter().map(|entry| entry.value().clone()).collect(),
+            ComplianceScope::ConversationBefore { conversation_id, .. } => {
+                self.state.conversations.get(conversation_id).map(|entry| entry.value().clone()).into_iter().collect()
+            }
+        };
+        let mut deleted = 0u64;
+        for handle in handles {
+            let partition = &self.partitions[handle.partition as usize];
+            let _writer = partition.writer.lock().await;
+            let events: Vec<LogEvent> = {
+                let conversation = handle.state.read();
+                let ts = now_ms();
+                (1..=conversation.last_seq())
+                    .filter_map(|seq| conversation.message(seq).map(|message| (seq, message)))
+                    .filter(|(_, message)| !message.deleted && scope.takes(message.sender_id.as_str(), message.ts))
+                    .map(|(seq, message)| LogEvent::MessageDeleted {
+                        message_id: message.message_id.clone(),
+                        conversation_id: conversation.conversation_id.clone(),
+                        seq,
+                        sender_id: Some(message.sender_id.clone()),
+                        by: caller.user_id.clone(),
+                        device_id: caller.device_id.clone(),
+                        ts,
+                    })
+                    .collect()
+            };
+            for chunk in events.chunks(COMPLIANCE_DELETES_PER_APPEND) {
+                self.commit_locked(partition, chunk.to_vec()).await?;
+            }
+            deleted += events.len() as u64;
+        }
+        Ok(deleted)
+    }
+
     /// A message the caller may see: its conversation and seq.
     fn member_message(&self, caller: &Caller, message_id: &str) -> Result<(Arc<ConversationHandle>, u64)> {
         let message_ref = self.state.messages_by_id.get(message_id).map(|entry| entry.value().clone());
@@ -609,6 +650,27 @@ impl Ingest {
         self.state.conversations.contains_key(conversation_id)
     }
 }
+
+/// Which live messages a compliance deletion takes.
+#[derive(Debug, Clone, Copy)]
+pub enum ComplianceScope<'a> {
+    /// Every message the user sent, everywhere (erasure).
+    SentBy(&'a str),
+    /// The conversation's messages sent before a time (retention).
+    ConversationBefore { conversation_id: &'a str, before_ms: i64 },
+}
+
+impl ComplianceScope<'_> {
+    fn takes(&self, sender_id: &str, ts: i64) -> bool {
+        match self {
+            ComplianceScope::SentBy(user_id) => sender_id == *user_id,
+            ComplianceScope::ConversationBefore { before_ms, .. } => ts < *before_ms,
+        }
+    }
+}
+
+/// Deletes appended at once by a compliance deletion.
+const COMPLIANCE_DELETES_PER_APPEND: usize = 1_000;
 
 fn check_chars(field: &'static str, text: &str, max_chars: usize) -> Result<()> {
     let chars = text.chars().count();

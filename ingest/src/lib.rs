@@ -16,7 +16,7 @@ mod queries;
 mod realtime;
 mod state;
 
-pub use commands::{Caller, Ingest, NewConversation, NewMessage, DEFAULT_INBOX_MAX_MEMBERS};
+pub use commands::{Caller, ComplianceScope, Ingest, NewConversation, NewMessage, DEFAULT_INBOX_MAX_MEMBERS};
 pub use confab_schemas::cursor::SyncCursor;
 pub use error::{Error, Result};
 pub use limits::Limits;

@@ -26,6 +26,8 @@ pub enum Error {
     HoldNotFound(String),
     #[error("the history is still catching up with the log; try again in a minute")]
     HistoryBehind,
+    #[error("the live store refused the deletion: {0}")]
+    Live(String),
     #[error("the history sink's runtime could not start: {0}")]
     Runtime(String),
     #[error("the log could not be read: {0}")]

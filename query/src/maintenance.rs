@@ -3,12 +3,14 @@
 //!
 //! Both follow the same steps, one operation at a time:
 //! 1. refuse if a legal hold covers anything they would touch;
-//! 2. let the history sink write everything the log holds so far, so no row
+//! 2. delete the messages in the live store (a `MessageDeleted` per message,
+//!    through the log, so devices are told and the state forgets the body);
+//! 3. let the history sink write everything the log holds so far, so no row
 //!    that should be deleted is still on its way;
-//! 3. with the sink paused, commit a Delta delete (retention) or rewrite
+//! 4. with the sink paused, commit a Delta delete (retention) or rewrite
 //!    (erasure), then vacuum at once, so that the old bytes leave the disk
 //!    or bucket rather than waiting out Delta's usual seven days;
-//! 4. tell the sink to reopen its tables.
+//! 5. tell the sink to reopen its tables.
 //!
 //! A vacuum removes the files that older versions read, so `as_of` can no
 //! longer show what was deleted or erased: that is the point.
@@ -44,6 +46,8 @@ pub struct Outcome {
     pub rows: u64,
     /// Data files removed from storage by the vacuum.
     pub files_removed: u64,
+    /// Messages deleted in the live store (they read as deleted in the API).
+    pub live_messages: u64,
 }
 
 pub struct HistoryMaintenance {
@@ -84,44 +88,58 @@ impl HistoryMaintenance {
 
     /// Retention: deletes every event of the conversation's messages created
     /// before `before_ms` (their edits and deletes too, even if later).
-    pub async fn delete_conversation_before(&self, conversation_id: &str, before_ms: i64) -> Result<Outcome> {
+    ///
+    /// `live` deletes the same messages from the live store (through the
+    /// log); it runs once no hold is in the way, and the history waits for
+    /// what it writes.
+    pub async fn delete_conversation_before<Live>(&self, conversation_id: &str, before_ms: i64, live: Live) -> Result<Outcome>
+    where
+        Live: std::future::Future<Output = std::result::Result<u64, String>>,
+    {
         let _serial = self.serial.lock().await;
         let holds = self.holds.active().await;
         if let Some(hold) = holds.iter().find(|hold| hold.holds_conversation(conversation_id)) {
             return Err(under_hold(hold));
         }
         self.catch_up().await?;
-        let _alone = self.pause_sink().await;
         let events = self.store.open_or_create(Table::MessageEvents).await?;
         let in_conversation = col("conversation_id").eq(lit(conversation_id));
         let created_before = in_conversation.clone().and(col("event_type").eq(lit("created"))).and(col("ts").lt(lit_time(before_ms)));
         let last_seq = scalar_i64(scan(&events).await?.filter(created_before).map_err(query)?.aggregate(vec![], vec![max(col("seq"))]).map_err(query)?).await?;
-        let Some(last_seq) = last_seq else {
-            return Ok(Outcome { rows: 0, files_removed: 0 });
-        };
-        let doomed = in_conversation.and(col("seq").lt_eq(lit(last_seq)));
+        let doomed = in_conversation.and(col("seq").lt_eq(lit(last_seq.unwrap_or(0))));
         let senders = distinct_texts(scan(&events).await?.filter(doomed.clone()).map_err(query)?.select(vec![col("sender_id")]).map_err(query)?).await?;
         if let Some(hold) = holds.iter().find(|hold| senders.iter().any(|sender| hold.holds_user(sender))) {
             return Err(under_hold(hold));
         }
+        let live_messages = live.await.map_err(Error::Live)?;
+        if last_seq.is_none() {
+            return Ok(Outcome { rows: 0, files_removed: 0, live_messages });
+        }
+        // The live deletes are history events of these messages too: in first.
+        self.catch_up().await?;
+        let _alone = self.pause_sink().await;
+        let events = self.store.open_or_create(Table::MessageEvents).await?;
         let (events, metrics) = events.delete().with_predicate(doomed).await.map_err(delta)?;
         let files_removed = self.vacuum(events).await?;
         self.reopen_sink();
         let rows = metrics.num_deleted_rows.unwrap_or_default() as u64;
-        tracing::info!(conversation_id, before_ms, rows, files_removed, "retention deleted history");
-        Ok(Outcome { rows, files_removed })
+        tracing::info!(conversation_id, before_ms, rows, files_removed, live_messages, "retention deleted history");
+        Ok(Outcome { rows, files_removed, live_messages })
     }
 
     /// Erasure (GDPR): clears the body of every event of every message the
-    /// user sent; who sent what, where and when stays.
-    pub async fn erase_user_bodies(&self, user_id: &str) -> Result<Outcome> {
+    /// user sent; who sent what, where and when stays. `live` deletes the
+    /// user's messages from the live store, as for retention.
+    pub async fn erase_user_bodies<Live>(&self, user_id: &str, live: Live) -> Result<Outcome>
+    where
+        Live: std::future::Future<Output = std::result::Result<u64, String>>,
+    {
         let _serial = self.serial.lock().await;
         let holds = self.holds.active().await;
         if let Some(hold) = holds.iter().find(|hold| hold.holds_user(user_id)) {
             return Err(under_hold(hold));
         }
         self.catch_up().await?;
-        let _alone = self.pause_sink().await;
         let events = self.store.open_or_create(Table::MessageEvents).await?;
         let with_body = col("sender_id").eq(lit(user_id)).and(col("body").is_not_null());
         let conversations =
@@ -129,16 +147,20 @@ impl HistoryMaintenance {
         if let Some(hold) = holds.iter().find(|hold| conversations.iter().any(|conversation| hold.holds_conversation(conversation))) {
             return Err(under_hold(hold));
         }
+        let live_messages = live.await.map_err(Error::Live)?;
         if conversations.is_empty() {
-            return Ok(Outcome { rows: 0, files_removed: 0 });
+            return Ok(Outcome { rows: 0, files_removed: 0, live_messages });
         }
+        self.catch_up().await?;
+        let _alone = self.pause_sink().await;
+        let events = self.store.open_or_create(Table::MessageEvents).await?;
         let (events, metrics) =
             events.update().with_predicate(with_body).with_update("body", lit(deltalake::datafusion::common::ScalarValue::Utf8(None))).await.map_err(delta)?;
         let files_removed = self.vacuum(events).await?;
         self.reopen_sink();
         let rows = metrics.num_updated_rows as u64;
-        tracing::info!(user_id, rows, files_removed, "erasure cleared message bodies");
-        Ok(Outcome { rows, files_removed })
+        tracing::info!(user_id, rows, files_removed, live_messages, "erasure cleared message bodies");
+        Ok(Outcome { rows, files_removed, live_messages })
     }
 
     /// Waits until the sink has written every record durable in the log now.

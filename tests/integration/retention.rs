@@ -1,6 +1,6 @@
-//! Legal holds, retention and erasure of the history: holds refuse both,
-//! erasure leaves no body on disk, retention deletes whole messages, and
-//! every step is audited.
+//! Legal holds, retention and erasure: holds refuse both, erasure leaves no
+//! body on disk, retention deletes whole messages, the live store deletes
+//! the same messages, and every step is audited.
 
 use std::path::Path;
 use std::time::Duration;
@@ -89,6 +89,9 @@ async fn holds_refuse_erasure_and_retention_until_released() {
     let now = confab_schemas::ids::now_ms();
     let message = assert_error(&carol.post("/v1/admin/retention", json!({"conversationId": group, "before": now})).await, 409, "conflict");
     assert!(message.contains(&hold_id), "{message}");
+    // Refused means untouched, in the live store too.
+    let live = bob.all_messages(&group).await;
+    assert_eq!((live[0]["body"].as_str(), live[0]["deleted"].as_bool()), (Some("bob was here"), Some(false)));
 
     // The hold survives a restart (it is in `legal_holds`), then is released.
     let mut server = server;
@@ -108,7 +111,7 @@ async fn holds_refuse_erasure_and_retention_until_released() {
     assert!(message.contains(conversation_hold["holdId"].as_str().unwrap()), "{message}");
     carol.delete(&format!("/v1/admin/holds/{}", conversation_hold["holdId"].as_str().unwrap())).await;
     let (status, erased) = carol.post("/v1/admin/erasure", json!({"userId": bob.user_id})).await;
-    assert_eq!((status, erased["erasedRows"].as_u64()), (200, Some(1)), "{erased}");
+    assert_eq!((status, erased["erasedRows"].as_u64(), erased["deletedMessages"].as_u64()), (200, Some(1), Some(1)), "{erased}");
 
     let history = sql(&carol, "SELECT hold_id, change FROM legal_holds ORDER BY ts, change DESC").await;
     assert_eq!(history.as_array().unwrap().len(), 4, "{history}");
@@ -157,13 +160,26 @@ async fn erasure_clears_a_users_bodies_from_the_tables_and_the_disk() {
 
     let (status, erased) = carol.post("/v1/admin/erasure", json!({"userId": bob.user_id})).await;
     assert_eq!(status, 200, "{erased}");
-    assert_eq!(erased["erasedRows"], 3, "{erased}");
+    assert_eq!((erased["erasedRows"].as_u64(), erased["deletedMessages"].as_u64()), (Some(3), Some(2)), "{erased}");
     assert!(erased["filesRemoved"].as_u64().unwrap() >= 1, "{erased}");
 
-    let rows = sql(&carol, &bodies).await;
+    // In the live store bob's messages are deleted (devices were told); admin's stays.
+    let live: Vec<(String, bool)> =
+        admin.all_messages(&group).await.iter().map(|message| (message["body"].as_str().unwrap().to_string(), message["deleted"].as_bool().unwrap())).collect();
+    assert_eq!(live, vec![("admin keeps this".to_string(), false), (String::new(), true), (String::new(), true)]);
+    // In the history every body of bob's is gone; the deletes are recorded as carol's.
+    let rows =
+        sql(&carol, &format!("SELECT sender_id, event_type, body, actor_id FROM message_events WHERE conversation_id = '{group}' ORDER BY log_offset")).await;
     assert_eq!(
         rows,
-        json!([[admin.user_id, "created", "admin keeps this"], [bob.user_id, "created", null], [bob.user_id, "created", null], [bob.user_id, "edited", null],])
+        json!([
+            [admin.user_id, "created", "admin keeps this", admin.user_id],
+            [bob.user_id, "created", null, bob.user_id],
+            [bob.user_id, "created", null, bob.user_id],
+            [bob.user_id, "edited", null, bob.user_id],
+            [bob.user_id, "deleted", null, carol.user_id],
+            [bob.user_id, "deleted", null, carol.user_id],
+        ])
     );
     for needle in ["bob-secret-body-one", "bob-secret-body-two", "bob-secret-body-edited"] {
         assert!(!table_files_contain(&server.data_dir, "message_events", needle.as_bytes()), "`{needle}` is still on disk");
@@ -203,7 +219,15 @@ async fn retention_deletes_whole_messages_before_a_time() {
 
     let (status, deleted) = carol.post("/v1/admin/retention", json!({"conversationId": group, "before": cut})).await;
     assert_eq!(status, 200, "{deleted}");
-    assert_eq!(deleted["deletedRows"], 3, "{deleted}");
+    // Two messages: their creates, the late edit, and the two live deletes.
+    assert_eq!((deleted["deletedRows"].as_u64(), deleted["deletedMessages"].as_u64()), (Some(5), Some(2)), "{deleted}");
+    let live: Vec<(u64, String, bool)> = bob
+        .all_messages(&group)
+        .await
+        .iter()
+        .map(|message| (message["seq"].as_u64().unwrap(), message["body"].as_str().unwrap().to_string(), message["deleted"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(live, vec![(1, String::new(), true), (2, String::new(), true), (3, "new one".to_string(), false)]);
     let remaining = sql(&carol, &format!("SELECT seq, event_type, body FROM message_events WHERE conversation_id = '{group}' ORDER BY log_offset")).await;
     assert_eq!(remaining, json!([[3, "created", "new one"]]));
     let untouched = sql(&carol, &format!("SELECT body FROM messages WHERE conversation_id = '{other}'")).await;
@@ -211,5 +235,5 @@ async fn retention_deletes_whole_messages_before_a_time() {
     assert!(!table_files_contain(&server.data_dir, "message_events", b"old two"), "a deleted body is still on disk");
     // Running it again finds nothing more.
     let (_, again) = carol.post("/v1/admin/retention", json!({"conversationId": group, "before": cut})).await;
-    assert_eq!(again["deletedRows"], 0, "{again}");
+    assert_eq!((again["deletedRows"].as_u64(), again["deletedMessages"].as_u64()), (Some(0), Some(0)), "{again}");
 }

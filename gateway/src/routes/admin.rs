@@ -13,6 +13,7 @@ use crate::auth::Authenticated;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
 use crate::AppState;
+use confab_ingest::ComplianceScope;
 use confab_query::HoldTarget;
 
 /// Largest SQL text accepted.
@@ -49,6 +50,10 @@ fn query_error(error: confab_query::Error) -> ApiError {
         Error::UnderHold { .. } => ApiError::new(ErrorCode::Conflict, error.to_string()),
         Error::HoldNotFound(_) => ApiError::new(ErrorCode::NotFound, error.to_string()),
         Error::HistoryBehind => ApiError::new(ErrorCode::Unavailable, error.to_string()),
+        Error::Live(reason) => {
+            tracing::error!(%reason, "a compliance deletion failed in the live store");
+            ApiError::new(ErrorCode::Unavailable, "the message store is unavailable; retry shortly (the deletion is idempotent)")
+        }
         other => ApiError::internal("querying the history", other),
     }
 }
@@ -132,8 +137,9 @@ pub struct DeleteHistory {
     before: i64,
 }
 
-/// Retention: deletes a conversation's messages created before a time from
-/// the history, unless a legal hold covers them.
+/// Retention: deletes a conversation's messages created before a time, from
+/// the live store (they read as deleted) and from the history (gone),
+/// unless a legal hold covers them.
 pub async fn delete_history(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -148,10 +154,12 @@ pub async fn delete_history(
     }
     let details = json!({"conversationId": request.conversation_id, "before": request.before});
     state.ingest.record_audit(&caller.user_id, "retention.delete", details.to_string()).await?;
-    let outcome = state.maintenance.delete_conversation_before(&request.conversation_id, request.before).await.map_err(query_error)?;
+    let scope = ComplianceScope::ConversationBefore { conversation_id: &request.conversation_id, before_ms: request.before };
+    let live = async { state.ingest.delete_for_compliance(&caller, scope).await.map_err(|error| error.to_string()) };
+    let outcome = state.maintenance.delete_conversation_before(&request.conversation_id, request.before, live).await.map_err(query_error)?;
     let done = json!({"conversationId": request.conversation_id, "before": request.before, "outcome": outcome});
     state.ingest.record_audit(&caller.user_id, "retention.deleted", done.to_string()).await?;
-    Ok(Json(json!({"deletedRows": outcome.rows, "filesRemoved": outcome.files_removed})))
+    Ok(Json(json!({"deletedRows": outcome.rows, "filesRemoved": outcome.files_removed, "deletedMessages": outcome.live_messages})))
 }
 
 #[derive(Deserialize)]
@@ -160,16 +168,17 @@ pub struct EraseUser {
     user_id: String,
 }
 
-/// Erasure (GDPR): clears the bodies of every message a user sent from the
-/// history, unless a legal hold covers them.
+/// Erasure (GDPR): deletes every message a user sent from the live store
+/// and clears their bodies in the history, unless a legal hold covers them.
 pub async fn erase_user(State(state): State<AppState>, Authenticated(caller): Authenticated, ApiJson(request): ApiJson<EraseUser>) -> ApiResult<Json<Value>> {
     require_compliance(&state, &caller.user_id, "erase history")?;
     if state.ingest.user(&request.user_id).is_none() {
         return Err(ApiError::new(ErrorCode::NotFound, format!("user `{}` not found", request.user_id)));
     }
     state.ingest.record_audit(&caller.user_id, "erasure.request", json!({"userId": request.user_id}).to_string()).await?;
-    let outcome = state.maintenance.erase_user_bodies(&request.user_id).await.map_err(query_error)?;
+    let live = async { state.ingest.delete_for_compliance(&caller, ComplianceScope::SentBy(&request.user_id)).await.map_err(|error| error.to_string()) };
+    let outcome = state.maintenance.erase_user_bodies(&request.user_id, live).await.map_err(query_error)?;
     let done = json!({"userId": request.user_id, "outcome": outcome});
     state.ingest.record_audit(&caller.user_id, "erasure.done", done.to_string()).await?;
-    Ok(Json(json!({"erasedRows": outcome.rows, "filesRemoved": outcome.files_removed})))
+    Ok(Json(json!({"erasedRows": outcome.rows, "filesRemoved": outcome.files_removed, "deletedMessages": outcome.live_messages})))
 }
