@@ -84,9 +84,12 @@ impl confab_query::pgwire::PgAccounts for PgAccountsView {
 /// The history sink's settings, if a pipeline has a `delta_sink` stage.
 pub fn history_sink(specs: &[PipelineSpec]) -> Option<confab_query::SinkConfig> {
     specs.iter().flat_map(|spec| spec.stages.iter()).find_map(|stage| match stage {
-        confab_pipelines::Stage::DeltaSink { flush_rows, flush_interval_ms, compact_every_commits } => {
-            Some(confab_query::SinkConfig { flush_rows: *flush_rows, flush_interval_ms: *flush_interval_ms, compact_every_commits: *compact_every_commits })
-        }
+        confab_pipelines::Stage::DeltaSink { flush_rows, flush_interval_ms, compact_every_commits } => Some(confab_query::SinkConfig {
+            flush_rows: *flush_rows,
+            flush_interval_ms: *flush_interval_ms,
+            compact_every_commits: *compact_every_commits,
+            ..confab_query::SinkConfig::default()
+        }),
         _ => None,
     })
 }

@@ -35,11 +35,15 @@ pub struct SinkConfig {
     pub flush_interval_ms: u64,
     /// Compact a table's small files after this many appends to it.
     pub compact_every_commits: u64,
+    /// A table that got no rows for this many log records gets an empty
+    /// commit that records the sink's position, so that a restart does not
+    /// re-read everything since that table's last row.
+    pub progress_mark_after_records: u64,
 }
 
 impl Default for SinkConfig {
     fn default() -> Self {
-        SinkConfig { flush_rows: 20_000, flush_interval_ms: 2_000, compact_every_commits: 50 }
+        SinkConfig { flush_rows: 20_000, flush_interval_ms: 2_000, compact_every_commits: 50, progress_mark_after_records: 100_000 }
     }
 }
 
@@ -325,7 +329,30 @@ impl PartitionSink {
             self.tables.insert(table, updated);
         }
         rows.count = 0;
+        self.mark_progress(next, written).await?;
         self.progress.send_replace(next);
+        Ok(())
+    }
+
+    /// Gives each table that lags far behind `next` (it had no rows for a
+    /// long while) an empty commit carrying the transaction "written up to
+    /// `next`": exactly once holds, and a restart starts near `next`.
+    async fn mark_progress(&mut self, next: u64, written: &mut HashMap<Table, u64>) -> Result<()> {
+        let threshold = self.config.progress_mark_after_records.max(1);
+        let lagging: Vec<Table> = Table::SUNK.into_iter().filter(|table| next.saturating_sub(written[table]) >= threshold).collect();
+        for table in lagging {
+            let delta = self.tables.remove(&table).expect("every table is open");
+            let properties = CommitProperties::default().with_application_transaction(Transaction::new(self.app_id(), next as i64));
+            let empty = deltalake::arrow::array::RecordBatch::new_empty(table.arrow_schema());
+            let updated = delta
+                .write(vec![empty])
+                .with_partition_columns(["day"])
+                .with_commit_properties(properties)
+                .await
+                .map_err(|source| Error::Delta { table: table.name(), source })?;
+            self.tables.insert(table, updated);
+            written.insert(table, next);
+        }
         Ok(())
     }
 }

@@ -57,7 +57,7 @@ async fn the_tables_match_the_log_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let log = Arc::new(FileLog::open(dir.path().join("log"), LogConfig::default()).unwrap());
     let store = HistoryStore::new(dir.path().join("history").to_str().unwrap(), HashMap::new()).unwrap();
-    let config = SinkConfig { flush_rows: 1_000, flush_interval_ms: 50, compact_every_commits: 3 };
+    let config = SinkConfig { flush_rows: 1_000, flush_interval_ms: 50, compact_every_commits: 3, ..SinkConfig::default() };
     let day = 1_796_016_352_289; // 2026-11-30
     append(
         &log,
@@ -154,4 +154,31 @@ async fn the_tables_match_the_log_exactly_once() {
 
     let error = engine.query("INSERT INTO audit SELECT * FROM audit").await.unwrap_err();
     assert!(error.to_string().contains("only queries may run here"), "{error}");
+}
+
+/// A table that gets no rows for a long while still records how far the
+/// sink got, so a restart starts near the head, not at that table's last row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_tables_record_the_sinks_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(FileLog::open(dir.path().join("log"), LogConfig::default()).unwrap());
+    let store = HistoryStore::new(dir.path().join("history").to_str().unwrap(), HashMap::new()).unwrap();
+    let config = SinkConfig { flush_rows: 1_000, flush_interval_ms: 50, compact_every_commits: 1_000, progress_mark_after_records: 50 };
+    let day = 1_796_016_352_289;
+    // Only messages: `audit`, `users` and the rest get no row at all.
+    append(&log, (1..=120).map(|seq| message(seq, "quiet", day + seq as i64)).collect()).await;
+    let sink = HistorySink::start(store.clone(), log.clone(), config.clone()).await.unwrap();
+    let engine = SqlEngine::new(store.clone());
+    wait_for_rows(&engine, "SELECT * FROM message_events", 120).await;
+    sink.shutdown().await;
+    for table in ["audit", "users", "receipts", "conversations", "membership_events", "message_events"] {
+        let url = url::Url::from_directory_path(dir.path().join("history").join(table)).unwrap();
+        let delta = deltalake::open_table_with_storage_options(url, HashMap::new()).await.unwrap();
+        let snapshot = delta.snapshot().unwrap();
+        let position = snapshot.transaction_version(delta.log_store().as_ref(), "confab-history-p0").await.unwrap();
+        assert_eq!(position, Some(120), "`{table}` does not record the sink's position");
+    }
+    // The marks are empty commits: the tables read as before.
+    let output = engine.query("SELECT count(*) AS n FROM audit").await.unwrap();
+    assert_eq!(confab_query::output::to_json_rows(&output).unwrap(), vec![vec![serde_json::json!(0)]]);
 }
