@@ -115,14 +115,12 @@ impl HistoryMaintenance {
         if last_seq.is_none() {
             return Ok(Outcome { rows: 0, files_removed: 0, live_messages });
         }
-        // The live deletes are history events of these messages too: in first.
-        self.catch_up().await?;
-        let _alone = self.pause_sink().await;
-        let events = self.store.open_or_create(Table::MessageEvents).await?;
-        let (events, metrics) = events.delete().with_predicate(doomed).await.map_err(delta)?;
-        let files_removed = self.vacuum(events).await?;
-        self.reopen_sink();
-        let rows = metrics.num_deleted_rows.unwrap_or_default() as u64;
+        let (rows, files_removed) = self
+            .rewrite_events(|events| async move {
+                let (events, metrics) = events.delete().with_predicate(doomed).await.map_err(delta)?;
+                Ok((events, metrics.num_deleted_rows.unwrap_or_default() as u64))
+            })
+            .await?;
         tracing::info!(conversation_id, before_ms, rows, files_removed, live_messages, "retention deleted history");
         Ok(Outcome { rows, files_removed, live_messages })
     }
@@ -151,16 +149,34 @@ impl HistoryMaintenance {
         if conversations.is_empty() {
             return Ok(Outcome { rows: 0, files_removed: 0, live_messages });
         }
+        let (rows, files_removed) = self
+            .rewrite_events(|events| async move {
+                let cleared = lit(deltalake::datafusion::common::ScalarValue::Utf8(None));
+                let (events, metrics) = events.update().with_predicate(with_body).with_update("body", cleared).await.map_err(delta)?;
+                Ok((events, metrics.num_updated_rows as u64))
+            })
+            .await?;
+        tracing::info!(user_id, rows, files_removed, live_messages, "erasure cleared message bodies");
+        Ok(Outcome { rows, files_removed, live_messages })
+    }
+
+    /// Steps 3 to 5 of both operations: once the sink has written what the
+    /// log holds (the live deletes included), and with the sink paused,
+    /// `change` commits to `message_events`; then the vacuum, then the sink
+    /// reopens its tables. Returns the rows `change` reports and the files
+    /// the vacuum removed.
+    async fn rewrite_events<Change, Changed>(&self, change: Change) -> Result<(u64, u64)>
+    where
+        Change: FnOnce(DeltaTable) -> Changed,
+        Changed: std::future::Future<Output = Result<(DeltaTable, u64)>>,
+    {
         self.catch_up().await?;
         let _alone = self.pause_sink().await;
         let events = self.store.open_or_create(Table::MessageEvents).await?;
-        let (events, metrics) =
-            events.update().with_predicate(with_body).with_update("body", lit(deltalake::datafusion::common::ScalarValue::Utf8(None))).await.map_err(delta)?;
+        let (events, rows) = change(events).await?;
         let files_removed = self.vacuum(events).await?;
         self.reopen_sink();
-        let rows = metrics.num_updated_rows as u64;
-        tracing::info!(user_id, rows, files_removed, live_messages, "erasure cleared message bodies");
-        Ok(Outcome { rows, files_removed, live_messages })
+        Ok((rows, files_removed))
     }
 
     /// Waits until the sink has written every record durable in the log now.

@@ -313,15 +313,7 @@ impl PartitionSink {
             if table_rows.is_empty() {
                 continue;
             }
-            let batch = Rows::batch(table, &table_rows);
-            let delta = self.tables.remove(&table).expect("every table is open");
-            let properties = CommitProperties::default().with_application_transaction(Transaction::new(self.app_id(), next as i64));
-            let updated = delta
-                .write(vec![batch])
-                .with_partition_columns(["day"])
-                .with_commit_properties(properties)
-                .await
-                .map_err(|source| Error::Delta { table: table.name(), source })?;
+            let updated = self.append(table, Rows::batch(table, &table_rows), next).await?;
             written.insert(table, next);
             let commits = self.commits.entry(table).or_insert(0);
             *commits += 1;
@@ -341,19 +333,26 @@ impl PartitionSink {
         let threshold = self.config.progress_mark_after_records.max(1);
         let lagging: Vec<Table> = Table::SUNK.into_iter().filter(|table| next.saturating_sub(written[table]) >= threshold).collect();
         for table in lagging {
-            let delta = self.tables.remove(&table).expect("every table is open");
-            let properties = CommitProperties::default().with_application_transaction(Transaction::new(self.app_id(), next as i64));
             let empty = deltalake::arrow::array::RecordBatch::new_empty(table.arrow_schema());
-            let updated = delta
-                .write(vec![empty])
-                .with_partition_columns(["day"])
-                .with_commit_properties(properties)
-                .await
-                .map_err(|source| Error::Delta { table: table.name(), source })?;
+            let updated = self.append(table, empty, next).await?;
             self.tables.insert(table, updated);
             written.insert(table, next);
         }
         Ok(())
+    }
+
+    /// Appends `batch` to `table` in one commit that also records the
+    /// transaction "written up to `next`"; the table is taken out of
+    /// `self.tables` and returned updated.
+    async fn append(&mut self, table: Table, batch: deltalake::arrow::array::RecordBatch, next: u64) -> Result<DeltaTable> {
+        let delta = self.tables.remove(&table).expect("every table is open");
+        let properties = CommitProperties::default().with_application_transaction(Transaction::new(self.app_id(), next as i64));
+        delta
+            .write(vec![batch])
+            .with_partition_columns(["day"])
+            .with_commit_properties(properties)
+            .await
+            .map_err(|source| Error::Delta { table: table.name(), source })
     }
 }
 
