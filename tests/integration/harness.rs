@@ -171,3 +171,34 @@ pub fn assert_error(response: &(u16, Value), status: u16, code: &str) -> String 
     assert!(!message.is_empty());
     message
 }
+
+/// Runs a compliance query over HTTP; returns its rows (any status but 200 fails).
+pub async fn sql_rows(client: &Client, sql: &str) -> Value {
+    let (status, body) = client.post("/v1/admin/sql", json!({"sql": sql})).await;
+    assert_eq!(status, 200, "{sql}: {body}");
+    body["rows"].clone()
+}
+
+/// Polls a query until `done` holds for its rows, and returns them. The
+/// history is written in batches, visible within the sink's flush interval.
+pub async fn poll_sql(client: &Client, sql: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let mut rows = Value::Null;
+    for _ in 0..100 {
+        rows = sql_rows(client, sql).await;
+        if done(&rows) {
+            return rows;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("`{sql}` never got there; its last rows: {rows}");
+}
+
+/// Polls until the query returns at least `count` rows; returns them.
+pub async fn query_until(client: &Client, sql: &str, count: usize) -> Value {
+    poll_sql(client, sql, |rows| rows.as_array().is_some_and(|rows| rows.len() >= count)).await
+}
+
+/// Polls until the query returns exactly `expected`.
+pub async fn sql_until(client: &Client, sql: &str, expected: Value) {
+    poll_sql(client, sql, |rows| *rows == expected).await;
+}

@@ -4,11 +4,10 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::{test_config, TestServer};
+use crate::harness::{poll_sql, query_until, test_config, TestServer};
 
 fn notebook_path() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("notebooks").join("compliance.ipynb")
@@ -76,13 +75,8 @@ async fn the_compliance_notebook_answers_its_four_questions() {
     bob.say(&other, "n3", "unrelated").await;
     admin.patch(&format!("/v1/messages/{}", launch["messageId"].as_str().unwrap()), json!({"body": "the launch is tuesday"})).await;
     admin.delete(&format!("/v1/messages/{}", party["messageId"].as_str().unwrap())).await;
-    for _ in 0..100 {
-        let (_, body) = carol.post("/v1/admin/sql", json!({"sql": "SELECT 1 FROM message_events CROSS JOIN users"})).await;
-        if body["rows"].as_array().is_some_and(|rows| rows.len() >= 5 * 3) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Five message events and three users in the history.
+    query_until(&carol, "SELECT 1 FROM message_events CROSS JOIN users", 5 * 3).await;
 
     let now = confab_schemas::ids::now_ms();
     let executed = temporary.path().join("executed.ipynb");
@@ -136,15 +130,16 @@ async fn the_compliance_notebook_answers_its_four_questions() {
     let today = confab_query::rows::day_of(now);
     assert_eq!(activity, vec![format!("{today} 3 1 1 2"), "(1 rows)".to_string()]);
 
-    // The notebook's queries are audited like any other.
-    let mut audited = Value::Null;
-    for _ in 0..100 {
-        let (_, audit) = carol.post("/v1/admin/sql", json!({"sql": "SELECT count(*) FROM audit WHERE details LIKE '%ILIKE%'"})).await;
-        audited = audit["rows"][0][0].clone();
-        if audited.as_i64().unwrap_or(0) >= 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(audited.as_i64().unwrap_or(0) >= 1, "the notebook's queries are not in the audit table: {audited}");
+    // The notebook's queries are audited like any other: its term search,
+    // by carol, over the PostgreSQL protocol.
+    let from_notebook = |rows: &Value| {
+        rows.as_array().is_some_and(|rows| {
+            rows.iter().any(|row| {
+                let details: Value = serde_json::from_str(row[0].as_str().unwrap_or("{}")).unwrap_or(Value::Null);
+                details["via"] == "pgwire" && details["sql"].as_str().is_some_and(|sql| sql.contains("ILIKE '%launch%'"))
+            })
+        })
+    };
+    let audit_sql = format!("SELECT details FROM audit WHERE action = 'sql.query' AND actor_id = '{}'", carol.user_id);
+    poll_sql(&carol, &audit_sql, from_notebook).await;
 }

@@ -5,28 +5,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::harness::{assert_error, Client, TestServer};
-
-async fn sql(client: &Client, sql: &str) -> Value {
-    let (status, body) = client.post("/v1/admin/sql", json!({"sql": sql})).await;
-    assert_eq!(status, 200, "{sql}: {body}");
-    body["rows"].clone()
-}
-
-/// Polls until the query returns exactly `expected` (the history is written in batches).
-async fn sql_until(client: &Client, query: &str, expected: Value) {
-    let mut rows = Value::Null;
-    for _ in 0..100 {
-        rows = sql(client, query).await;
-        if rows == expected {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("`{query}` returned {rows}, not {expected}");
-}
+use crate::harness::{assert_error, sql_rows as sql, sql_until, Client, TestServer};
 
 /// Whether any file of the table holds these bytes.
 fn table_files_contain(data_dir: &Path, table: &str, needle: &[u8]) -> bool {

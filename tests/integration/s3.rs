@@ -2,11 +2,10 @@
 //! started by `tests/run` (see `tests/servers/seaweedfs`).
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::{test_config, TestServer};
+use crate::harness::{sql_until, test_config, TestServer};
 
 struct S3 {
     endpoint: String,
@@ -81,17 +80,7 @@ async fn the_history_lives_in_an_s3_bucket() {
     admin.say(&group, "s2", "erase me later").await;
 
     let sql = format!("SELECT seq, body FROM message_events WHERE conversation_id = '{group}' ORDER BY seq");
-    let mut rows = Value::Null;
-    for _ in 0..100 {
-        let (status, body) = carol.post("/v1/admin/sql", json!({"sql": sql})).await;
-        assert_eq!(status, 200, "{body}");
-        rows = body["rows"].clone();
-        if rows.as_array().unwrap().len() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(rows, json!([[1, "stored in a bucket"], [2, "erase me later"]]));
+    sql_until(&carol, &sql, json!([[1, "stored in a bucket"], [2, "erase me later"]])).await;
     let commits = objects_under(&s3, &format!("{prefix}/message_events/_delta_log")).await;
     assert!(commits.iter().any(|path| path.ends_with(".json")), "no Delta commit in the bucket: {commits:?}");
     assert!(!data_dir.path().join("history").exists(), "the history was written locally");
