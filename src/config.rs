@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use confab_gateway::GatewayConfig;
-use confab_ingest::Limits;
+use confab_ingest::{Limits, StateConfig};
 use confab_log::LogConfig;
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +21,8 @@ pub struct Config {
     /// A folder of pipeline definitions (`*.toml`) replacing the shipped ones.
     pub pipelines_dir: Option<PathBuf>,
     pub log: LogConfig,
+    /// The state's store on disk, its caches and checkpoints.
+    pub state: StateConfig,
     pub limits: Limits,
     pub gateway: GatewayConfig,
     pub history: HistoryConfig,
@@ -52,6 +54,7 @@ impl Default for Config {
             sql_listen: None,
             pipelines_dir: None,
             log: LogConfig::default(),
+            state: StateConfig::default(),
             limits: Limits::default(),
             gateway: GatewayConfig::default(),
             history: HistoryConfig::default(),
@@ -62,7 +65,12 @@ impl Default for Config {
 impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path).with_context(|| format!("could not read the config file `{}`", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("invalid config file `{}`", path.display()))
+        let config: Config = toml::from_str(&text).with_context(|| format!("invalid config file `{}`", path.display()))?;
+        let problems = config.state.problems();
+        if !problems.is_empty() {
+            anyhow::bail!("invalid config file `{}`:\n{}", path.display(), problems.join("\n"));
+        }
+        Ok(config)
     }
 }
 

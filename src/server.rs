@@ -1,5 +1,6 @@
-//! `confab serve`: opens the data directory, replays the log into the
-//! state, and serves the API until asked to stop.
+//! `confab serve`: opens the data directory (the log, then the state's
+//! store, replaying only the log after its checkpoint), and serves the API
+//! until asked to stop.
 
 use std::fs::File;
 use std::io::Write;
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use confab_gateway::AppState;
+use confab_ingest::store::fjall_store::FjallStore;
 use confab_ingest::Ingest;
 use confab_log::FileLog;
 use confab_pipelines::{Hub, Runtime};
@@ -44,26 +46,37 @@ impl Server {
 
 /// Opens everything under `config.data_dir` and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Server> {
+    // Everything under the data directory is for this server only: the log
+    // and the store hold every message body and password hash.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("could not create the data directory `{}`", config.data_dir.display()))?;
+    restrict_permissions(&config.data_dir)?;
     let lock = lock_data_dir(&config.data_dir)?;
     let token_secret = load_or_create_secret(&config.data_dir.join("secrets").join("token.key"))?;
     let log_dir = config.data_dir.join("log");
-    // Definitions first: a bad one stops the start before anything is opened,
-    // and the fanout's threshold decides which conversations get inboxes.
+    // Definitions first: a bad one stops the start before anything is opened.
     let specs = crate::wiring::load_pipelines(config.pipelines_dir.as_ref())?;
-    let inbox_max_members = crate::wiring::large_conversation_members(&specs);
     let sink_config = crate::wiring::history_sink(&specs);
+    let state_dir = config.data_dir.join("state");
     let (log, ingest) = tokio::task::spawn_blocking({
         let log_config = config.log.clone();
         let limits = config.limits.clone();
+        let state_config = config.state.clone();
+        let consumers = crate::wiring::log_consumers(&specs);
         move || -> anyhow::Result<(Arc<FileLog>, Ingest)> {
             let log = Arc::new(FileLog::open(&log_dir, log_config).with_context(|| format!("could not open the log in `{}`", log_dir.display()))?);
-            let ingest = Ingest::open_with_inbox_threshold(log.clone(), limits, inbox_max_members).context("could not rebuild the state from the log")?;
+            crate::wiring::drop_stale_consumers(&*log, &consumers)?;
+            let store = FjallStore::open(&state_dir, state_config.fjall_options())
+                .with_context(|| format!("could not open the state store in `{}`", state_dir.display()))?;
+            let (ingest, report) = Ingest::open_with_report(log.clone(), Arc::new(store), limits, state_config).context("could not open the state")?;
+            tracing::info!(replayed = report.replayed, "state opened");
             Ok((log, ingest))
         }
     })
     .await??;
     let ingest = Arc::new(ingest);
+    let (stop_checkpoints, checkpoints_stopped) = tokio::sync::watch::channel(false);
+    let checkpoints = tokio::spawn(ingest.clone().run_checkpoints(checkpoints_stopped));
     let hub = Arc::new(Hub::new(config.gateway.connection_queue_max_frames));
     let view = Arc::new(IngestView(ingest.clone()));
     let pipelines = Arc::new(Runtime::start(specs, log.clone(), view.clone(), hub.clone(), view));
@@ -77,6 +90,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         .await
         .context("could not open the legal-hold registry")?;
     let history = Arc::new(confab_query::SqlEngine::new(store));
+    let ingest_for_shutdown = ingest.clone();
     let state = AppState::new(ingest.clone(), hub, pipelines.clone(), history.clone(), Arc::new(maintenance), config.gateway.clone(), token_secret);
     let sql_server = match config.sql_listen {
         Some(address) => {
@@ -98,6 +112,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let address = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
     let janitor_state = state.clone();
+    let checkpoint_ingest = ingest_for_shutdown;
     let janitor = tokio::spawn(async move {
         let mut ticks = tokio::time::interval(Duration::from_secs(60));
         loop {
@@ -122,12 +137,48 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         if let Some(sink) = history_sink {
             sink.shutdown().await;
         }
+        let _ = stop_checkpoints.send(true);
+        let _ = checkpoints.await;
+        let last_checkpoint = tokio::task::spawn_blocking({
+            let ingest = checkpoint_ingest.clone();
+            move || ingest.checkpoint()
+        })
+        .await;
+        if let Ok(Err(error)) = last_checkpoint {
+            tracing::error!(%error, "the last checkpoint failed; the next start replays more of the log");
+        }
         log.close();
         drop(lock);
         served.context("the HTTP server failed")
     });
     tracing::info!(%address, data_dir = %config.data_dir.display(), "confab is serving");
     Ok(Server { address, stop: Some(stop), task })
+}
+
+/// Makes the data directory 0700 and everything in it 0600 (0700 for
+/// folders). New files get that from the umask; this fixes a directory
+/// written by an older version, once.
+fn restrict_permissions(data_dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(data_dir)?.permissions().mode() & 0o777;
+    if mode == 0o700 {
+        return Ok(());
+    }
+    let mut folders = vec![data_dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("could not restrict `{}`", folder.display()))?;
+        for entry in std::fs::read_dir(&folder)? {
+            let entry = entry?;
+            let file_type = entry.file_type()?;
+            if file_type.is_dir() {
+                folders.push(entry.path());
+            } else if file_type.is_file() {
+                std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600))
+                    .with_context(|| format!("could not restrict `{}`", entry.path().display()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Holds an exclusive lock on the data directory for the life of the server,

@@ -22,12 +22,9 @@ impl DeliveryView for IngestView {
         self.0.subscribe_applied(partition)
     }
 
-    fn record_events(&self, _partition: u32, offset: Offset, event: &LogEvent) -> Vec<RecordEvent> {
-        self.0
-            .events_at(offset, event)
-            .into_iter()
-            .map(|at| RecordEvent { index: at.index, event: at.event, recipients: at.recipients, member_count: at.member_count })
-            .collect()
+    fn record_events(&self, partition: u32, offset: Offset, event: &LogEvent) -> Result<Vec<RecordEvent>, String> {
+        let events = self.0.events_at(partition, offset, event).map_err(|error| error.to_string())?;
+        Ok(events.into_iter().map(|at| RecordEvent { index: at.index, event: at.event, recipients: at.recipients, member_count: at.member_count }).collect())
     }
 }
 
@@ -42,8 +39,11 @@ impl ReceiptSink for IngestView {
     }
 }
 
-/// The fanout's size above which conversations are delivered online only
-/// and read by scanning rather than through per-user inboxes.
+/// Without a fanout stage, conversations above this size count as large.
+const DEFAULT_LARGE_CONVERSATION_MEMBERS: usize = 1_000;
+
+/// The fanout's size above which conversations are delivered online only,
+/// without receipts, typing and membership changes broadcast to everyone.
 pub fn large_conversation_members(specs: &[PipelineSpec]) -> usize {
     specs
         .iter()
@@ -52,7 +52,7 @@ pub fn large_conversation_members(specs: &[PipelineSpec]) -> usize {
             confab_pipelines::Stage::Fanout { large_conversation_members } => Some(*large_conversation_members),
             _ => None,
         })
-        .unwrap_or(confab_ingest::DEFAULT_INBOX_MAX_MEMBERS)
+        .unwrap_or(DEFAULT_LARGE_CONVERSATION_MEMBERS)
 }
 
 /// Logins and audit for the PostgreSQL protocol, over the accounts.
@@ -64,16 +64,16 @@ pub struct PgAccountsView {
 #[async_trait::async_trait]
 impl confab_query::pgwire::PgAccounts for PgAccountsView {
     async fn login(&self, username: &str, password: &str) -> Option<String> {
-        let user = self.ingest.user_by_username(username);
+        let user = self.ingest.user_by_username(username).ok().flatten();
         let stored = user.as_ref().map(|user| user.password_hash.clone());
         let (passwords, password) = (self.passwords.clone(), password.to_string());
         let verified = tokio::task::spawn_blocking(move || passwords.verify(&password, stored.as_deref())).await.unwrap_or(false);
         let user = user.filter(|_| verified)?;
-        self.ingest.has_role(&user.user_id, confab_schemas::events::AccountRole::Compliance).then(|| user.user_id.clone())
+        self.ingest.has_role(&user.user_id, confab_schemas::events::AccountRole::Compliance).ok()?.then(|| user.user_id.clone())
     }
 
     async fn audit(&self, username: &str, sql: &str) {
-        let Some(user) = self.ingest.user_by_username(username) else { return };
+        let Ok(Some(user)) = self.ingest.user_by_username(username) else { return };
         let details = serde_json::json!({"sql": sql, "via": "pgwire"}).to_string();
         if let Err(error) = self.ingest.record_audit(&user.user_id, "sql.query", details).await {
             tracing::error!(%error, "could not audit a query");
@@ -83,15 +83,39 @@ impl confab_query::pgwire::PgAccounts for PgAccountsView {
 
 /// The history sink's settings, if a pipeline has a `delta_sink` stage.
 pub fn history_sink(specs: &[PipelineSpec]) -> Option<confab_query::SinkConfig> {
-    specs.iter().flat_map(|spec| spec.stages.iter()).find_map(|stage| match stage {
-        confab_pipelines::Stage::DeltaSink { flush_rows, flush_interval_ms, compact_every_commits } => Some(confab_query::SinkConfig {
-            flush_rows: *flush_rows,
-            flush_interval_ms: *flush_interval_ms,
-            compact_every_commits: *compact_every_commits,
-            ..confab_query::SinkConfig::default()
-        }),
-        _ => None,
+    specs.iter().find_map(|spec| {
+        spec.stages.iter().find_map(|stage| match stage {
+            confab_pipelines::Stage::DeltaSink { flush_rows, flush_interval_ms, compact_every_commits } => Some(confab_query::SinkConfig {
+                flush_rows: *flush_rows,
+                flush_interval_ms: *flush_interval_ms,
+                compact_every_commits: *compact_every_commits,
+                consumer: spec.name.clone(),
+                ..confab_query::SinkConfig::default()
+            }),
+            _ => None,
+        })
     })
+}
+
+/// Every consumer of the log this configuration runs: the state, and each
+/// pipeline that reads the log (named after it).
+pub fn log_consumers(specs: &[PipelineSpec]) -> Vec<String> {
+    let mut consumers = vec![confab_ingest::STATE_CONSUMER.to_string()];
+    consumers.extend(specs.iter().filter(|spec| spec.source == confab_pipelines::definition::Source::Log).map(|spec| spec.name.clone()));
+    consumers
+}
+
+/// Forgets the consumers of pipelines that no longer run (an operator
+/// removed or renamed one), so that they stop holding the log against
+/// retention. A pipeline added back later starts at the head again.
+pub fn drop_stale_consumers(log: &dyn confab_log::Log, wanted: &[String]) -> anyhow::Result<()> {
+    for consumer in log.consumers()? {
+        if !wanted.contains(&consumer) {
+            tracing::warn!(consumer, "a log consumer no longer runs: forgetting it so it stops holding the log");
+            log.remove_consumer(&consumer)?;
+        }
+    }
+    Ok(())
 }
 
 /// The pipeline definitions to run: the operator's folder, or the shipped

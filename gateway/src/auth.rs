@@ -151,7 +151,7 @@ impl FromRequestParts<AppState> for Authenticated {
 
 pub fn authenticate(state: &AppState, token: &str) -> Result<Caller, ApiError> {
     let (user_id, device_id) = state.tokens.verify(token).map_err(ApiError::unauthenticated)?;
-    let device_matches = state.ingest.device(&device_id).is_some_and(|device| device.user_id == user_id);
+    let device_matches = state.ingest.device(&device_id)?.is_some_and(|device| device.user_id == user_id);
     if !device_matches {
         return Err(ApiError::unauthenticated("the access token's device is unknown; log in again"));
     }

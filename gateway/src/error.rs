@@ -44,6 +44,9 @@ impl ApiError {
 impl From<confab_ingest::Error> for ApiError {
     fn from(error: confab_ingest::Error) -> ApiError {
         let code = error.code();
+        if let confab_ingest::Error::OriginalSendFailed(_) = error {
+            return ApiError::new(code, error.to_string());
+        }
         match code {
             ErrorCode::Unavailable | ErrorCode::Internal => {
                 tracing::error!(%error, "write path unavailable");

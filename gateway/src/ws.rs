@@ -315,7 +315,14 @@ fn announce_presence(state: &AppState, user_id: &str, status: &str) {
     let now = now_ms();
     state.last_seen.insert(user_id.to_string(), now);
     let frame = Outbound::Ephemeral(std::sync::Arc::new(json!({"type": "presence", "userId": user_id, "status": status, "lastSeen": now})));
-    for contact in state.ingest.contacts(user_id, state.pipelines.large_conversation_members()) {
+    let contacts = match state.ingest.contacts(user_id, state.pipelines.large_conversation_members()) {
+        Ok(contacts) => contacts,
+        Err(error) => {
+            tracing::warn!(%error, user_id, "could not find whom to tell about a presence change");
+            return;
+        }
+    };
+    for contact in contacts {
         state.hub.deliver(&contact, None, &frame);
     }
 }

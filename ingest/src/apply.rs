@@ -1,235 +1,308 @@
-//! Applying one durable log event to the state. Deterministic: a replay of
-//! the log after a crash rebuilds exactly the state that was served.
+//! Applying durable log records to the state, one round at a time.
+//!
+//! A round is every durable record of one partition that waits to be
+//! applied (a group-commit round's worth, or a replay batch). It changes
+//! the cached conversations in place (they are pinned for the round),
+//! collects every row it changes into one [`WriteBatch`] together with the
+//! partition's new applied offset, and commits that batch atomically. So
+//! the store always equals the log applied up to its recorded offset: a
+//! crash before the commit loses the round, and the start applies those
+//! records again; a crash after it loses nothing, and they are not applied
+//! twice. Only after the commit are reservations released, caches updated
+//! and waiters told.
+//!
+//! Deterministic: a replay of the same records makes the same rows.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use confab_schemas::api::MemberChange;
-use confab_schemas::events::{ConversationType, LogEvent, MemberRole};
+use confab_schemas::api::{ClientEvent, MemberChange};
+use confab_schemas::events::{AccountRole, ConversationType, DeliveryReceipt, LogEvent, MemberRole};
 use parking_lot::RwLock;
 
-use crate::fenwick::Fenwick;
-use crate::state::{dm_pair, ConversationHandle, ConversationState, Device, EventRef, InboxEntry, MemberState, MessageRef, MessageState, State, User};
+use crate::queries::render_message;
+use crate::rows::{
+    self, ConversationRow, DeviceRow, EventKind, EventRow, IdempotencyRow, MemberRow, MessageRef, MessageRow, ReceiptKind, ReceiptRow, UserConversationRow,
+};
+use crate::state::{dm_pair, ConversationHandle, ConversationState, Device, Pin, SendOutcome, State, User};
+use crate::store::{Space, StoreResult, WriteBatch};
+
+/// What one record produced for its conversation's devices, for the fanout.
+#[derive(Debug, Clone)]
+pub(crate) struct RecordOutcome {
+    pub offset: u64,
+    pub events: Vec<ClientEvent>,
+    /// Everyone who was a member at this offset (shared by the record's events).
+    pub recipients: Arc<[String]>,
+    pub member_count: usize,
+}
+
+/// One event a record makes, before it gets its index.
+enum Produced {
+    Event(EventKind),
+    Receipt { user_id: String, kind: ReceiptKind, seq: u64 },
+}
+
+pub(crate) struct Round<'a> {
+    state: &'a State,
+    partition: u32,
+    batch: WriteBatch,
+    /// The conversations this round touches, pinned until it has committed.
+    pins: HashMap<String, Pin>,
+    /// Members whose row changed; `true` when their membership did too.
+    dirty_members: HashMap<(String, String), bool>,
+    /// Changed messages that are not among the newest in memory.
+    changed_messages: HashMap<(String, u64), MessageRow>,
+    users: HashMap<String, Arc<User>>,
+    devices: Vec<Arc<Device>>,
+    usernames: Vec<String>,
+    dms: Vec<(String, String)>,
+    sent_keys: Vec<(String, String)>,
+    render: bool,
+    outcomes: Vec<RecordOutcome>,
+    applied_end: Option<u64>,
+}
 
 impl State {
-    pub(crate) fn apply(&self, partition: u32, offset: u64, event: LogEvent) {
-        let scoped = !matches!(event, LogEvent::UserCreated { .. } | LogEvent::SessionCreated { .. } | LogEvent::RoleGranted { .. } | LogEvent::Audited { .. });
-        let conversation_id = event.partition_key().to_string();
-        self.apply_event(partition, offset, event);
-        if scoped {
-            self.route_record(partition, offset, &conversation_id);
-        }
-    }
-
-    /// Routes the events one record made: into every recipient's inbox if
-    /// the conversation is small, or (large) into its members' scan sets.
-    /// Inboxes are written after the conversation's lock is released, so no
-    /// reader ever waits on both.
-    fn route_record(&self, partition: u32, offset: u64, conversation_id: &str) {
-        let Some(handle) = self.conversation(conversation_id) else { return };
-        let (recipients, count, scanners) = {
-            let mut conversation = handle.state.write();
-            let first = conversation.events.partition_point(|event| event.offset < offset);
-            let count = conversation.events.len() - first;
-            if count == 0 {
-                return;
-            }
-            if conversation.members.len() > self.inbox_max_members {
-                let scanners: Vec<String> = if conversation.large {
-                    // Already large: only the members this record brought in.
-                    conversation.events[first..]
-                        .iter()
-                        .filter_map(|event| match &event.event {
-                            EventRef::Member { user_id, change: MemberChange::Joined } => Some(user_id.clone()),
-                            _ => None,
-                        })
-                        .collect()
-                } else {
-                    conversation.large = true;
-                    conversation.members.keys().cloned().collect()
-                };
-                (Vec::new(), 0, scanners)
-            } else {
-                for event in &mut conversation.events[first..] {
-                    event.inboxed = true;
-                }
-                let recipients: Vec<String> = conversation.membership.keys().filter(|user_id| conversation.visible_to(user_id, offset)).cloned().collect();
-                (recipients, count, Vec::new())
-            }
+    /// Applies `records` (ascending offsets of one partition) and commits
+    /// them with the partition's new applied offset. With `render`, returns
+    /// what each record produced, for the fanout.
+    pub(crate) fn apply_round(&self, partition: u32, records: Vec<(u64, LogEvent)>, render: bool) -> StoreResult<Vec<RecordOutcome>> {
+        let mut round = Round {
+            state: self,
+            partition,
+            batch: WriteBatch::default(),
+            pins: HashMap::new(),
+            dirty_members: HashMap::new(),
+            changed_messages: HashMap::new(),
+            users: HashMap::new(),
+            devices: Vec::new(),
+            usernames: Vec::new(),
+            dms: Vec::new(),
+            sent_keys: Vec::new(),
+            render,
+            outcomes: Vec::new(),
+            applied_end: None,
         };
-        for user_id in scanners {
-            self.scan_conversations.entry(user_id).or_default().insert(conversation_id.to_string());
+        for (offset, event) in records {
+            round.apply(offset, event)?;
+            round.applied_end = Some(offset + 1);
         }
-        let conversation_id: Arc<str> = Arc::from(conversation_id);
-        for user_id in recipients {
-            let mut inbox = self.inboxes.entry(user_id).or_default();
-            if inbox.len() <= partition as usize {
-                inbox.resize_with(partition as usize + 1, Vec::new);
-            }
-            for index in 0..count as u32 {
-                inbox[partition as usize].push(InboxEntry { offset, index, conversation_id: conversation_id.clone() });
-            }
-        }
+        round.commit()
     }
+}
 
-    fn apply_event(&self, partition: u32, offset: u64, event: LogEvent) {
+impl Round<'_> {
+    fn apply(&mut self, offset: u64, event: LogEvent) -> StoreResult<()> {
         match event {
             LogEvent::UserCreated { user_id, username, display_name, password_hash, roles, ts } => {
-                if roles.contains(&confab_schemas::events::AccountRole::Admin) {
-                    self.admin_assigned.store(true, Ordering::Release);
+                if roles.contains(&AccountRole::Admin) {
+                    self.state.admin_assigned.store(true, Ordering::Release);
+                    self.batch.put(Space::Meta, rows::ADMIN_KEY.to_vec(), vec![1]);
                 }
-                self.usernames.insert(username.clone(), Some(user_id.clone()));
-                let user = User { user_id: user_id.clone(), username, display_name, password_hash, roles, created_at: ts };
+                let user = User { user_id: user_id.clone(), username: username.clone(), display_name, password_hash, roles, created_at: ts };
+                self.batch.put(Space::Users, rows::id_key(&user_id), user.row().encode());
+                self.batch.put(Space::Usernames, username.as_bytes().to_vec(), user_id.as_bytes().to_vec());
+                self.usernames.push(username);
                 self.users.insert(user_id, Arc::new(user));
             }
             LogEvent::RoleGranted { user_id, role, .. } => {
-                let Some(user) = self.users.get(&user_id).map(|entry| entry.value().clone()) else { return };
-                if user.roles.contains(&role) {
-                    return;
-                }
-                let mut roles = user.roles.clone();
-                roles.push(role);
-                let updated = User {
-                    user_id: user.user_id.clone(),
-                    username: user.username.clone(),
-                    display_name: user.display_name.clone(),
-                    password_hash: user.password_hash.clone(),
-                    roles,
-                    created_at: user.created_at,
+                let current = match self.users.get(&user_id) {
+                    Some(user) => Some(user.clone()),
+                    None => self.state.user(&user_id)?,
                 };
-                self.users.insert(user_id, Arc::new(updated));
+                let Some(current) = current else { return Ok(()) };
+                if current.roles.contains(&role) {
+                    return Ok(());
+                }
+                let mut changed = (*current).clone();
+                changed.roles.push(role);
+                self.batch.put(Space::Users, rows::id_key(&user_id), changed.row().encode());
+                self.users.insert(user_id, Arc::new(changed));
             }
             LogEvent::Audited { .. } => {}
             LogEvent::SessionCreated { user_id, device_id, device_name, platform, ts } => {
-                let device = Device { device_id: device_id.clone(), user_id, name: device_name, platform, created_at: ts };
-                self.devices.insert(device_id, Arc::new(device));
+                let row = DeviceRow { user_id: user_id.clone(), name: device_name.clone(), platform: platform.clone(), created_at: ts };
+                self.batch.put(Space::Devices, rows::id_key(&device_id), row.encode());
+                self.devices.push(Arc::new(Device { device_id, user_id, name: device_name, platform, created_at: ts }));
             }
             LogEvent::ConversationCreated { conversation_id, conversation_type, title, creator_id, member_ids, ts } => {
-                self.apply_conversation_created(partition, offset, conversation_id, conversation_type, title, creator_id, member_ids, ts);
+                self.create_conversation(offset, conversation_id, conversation_type, title, creator_id, member_ids, ts)?;
             }
             LogEvent::MembersAdded { conversation_id, user_ids, ts, .. } => {
-                let Some(handle) = self.conversation(&conversation_id) else { return };
+                let Some(handle) = self.touch(&conversation_id)? else { return Ok(()) };
                 let mut conversation = handle.state.write();
+                let mut produced = Vec::new();
                 for user_id in user_ids {
-                    if conversation.members.contains_key(&user_id) {
-                        continue;
+                    if !conversation.is_member(&user_id) {
+                        self.join(&mut conversation, offset, ts, &user_id, MemberRole::Member);
+                        produced.push(Produced::Event(EventKind::Member { user_id, change: MemberChange::Joined }));
                     }
-                    self.join(&mut conversation, offset, ts, user_id, MemberRole::Member);
                 }
+                self.record(&mut conversation, offset, ts, produced)?;
             }
             LogEvent::MemberRemoved { conversation_id, user_id, ts, .. } => {
-                let Some(handle) = self.conversation(&conversation_id) else { return };
+                let Some(handle) = self.touch(&conversation_id)? else { return Ok(()) };
                 let mut conversation = handle.state.write();
-                if conversation.members.remove(&user_id).is_none() {
-                    return;
+                let Some(member) = conversation.members.get_mut(&user_id).filter(|member| member.role.is_some()) else { return Ok(()) };
+                member.role = None;
+                if let Some(interval) = member.intervals.last_mut() {
+                    interval.1 = Some(offset);
                 }
-                if let Some(range) = conversation.membership.get_mut(&user_id).and_then(|ranges| ranges.last_mut()) {
-                    range.1 = Some(offset);
-                }
-                conversation.push_event(offset, ts, EventRef::Member { user_id: user_id.clone(), change: MemberChange::Left });
-                if let Some(mut joined) = self.user_conversations.get_mut(&user_id) {
-                    joined.remove(&conversation_id);
-                }
+                conversation.member_count -= 1;
+                self.dirty_members.insert((conversation_id.clone(), user_id.clone()), true);
+                self.record(&mut conversation, offset, ts, vec![Produced::Event(EventKind::Member { user_id, change: MemberChange::Left })])?;
             }
             LogEvent::MessageCreated { message_id, conversation_id, seq, sender_id, device_id, client_msg_id, body, attachments, ts } => {
-                let Some(handle) = self.conversation(&conversation_id) else { return };
+                let Some(handle) = self.touch(&conversation_id)? else { return Ok(()) };
                 let mut conversation = handle.state.write();
-                if seq != conversation.last_seq() + 1 {
-                    tracing::error!(conversation_id, seq, last_seq = conversation.last_seq(), offset, "skipping a message out of sequence");
-                    return;
+                if seq != conversation.last_seq + 1 {
+                    tracing::error!(conversation_id, seq, last_seq = conversation.last_seq, offset, "skipping a message out of sequence");
+                    return Ok(());
                 }
-                let message_ref = MessageRef { conversation_id: conversation_id.clone(), seq };
-                self.idempotency.insert((sender_id.clone(), client_msg_id.clone()), message_ref.clone());
-                self.messages_by_id.insert(message_id.clone(), message_ref);
-                if let Some(sender) = conversation.members.get_mut(&sender_id) {
+                self.batch.put(Space::MessageIds, rows::id_key(&message_id), MessageRef { conversation_id: conversation_id.clone(), seq }.encode());
+                let idempotency = IdempotencyRow { ts, conversation_id: conversation_id.clone(), seq };
+                self.batch.put(Space::Idempotency, rows::idempotency_key(&sender_id, &client_msg_id), idempotency.encode());
+                if let Some(sender) = conversation.members.get_mut(&sender_id).filter(|member| member.role.is_some()) {
                     // Sending reads everything before it, on the sending device too.
                     sender.last_read_seq = sender.last_read_seq.max(seq);
                     sender.last_delivered_seq = sender.last_delivered_seq.max(seq);
-                    sender.read_by_device.insert(device_id.clone(), seq);
-                    sender.delivered_by_device.insert(device_id.clone(), seq);
+                    let device = sender.device_mut(&device_id);
+                    device.read_seq = device.read_seq.max(seq);
+                    device.delivered_seq = device.delivered_seq.max(seq);
+                    self.dirty_members.entry((conversation_id.clone(), sender_id.clone())).or_insert(false);
                 }
-                let message = MessageState { message_id, sender_id, device_id, client_msg_id, ts, body, attachments, edited: false, deleted: false };
-                conversation.messages.push(message);
-                conversation.live_messages.push(1);
-                conversation.push_event(offset, ts, EventRef::MessageNew { seq });
+                let message = MessageRow {
+                    message_id,
+                    sender_id: sender_id.clone(),
+                    device_id,
+                    client_msg_id: client_msg_id.clone(),
+                    ts,
+                    body,
+                    attachments,
+                    edited: false,
+                    deleted: false,
+                };
+                self.batch.put(Space::Messages, rows::seq_key(&conversation_id, seq), message.encode());
+                conversation.recent.push_back(message);
+                conversation.last_seq = seq;
                 handle.assigned_seq.fetch_max(seq, Ordering::AcqRel);
+                self.sent_keys.push((sender_id, client_msg_id));
+                self.record(&mut conversation, offset, ts, vec![Produced::Event(EventKind::MessageNew { seq })])?;
             }
             LogEvent::MessageEdited { conversation_id, seq, body, ts, .. } => {
-                let Some(handle) = self.conversation(&conversation_id) else { return };
+                let Some(handle) = self.touch(&conversation_id)? else { return Ok(()) };
                 let mut conversation = handle.state.write();
-                let Some(message) = conversation.messages.get_mut(seq as usize - 1) else { return };
-                if message.deleted {
-                    return;
+                let changed = self.change_message(&mut conversation, seq, |message| {
+                    message.body = body;
+                    message.edited = true;
+                })?;
+                if changed {
+                    self.record(&mut conversation, offset, ts, vec![Produced::Event(EventKind::MessageEdit { seq })])?;
                 }
-                message.body = body;
-                message.edited = true;
-                conversation.push_event(offset, ts, EventRef::MessageEdit { seq });
             }
             LogEvent::MessageDeleted { conversation_id, seq, ts, .. } => {
-                let Some(handle) = self.conversation(&conversation_id) else { return };
+                let Some(handle) = self.touch(&conversation_id)? else { return Ok(()) };
                 let mut conversation = handle.state.write();
-                let Some(message) = conversation.messages.get_mut(seq as usize - 1) else { return };
-                if message.deleted {
-                    return;
+                let changed = self.change_message(&mut conversation, seq, |message| {
+                    message.deleted = true;
+                    message.body.clear();
+                    message.attachments.clear();
+                })?;
+                if changed {
+                    self.batch.put(Space::Deleted, rows::seq_key(&conversation_id, seq), Vec::new());
+                    self.record(&mut conversation, offset, ts, vec![Produced::Event(EventKind::MessageDelete { seq })])?;
                 }
-                message.deleted = true;
-                message.body.clear();
-                message.attachments.clear();
-                conversation.live_messages.add(seq as usize, -1);
-                conversation.push_event(offset, ts, EventRef::MessageDelete { seq });
             }
             LogEvent::ReadCursorMoved { conversation_id, user_id, seq, device_id, ts } => {
-                let Some(handle) = self.conversation(&conversation_id) else { return };
+                let Some(handle) = self.touch(&conversation_id)? else { return Ok(()) };
                 let mut conversation = handle.state.write();
-                let Some(member) = conversation.members.get_mut(&user_id) else { return };
+                let Some(member) = conversation.members.get_mut(&user_id).filter(|member| member.role.is_some()) else { return Ok(()) };
                 if let Some(device_id) = device_id {
-                    let read = member.read_by_device.entry(device_id.clone()).or_insert(0);
-                    *read = (*read).max(seq);
-                    let delivered = member.delivered_by_device.entry(device_id).or_insert(0);
-                    *delivered = (*delivered).max(seq);
+                    let device = member.device_mut(&device_id);
+                    device.read_seq = device.read_seq.max(seq);
+                    device.delivered_seq = device.delivered_seq.max(seq);
                 }
+                self.dirty_members.entry((conversation_id.clone(), user_id.clone())).or_insert(false);
                 if seq <= member.last_read_seq {
-                    return;
+                    return Ok(());
                 }
                 member.last_read_seq = seq;
                 member.last_delivered_seq = member.last_delivered_seq.max(seq);
-                conversation.push_event(offset, ts, EventRef::Read { user_id, seq });
+                self.record(&mut conversation, offset, ts, vec![Produced::Receipt { user_id, kind: ReceiptKind::Read, seq }])?;
             }
             LogEvent::DeliveryReceipts { conversation_id, receipts, ts } => {
-                let Some(handle) = self.conversation(&conversation_id) else { return };
+                let Some(handle) = self.touch(&conversation_id)? else { return Ok(()) };
                 let mut conversation = handle.state.write();
-                let last_seq = conversation.last_seq();
-                // One event per user whose delivered position moved, however many devices.
-                let mut advanced: Vec<(String, u64)> = Vec::new();
-                for receipt in receipts {
-                    let Some(member) = conversation.members.get_mut(&receipt.user_id) else { continue };
-                    let seq = receipt.seq.min(last_seq);
-                    let device = member.delivered_by_device.entry(receipt.device_id).or_insert(0);
-                    *device = (*device).max(seq);
-                    if seq > member.last_delivered_seq {
-                        member.last_delivered_seq = seq;
-                        match advanced.iter_mut().find(|(user_id, _)| *user_id == receipt.user_id) {
-                            Some(entry) => entry.1 = seq,
-                            None => advanced.push((receipt.user_id, seq)),
-                        }
-                    }
-                }
-                for (user_id, seq) in advanced {
-                    conversation.push_event(offset, ts, EventRef::Delivered { user_id, seq });
+                let produced = self.deliveries(&mut conversation, receipts);
+                self.record(&mut conversation, offset, ts, produced)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The conversation, pinned for the round (loaded if it is not cached).
+    fn touch(&mut self, conversation_id: &str) -> StoreResult<Option<Arc<ConversationHandle>>> {
+        if let Some(pin) = self.pins.get(conversation_id) {
+            return Ok(Some(pin.0.clone()));
+        }
+        let Some(pin) = self.state.conversation_pinned(conversation_id)? else { return Ok(None) };
+        let handle = pin.0.clone();
+        self.pins.insert(conversation_id.to_string(), pin);
+        Ok(Some(handle))
+    }
+
+    /// Moves each device's delivered position forward; one event per user
+    /// whose position moved, however many devices.
+    fn deliveries(&mut self, conversation: &mut ConversationState, receipts: Vec<DeliveryReceipt>) -> Vec<Produced> {
+        let last_seq = conversation.last_seq;
+        let mut advanced: Vec<(String, u64)> = Vec::new();
+        for receipt in receipts {
+            let Some(member) = conversation.members.get_mut(&receipt.user_id).filter(|member| member.role.is_some()) else { continue };
+            let seq = receipt.seq.min(last_seq);
+            let device = member.device_mut(&receipt.device_id);
+            device.delivered_seq = device.delivered_seq.max(seq);
+            self.dirty_members.entry((conversation.conversation_id.clone(), receipt.user_id.clone())).or_insert(false);
+            if seq > member.last_delivered_seq {
+                member.last_delivered_seq = seq;
+                match advanced.iter_mut().find(|(user_id, _)| *user_id == receipt.user_id) {
+                    Some(entry) => entry.1 = seq,
+                    None => advanced.push((receipt.user_id, seq)),
                 }
             }
         }
+        advanced.into_iter().map(|(user_id, seq)| Produced::Receipt { user_id, kind: ReceiptKind::Delivered, seq }).collect()
     }
 
-    pub(crate) fn conversation(&self, conversation_id: &str) -> Option<Arc<ConversationHandle>> {
-        self.conversations.get(conversation_id).map(|entry| entry.value().clone())
+    /// Changes a live message (among the newest, changed earlier in this
+    /// round, or in the store); false if it is missing or deleted.
+    fn change_message(&mut self, conversation: &mut ConversationState, seq: u64, change: impl FnOnce(&mut MessageRow)) -> StoreResult<bool> {
+        let conversation_id = conversation.conversation_id.clone();
+        if let Some(message) = conversation.recent_message_mut(seq) {
+            if message.deleted {
+                return Ok(false);
+            }
+            change(message);
+            self.batch.put(Space::Messages, rows::seq_key(&conversation_id, seq), message.encode());
+            return Ok(true);
+        }
+        let key = (conversation_id.clone(), seq);
+        let stored = match self.changed_messages.get(&key) {
+            Some(message) => Some(message.clone()),
+            None if seq >= 1 && seq <= conversation.last_seq => self.state.stored_message(&conversation_id, seq)?,
+            None => None,
+        };
+        let Some(mut message) = stored.filter(|message| !message.deleted) else { return Ok(false) };
+        change(&mut message);
+        self.batch.put(Space::Messages, rows::seq_key(&conversation_id, seq), message.encode());
+        self.changed_messages.insert(key, message);
+        Ok(true)
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn apply_conversation_created(
-        &self,
-        partition: u32,
+    fn create_conversation(
+        &mut self,
         offset: u64,
         conversation_id: String,
         conversation_type: ConversationType,
@@ -237,53 +310,204 @@ impl State {
         creator_id: String,
         member_ids: Vec<String>,
         ts: i64,
-    ) {
+    ) -> StoreResult<()> {
+        if self.touch(&conversation_id)?.is_some() {
+            return Ok(()); // Applied already: the log holds one creation per id.
+        }
+        let row = ConversationRow { conversation_type, title: title.clone(), created_at: ts };
+        self.batch.put(Space::Conversations, rows::id_key(&conversation_id), row.encode());
         let mut conversation = ConversationState {
             conversation_id: conversation_id.clone(),
             conversation_type,
             title,
             created_at: ts,
+            last_seq: 0,
             members: HashMap::new(),
-            messages: Vec::new(),
-            live_messages: Fenwick::default(),
-            events: Vec::new(),
-            large: false,
-            membership: HashMap::new(),
+            member_count: 0,
+            recent: std::collections::VecDeque::new(),
         };
         let creator_role = match conversation_type {
             ConversationType::Dm => MemberRole::Member,
             ConversationType::Group | ConversationType::Channel => MemberRole::Admin,
         };
-        self.join(&mut conversation, offset, ts, creator_id.clone(), creator_role);
+        let mut produced = Vec::new();
+        self.join(&mut conversation, offset, ts, &creator_id, creator_role);
+        produced.push(Produced::Event(EventKind::Member { user_id: creator_id.clone(), change: MemberChange::Joined }));
+        let mut seen: HashSet<&str> = HashSet::from([creator_id.as_str()]);
         for member_id in &member_ids {
-            if !conversation.members.contains_key(member_id) {
-                self.join(&mut conversation, offset, ts, member_id.clone(), MemberRole::Member);
+            if seen.insert(member_id) {
+                self.join(&mut conversation, offset, ts, member_id, MemberRole::Member);
+                produced.push(Produced::Event(EventKind::Member { user_id: member_id.clone(), change: MemberChange::Joined }));
             }
         }
         if conversation_type == ConversationType::Dm {
             if let Some(other) = member_ids.iter().find(|member| **member != creator_id) {
-                self.dm_pairs.insert(dm_pair(&creator_id, other), conversation_id.clone());
+                let pair = dm_pair(&creator_id, other);
+                self.batch.put(Space::DmPairs, rows::pair_key(&pair.0, &pair.1), conversation_id.as_bytes().to_vec());
+                self.dms.push(pair);
             }
         }
-        let handle = ConversationHandle { partition, assigned_seq: AtomicU64::new(0), state: RwLock::new(conversation) };
-        self.conversations.insert(conversation_id, Arc::new(handle));
+        self.record(&mut conversation, offset, ts, produced)?;
+        let handle = Arc::new(ConversationHandle {
+            partition: self.partition,
+            assigned_seq: std::sync::atomic::AtomicU64::new(0),
+            pins: std::sync::atomic::AtomicU32::new(0),
+            state: RwLock::new(conversation),
+        });
+        let mut pin = None;
+        self.state.conversations.insert_then(conversation_id.clone(), handle, |handle| pin = Some(Pin::new(handle)));
+        self.pins.insert(conversation_id, pin.expect("pinned on insert"));
+        Ok(())
     }
 
-    fn join(&self, conversation: &mut ConversationState, offset: u64, ts: i64, user_id: String, role: MemberRole) {
-        let conversation_id = conversation.conversation_id.clone();
-        let last_seq = conversation.last_seq();
-        // A new member starts with everything before joining read.
-        let member = MemberState {
-            role,
+    fn join(&mut self, conversation: &mut ConversationState, offset: u64, ts: i64, user_id: &str, role: MemberRole) {
+        let last_seq = conversation.last_seq;
+        // A new member starts with everything before joining read. Someone
+        // who comes back keeps where their old receipt events are, so the
+        // next receipt moves them instead of leaving them behind.
+        let previous = conversation.members.remove(user_id);
+        let mut intervals = previous.as_ref().map(|member| member.intervals.clone()).unwrap_or_default();
+        intervals.push((offset, None));
+        let member = MemberRow {
+            role: Some(role),
             joined_at: ts,
+            intervals,
             last_read_seq: last_seq,
             last_delivered_seq: last_seq,
-            delivered_by_device: HashMap::new(),
-            read_by_device: HashMap::new(),
+            read_receipt_at: previous.as_ref().and_then(|member| member.read_receipt_at),
+            delivered_receipt_at: previous.as_ref().and_then(|member| member.delivered_receipt_at),
+            devices: Vec::new(),
         };
-        conversation.members.insert(user_id.clone(), member);
-        conversation.membership.entry(user_id.clone()).or_default().push((offset, None));
-        conversation.push_event(offset, ts, EventRef::Member { user_id: user_id.clone(), change: MemberChange::Joined });
-        self.user_conversations.entry(user_id).or_default().insert(conversation_id);
+        conversation.members.insert(user_id.to_string(), member);
+        conversation.member_count += 1;
+        self.dirty_members.insert((conversation.conversation_id.clone(), user_id.to_string()), true);
+    }
+
+    /// Writes the events a record produced at `(offset, index)` and keeps
+    /// what the fanout needs. A receipt replaces the member's previous one.
+    fn record(&mut self, conversation: &mut ConversationState, offset: u64, ts: i64, produced: Vec<Produced>) -> StoreResult<()> {
+        if produced.is_empty() {
+            return Ok(());
+        }
+        let conversation_id = conversation.conversation_id.clone();
+        let mut events = Vec::new();
+        for (index, item) in produced.into_iter().enumerate() {
+            let index = index as u32;
+            match item {
+                Produced::Event(kind) => {
+                    if self.render {
+                        events.push(self.render_event(conversation, &kind)?);
+                    }
+                    self.batch.put(Space::Events, rows::position_key(&conversation_id, offset, index), EventRow { ts, kind }.encode());
+                }
+                Produced::Receipt { user_id, kind, seq } => {
+                    let member = conversation.members.get_mut(&user_id).expect("a receipt is for a member");
+                    let slot = match kind {
+                        ReceiptKind::Read => &mut member.read_receipt_at,
+                        ReceiptKind::Delivered => &mut member.delivered_receipt_at,
+                    };
+                    if let Some((old_offset, old_index)) = slot.replace((offset, index)) {
+                        self.batch.remove(Space::Receipts, rows::position_key(&conversation_id, old_offset, old_index));
+                    }
+                    self.dirty_members.entry((conversation_id.clone(), user_id.clone())).or_insert(false);
+                    let row = ReceiptRow { ts, user_id: user_id.clone(), kind, seq };
+                    self.batch.put(Space::Receipts, rows::position_key(&conversation_id, offset, index), row.encode());
+                    if self.render {
+                        events.push(render_receipt(&conversation_id, &row));
+                    }
+                }
+            }
+        }
+        if self.render {
+            let recipients: Arc<[String]> = conversation.recipients_at(offset).into();
+            self.outcomes.push(RecordOutcome { offset, events, recipients, member_count: conversation.member_count });
+        }
+        Ok(())
+    }
+
+    fn render_event(&self, conversation: &ConversationState, kind: &EventKind) -> StoreResult<ClientEvent> {
+        let conversation_id = &conversation.conversation_id;
+        // The message is almost always among the newest in memory: render from there without a copy.
+        let with_message = |seq: u64, render: &dyn Fn(&MessageRow) -> ClientEvent| -> StoreResult<ClientEvent> {
+            if let Some(message) = conversation.recent_message(seq) {
+                return Ok(render(message));
+            }
+            if let Some(message) = self.changed_messages.get(&(conversation_id.clone(), seq)) {
+                return Ok(render(message));
+            }
+            let stored = self.state.stored_message(conversation_id, seq)?.ok_or_else(|| rows::corrupt(Space::Messages, "missing message"))?;
+            Ok(render(&stored))
+        };
+        match kind {
+            EventKind::MessageNew { seq } => with_message(*seq, &|message| ClientEvent::MessageNew { message: render_message(conversation_id, *seq, message) }),
+            EventKind::MessageEdit { seq } => {
+                with_message(*seq, &|message| ClientEvent::MessageEdit { message: render_message(conversation_id, *seq, message) })
+            }
+            EventKind::MessageDelete { seq } => with_message(*seq, &|message| ClientEvent::MessageDelete {
+                conversation_id: conversation_id.clone(),
+                message_id: message.message_id.clone(),
+                seq: *seq,
+            }),
+            EventKind::Member { user_id, change } => {
+                Ok(ClientEvent::ConversationMember { conversation_id: conversation_id.clone(), user_id: user_id.clone(), change: *change })
+            }
+        }
+    }
+
+    /// Writes the changed member rows and the applied offset, commits, and
+    /// only then lets the rest of the server see the round.
+    fn commit(mut self) -> StoreResult<Vec<RecordOutcome>> {
+        for ((conversation_id, user_id), membership_changed) in std::mem::take(&mut self.dirty_members) {
+            let handle = &self.pins.get(&conversation_id).expect("a dirty member's conversation is pinned").0;
+            let conversation = handle.state.read();
+            let member = conversation.members.get(&user_id).expect("a dirty member exists");
+            self.batch.put(Space::Members, rows::member_key(&conversation_id, &user_id), member.encode());
+            if membership_changed {
+                let row = UserConversationRow { intervals: member.intervals.clone() };
+                self.batch.put(Space::UserConversations, rows::user_conversation_key(&user_id, &conversation_id), row.encode());
+            }
+        }
+        if let Some(end) = self.applied_end {
+            self.batch.put(Space::Meta, rows::applied_key(self.partition), end.to_be_bytes().to_vec());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        if let Err(error) = self.state.store.write(batch) {
+            self.state.fail(&error);
+            for key in &self.sent_keys {
+                if let Some((_, reservation)) = self.state.sending.remove(key) {
+                    reservation.outcome.send_replace(SendOutcome::Failed);
+                }
+            }
+            return Err(error);
+        }
+        let keep = self.state.config.recent_messages_per_conversation;
+        for pin in self.pins.values() {
+            pin.0.state.write().trim_recent(keep);
+        }
+        for (user_id, user) in self.users.drain() {
+            self.state.users.insert(user_id, user);
+        }
+        for device in self.devices.drain(..) {
+            self.state.devices.insert(device.device_id.clone(), device);
+        }
+        for username in &self.usernames {
+            self.state.pending_usernames.remove(username);
+        }
+        for pair in &self.dms {
+            self.state.pending_dms.remove(pair);
+        }
+        for key in &self.sent_keys {
+            if let Some((_, reservation)) = self.state.sending.remove(key) {
+                reservation.outcome.send_replace(SendOutcome::Applied);
+            }
+        }
+        Ok(std::mem::take(&mut self.outcomes))
+    }
+}
+
+pub(crate) fn render_receipt(conversation_id: &str, row: &ReceiptRow) -> ClientEvent {
+    match row.kind {
+        ReceiptKind::Read => ClientEvent::ReceiptRead { conversation_id: conversation_id.to_string(), user_id: row.user_id.clone(), seq: row.seq },
+        ReceiptKind::Delivered => ClientEvent::ReceiptDelivered { conversation_id: conversation_id.to_string(), user_id: row.user_id.clone(), seq: row.seq },
     }
 }

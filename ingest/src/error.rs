@@ -2,6 +2,8 @@
 
 use confab_schemas::ErrorCode;
 
+use crate::store::StoreError;
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,8 +30,20 @@ pub enum Error {
     MessageDeleted(String),
     #[error("conversation `{conversation_id}` would have {count} members; the limit is {max}")]
     TooManyMembers { conversation_id: String, count: usize, max: usize },
+    #[error("`clientMsgId` `{client_msg_id}` was already used for a message in conversation `{conversation_id}`; use a new clientMsgId for each message")]
+    ClientMsgIdReused { client_msg_id: String, conversation_id: String },
+    #[error("the first send with `clientMsgId` `{0}` did not complete; send it again")]
+    OriginalSendFailed(String),
     #[error("the message log is unavailable: {0}")]
     Log(#[from] confab_log::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the state store failed earlier; the server must be restarted")]
+    StateFailed,
+    #[error(
+        "the state store has applied partition {partition} only up to offset {applied}, but the log now starts at {earliest}: records in between are gone. Restore the state directory from a backup, or start from an empty data directory"
+    )]
+    StateBehindLog { partition: u32, applied: u64, earliest: u64 },
     #[error("record {offset} of partition {partition} cannot be read by this version of confab: {source}")]
     UnreadableEvent {
         partition: u32,
@@ -46,9 +60,9 @@ impl Error {
             Error::TooLarge { .. } | Error::TooManyMembers { .. } => ErrorCode::TooLarge,
             Error::NotMember(_) | Error::NotAllowed { .. } | Error::NotAdmin => ErrorCode::Forbidden,
             Error::ConversationNotFound(_) | Error::MessageNotFound(_) | Error::MemberNotFound { .. } => ErrorCode::NotFound,
-            Error::UsernameTaken(_) | Error::MessageDeleted(_) => ErrorCode::Conflict,
-            Error::Log(confab_log::Error::Overloaded { .. }) => ErrorCode::Unavailable,
-            Error::Log(_) | Error::UnreadableEvent { .. } => ErrorCode::Unavailable,
+            Error::UsernameTaken(_) | Error::MessageDeleted(_) | Error::ClientMsgIdReused { .. } => ErrorCode::Conflict,
+            Error::OriginalSendFailed(_) | Error::Log(_) | Error::Store(_) | Error::StateFailed | Error::UnreadableEvent { .. } => ErrorCode::Unavailable,
+            Error::StateBehindLog { .. } => ErrorCode::Internal,
         }
     }
 

@@ -1,16 +1,32 @@
 //! One partition's write side: the writer lock that orders validation and
-//! appends, and the queue of appended events that are applied to the state
-//! strictly in log order once durable.
+//! appends, the queue of appended events that are applied to the state
+//! strictly in log order once durable, and the outcomes of the records
+//! applied last, which the fanout reads instead of the store.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use confab_log::{AppendTicket, Log, Offset};
 use confab_schemas::events::LogEvent;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use crate::state::State;
-use crate::Result;
+use crate::apply::RecordOutcome;
+use crate::state::{Pin, State};
+use crate::{Error, Result};
+
+/// Record outcomes kept per partition for the fanout; one that fell
+/// further behind reads the store instead.
+const OUTCOMES_KEPT: usize = 8_192;
+
+/// An appended event waiting to be durable and applied. The pin keeps its
+/// conversation in the cache (its `assigned_seq` is ahead of the store).
+struct Pending {
+    offset: Offset,
+    event: LogEvent,
+    _pin: Option<Pin>,
+}
 
 pub(crate) struct PartitionWriter {
     pub id: u32,
@@ -18,29 +34,43 @@ pub(crate) struct PartitionWriter {
     /// that seqs and offsets are handed out in the same order.
     pub writer: tokio::sync::Mutex<()>,
     /// Appended but not yet applied, ascending by offset.
-    pending: Mutex<VecDeque<(Offset, LogEvent)>>,
-    /// One past the last applied offset.
+    pending: Mutex<VecDeque<Pending>>,
+    /// One past the last applied offset (the store holds everything below it).
     applied: watch::Sender<Offset>,
+    /// Records applied since the state was last checkpointed.
+    pub applied_since_checkpoint: AtomicU64,
+    outcomes: Mutex<VecDeque<Arc<RecordOutcome>>>,
 }
 
 impl PartitionWriter {
     pub fn new(id: u32, applied_end: Offset) -> PartitionWriter {
-        PartitionWriter { id, writer: tokio::sync::Mutex::new(()), pending: Mutex::new(VecDeque::new()), applied: watch::channel(applied_end).0 }
+        PartitionWriter {
+            id,
+            writer: tokio::sync::Mutex::new(()),
+            pending: Mutex::new(VecDeque::new()),
+            applied: watch::channel(applied_end).0,
+            applied_since_checkpoint: AtomicU64::new(0),
+            outcomes: Mutex::new(VecDeque::new()),
+        }
     }
 
-    /// Appends `events`; call with the writer lock held.
-    pub fn append(&self, log: &dyn Log, events: Vec<LogEvent>) -> Result<AppendTicket> {
+    /// Appends `events`; call with the writer lock held. `pin` keeps the
+    /// conversation cached until they are applied.
+    pub fn append(&self, log: &dyn Log, events: Vec<LogEvent>, pin: Option<Pin>) -> Result<AppendTicket> {
         let payloads = events.iter().map(LogEvent::encode).collect();
         let ticket = log.append(self.id, payloads)?;
         let mut pending = self.pending.lock();
+        let count = events.len();
         for (index, event) in events.into_iter().enumerate() {
-            pending.push_back((ticket.first_offset + index as u64, event));
+            let pin = if index + 1 == count { pin.clone() } else { None };
+            pending.push_back(Pending { offset: ticket.first_offset + index as u64, event, _pin: pin });
         }
         Ok(ticket)
     }
 
     /// Waits for `ticket` to be durable, then until everything durable up to
-    /// it is applied, in order. When this returns, its events are in the state.
+    /// it is applied, in order. When this returns, its events are in the
+    /// state and committed to the store.
     ///
     /// One task applies a whole round while the others of that round wait on
     /// the applied watch: none blocks a runtime thread on the lock.
@@ -49,15 +79,25 @@ impl PartitionWriter {
         ticket.durable().await?;
         let mut applied = self.applied.subscribe();
         loop {
+            if state.failed.load(Ordering::Acquire) {
+                return Err(Error::StateFailed);
+            }
             if *applied.borrow_and_update() >= last {
                 return Ok(());
             }
             if let Some(mut pending) = self.pending.try_lock() {
-                let applied_end = apply_durable(log, state, self.id, &mut pending);
+                let outcome = self.apply_durable(log, state, &mut pending);
                 drop(pending);
                 // Always announce, and only once the lock is free: a task that
                 // failed to take it is waiting for exactly this to try again.
-                self.applied.send_modify(|end| *end = (*end).max(applied_end.unwrap_or(0)));
+                match outcome {
+                    Ok(Some(end)) => self.applied.send_modify(|applied_end| *applied_end = (*applied_end).max(end)),
+                    Ok(None) => self.applied.send_modify(|_| {}),
+                    Err(error) => {
+                        self.applied.send_modify(|_| {});
+                        return Err(error);
+                    }
+                }
                 continue;
             }
             // Another task is applying; it announces when it is done.
@@ -67,6 +107,58 @@ impl PartitionWriter {
         }
     }
 
+    /// Applies every durable pending event as one round; returns the new applied end.
+    fn apply_durable(&self, log: &dyn Log, state: &State, pending: &mut VecDeque<Pending>) -> Result<Option<Offset>> {
+        let durable_end = log.durable_end(self.id).unwrap_or(0);
+        let mut records = Vec::new();
+        let mut pins = Vec::new();
+        while pending.front().is_some_and(|waiting| waiting.offset < durable_end) {
+            let waiting = pending.pop_front().expect("front exists");
+            records.push((waiting.offset, waiting.event));
+            pins.push(waiting._pin);
+        }
+        let Some(&(last, _)) = records.last() else { return Ok(None) };
+        let count = records.len() as u64;
+        let outcomes = state.apply_round(self.id, records, true)?;
+        // The pins go only now: the round is committed to the store.
+        drop(pins);
+        self.applied_since_checkpoint.fetch_add(count, Ordering::Relaxed);
+        let mut kept = self.outcomes.lock();
+        kept.extend(outcomes.into_iter().map(Arc::new));
+        while kept.len() > OUTCOMES_KEPT {
+            kept.pop_front();
+        }
+        Ok(Some(last + 1))
+    }
+
+    /// Applies records read back from the log at start (no fanout runs yet).
+    pub fn replay(&self, state: &State, records: Vec<(Offset, LogEvent)>) -> Result<()> {
+        let Some(&(last, _)) = records.last() else { return Ok(()) };
+        let count = records.len() as u64;
+        state.apply_round(self.id, records, false)?;
+        self.applied_since_checkpoint.fetch_add(count, Ordering::Relaxed);
+        self.applied.send_modify(|end| *end = (*end).max(last + 1));
+        Ok(())
+    }
+
+    /// What the record at `offset` produced, if it is among the last applied.
+    pub fn outcome(&self, offset: Offset) -> Option<Arc<RecordOutcome>> {
+        let kept = self.outcomes.lock();
+        let first = kept.front()?.offset;
+        if offset < first {
+            return None;
+        }
+        // Offsets are ascending but not dense (records that produce nothing keep no outcome).
+        let index = kept.partition_point(|outcome| outcome.offset < offset);
+        kept.get(index).filter(|outcome| outcome.offset == offset).cloned()
+    }
+
+    /// Whether the record at `offset` is covered by the kept outcomes (so a
+    /// missing one means it produced nothing).
+    pub fn outcomes_cover(&self, offset: Offset) -> bool {
+        self.outcomes.lock().front().is_some_and(|first| first.offset <= offset)
+    }
+
     pub fn applied_end(&self) -> Offset {
         *self.applied.borrow()
     }
@@ -74,16 +166,4 @@ impl PartitionWriter {
     pub fn subscribe_applied(&self) -> watch::Receiver<Offset> {
         self.applied.subscribe()
     }
-}
-
-/// Applies every durable pending event, in order; returns the new applied end.
-fn apply_durable(log: &dyn Log, state: &State, partition: u32, pending: &mut VecDeque<(Offset, LogEvent)>) -> Option<Offset> {
-    let durable_end = log.durable_end(partition).unwrap_or(0);
-    let mut applied_end = None;
-    while pending.front().is_some_and(|(offset, _)| *offset < durable_end) {
-        let (offset, event) = pending.pop_front().expect("front exists");
-        state.apply(partition, offset, event);
-        applied_end = Some(offset + 1);
-    }
-    applied_end
 }

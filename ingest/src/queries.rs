@@ -1,15 +1,26 @@
 //! Reads of the state: history pages, conversation lists, members, and
 //! `/v1/sync`. Every read checks membership.
+//!
+//! Sync reads each of the caller's conversations in the partition (the
+//! `user_conversations` rows carry their membership intervals) from the
+//! cursor on: the `events` rows (messages, membership) and the `receipts`
+//! rows (each member's latest read and delivered receipt), lazily merged by
+//! `(offset, index)`, so a page costs about its own size whatever the
+//! conversations' length. Nothing is written per recipient: a message costs
+//! the same in a dm and in a channel.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use confab_schemas::api::{self, ClientEvent, CursoredEvent};
-
-use crate::commands::{render_message, Caller, Ingest};
-use crate::state::{ConversationState, EventRef, InboxEntry};
-use crate::{Error, Result};
 use confab_schemas::cursor::{Position, SyncCursor};
+
+use crate::apply::render_receipt;
+use crate::commands::{Caller, Ingest};
+use crate::rows::{self, EventKind, EventRow, MemberRow, MessageRow, ReceiptRow, UserConversationRow};
+use crate::state::ConversationHandle;
+use crate::store::{key_range, prefix_range, RangeIter, Space};
+use crate::{Error, Result};
 
 /// One page of `/v1/sync`.
 #[derive(Debug)]
@@ -30,52 +41,90 @@ impl Ingest {
     /// is absent), ascending, and whether older ones exist.
     pub fn history(&self, caller: &Caller, conversation_id: &str, before: Option<u64>, limit: usize) -> Result<(Vec<api::Message>, bool)> {
         let handle = self.member_conversation(caller, conversation_id)?;
-        let conversation = handle.state.read();
-        let end = before.map_or(conversation.last_seq(), |before| before.saturating_sub(1).min(conversation.last_seq()));
+        let (end, mut messages) = {
+            let conversation = handle.state.read();
+            let end = before.map_or(conversation.last_seq, |before| before.saturating_sub(1).min(conversation.last_seq));
+            let start = end.saturating_sub(limit as u64);
+            // The newest messages are in memory: a page among them reads no store.
+            let cached: Option<Vec<api::Message>> =
+                (start + 1..=end).map(|seq| conversation.recent_message(seq).map(|message| render_message(conversation_id, seq, message))).collect();
+            if let Some(cached) = cached {
+                return Ok((cached, start > 0));
+            }
+            (end, Vec::with_capacity(limit))
+        };
         let start = end.saturating_sub(limit as u64);
-        let messages = (start + 1..=end).map(|seq| render_message(conversation_id, seq, conversation.message(seq).expect("seq in range"))).collect();
+        let range = key_range(rows::seq_key(conversation_id, start + 1), rows::seq_key(conversation_id, end + 1));
+        for entry in self.state.store.range(Space::Messages, range.0, range.1, false) {
+            let (key, value) = entry?;
+            let seq = rows::seq_of(&key).ok_or_else(|| rows::corrupt(Space::Messages, "message key"))?;
+            let message = MessageRow::decode(&value).ok_or_else(|| rows::corrupt(Space::Messages, "message"))?;
+            messages.push(render_message(conversation_id, seq, &message));
+        }
         Ok((messages, start > 0))
     }
 
     /// The caller's conversations, most recently active first.
-    pub fn list_conversations(&self, caller: &Caller) -> Vec<api::ConversationSummary> {
-        let conversation_ids: Vec<String> = self.state.user_conversations.get(&caller.user_id).map(|ids| ids.iter().cloned().collect()).unwrap_or_default();
+    pub fn list_conversations(&self, caller: &Caller) -> Result<Vec<api::ConversationSummary>> {
         let mut summaries: Vec<(i64, api::ConversationSummary)> = Vec::new();
-        for conversation_id in conversation_ids {
-            let Some(handle) = self.state.conversation(&conversation_id) else { continue };
-            let conversation = handle.state.read();
-            let Some(member) = conversation.members.get(&caller.user_id) else { continue };
-            let last_seq = conversation.last_seq();
-            let last_read_seq = member.last_read_seq.min(last_seq);
-            let unread = conversation.live_messages.prefix(last_seq as usize) - conversation.live_messages.prefix(last_read_seq as usize);
-            let last_message = conversation.message(last_seq).map(|message| render_message(&conversation_id, last_seq, message));
-            let active_at = last_message.as_ref().map_or(conversation.created_at, |message| message.ts);
+        for (conversation_id, row) in self.state.user_conversations(&caller.user_id)? {
+            if !row.current() {
+                continue;
+            }
+            let Some(handle) = self.state.conversation(&conversation_id)? else { continue };
+            let (last_seq, last_read_seq, conversation_type, title, created_at) = {
+                let conversation = handle.state.read();
+                let Some(member) = conversation.member(&caller.user_id) else { continue };
+                (
+                    conversation.last_seq,
+                    member.last_read_seq.min(conversation.last_seq),
+                    conversation.conversation_type,
+                    conversation.title.clone(),
+                    conversation.created_at,
+                )
+            };
+            let deleted_unread = self.deleted_between(&conversation_id, last_read_seq, last_seq)?;
+            let last_message = self.state.message(&handle, last_seq)?.map(|message| render_message(&conversation_id, last_seq, &message));
+            let active_at = last_message.as_ref().map_or(created_at, |message| message.ts);
             summaries.push((
                 active_at,
                 api::ConversationSummary {
-                    conversation_id: conversation_id.clone(),
-                    conversation_type: conversation.conversation_type,
-                    title: conversation.title.clone(),
+                    conversation_id,
+                    conversation_type,
+                    title,
                     last_seq,
                     last_read_seq,
-                    unread_count: unread.max(0) as u64,
+                    unread_count: (last_seq - last_read_seq).saturating_sub(deleted_unread),
                     last_message,
                 },
             ));
         }
         summaries.sort_by(|left, right| right.0.cmp(&left.0).then_with(|| left.1.conversation_id.cmp(&right.1.conversation_id)));
-        summaries.into_iter().map(|(_, summary)| summary).collect()
+        Ok(summaries.into_iter().map(|(_, summary)| summary).collect())
+    }
+
+    /// How many messages with `after < seq <= until` are deleted.
+    fn deleted_between(&self, conversation_id: &str, after: u64, until: u64) -> Result<u64> {
+        if until <= after {
+            return Ok(0);
+        }
+        let range = key_range(rows::seq_key(conversation_id, after + 1), rows::seq_key(conversation_id, until + 1));
+        let mut count = 0;
+        for entry in self.state.store.range(Space::Deleted, range.0, range.1, false) {
+            entry?;
+            count += 1;
+        }
+        Ok(count)
     }
 
     pub fn members(&self, caller: &Caller, conversation_id: &str) -> Result<Vec<api::Member>> {
         let handle = self.member_conversation(caller, conversation_id)?;
         let conversation = handle.state.read();
         let mut members: Vec<api::Member> = conversation
-            .members
-            .iter()
+            .current_members()
             .map(|(user_id, member)| api::Member {
                 user_id: user_id.clone(),
-                role: member.role,
+                role: member.role.expect("current members have a role"),
                 joined_at: member.joined_at,
                 last_delivered_seq: member.last_delivered_seq,
                 last_read_seq: member.last_read_seq,
@@ -97,60 +146,146 @@ impl Ingest {
                 SyncCursor::decode(text, partition_count).ok_or_else(|| Error::invalid("cursor", "not a cursor this server issued; start again without one"))?
             }
         };
-        // Read each partition's applied end first: events below it are all in the state.
+        // Read each partition's applied end first: events below it are all in the store.
         let applied_ends: Vec<u64> = self.partitions.iter().map(|partition| partition.applied_end()).collect();
-        let mut streams: Vec<Vec<StreamEvent>> = vec![Vec::new(); partition_count as usize];
-        // Small conversations: the caller's inbox (copied out first, so no
-        // inbox lock is held while conversations are read).
-        let inboxed: Vec<(usize, Vec<InboxEntry>)> = match self.state.inboxes.get(&caller.user_id) {
-            Some(inbox) => inbox
-                .iter()
-                .enumerate()
-                .map(|(partition, entries)| {
-                    let from = start.positions[partition];
-                    let first = entries.partition_point(|entry| !from.admits(entry.offset, entry.index));
-                    let taken = entries[first..].iter().take_while(|entry| entry.offset < applied_ends[partition]).take(limit + 1).cloned().collect();
-                    (partition, taken)
-                })
-                .collect(),
-            None => Vec::new(),
-        };
-        for (partition, entries) in inboxed {
-            for entry in entries {
-                if let Some(event) = self.render_inbox_entry(&entry) {
-                    streams[partition].push(event);
-                }
-            }
+        let mut by_partition: Vec<Vec<(String, UserConversationRow)>> = vec![Vec::new(); partition_count as usize];
+        for (conversation_id, row) in self.state.user_conversations(&caller.user_id)? {
+            let partition = self.state.partition_of(&conversation_id) as usize;
+            by_partition[partition].push((conversation_id, row));
         }
-        // Large conversations: scanned for the events no inbox holds.
-        let scanned: Vec<String> = self.state.scan_conversations.get(&caller.user_id).map(|ids| ids.iter().cloned().collect()).unwrap_or_default();
-        for conversation_id in scanned {
-            let Some(handle) = self.state.conversation(&conversation_id) else { continue };
-            let partition = handle.partition as usize;
-            let conversation = handle.state.read();
-            let range = (start.positions[partition], applied_ends[partition]);
-            collect_visible(&conversation, &caller.user_id, range, limit + 1, &mut streams[partition]);
-        }
-        for stream in &mut streams {
-            stream.sort_by_key(|event| (event.offset, event.index));
-            stream.truncate(limit + 1);
+        let mut streams = Vec::with_capacity(partition_count as usize);
+        for (partition, conversations) in by_partition.into_iter().enumerate() {
+            let window = (start.positions[partition], applied_ends[partition]);
+            streams.push(self.partition_stream(conversations, window, limit + 1)?);
         }
         Ok(merge_streams(streams, start, &applied_ends, limit))
     }
+
+    /// Up to `max` events of one partition in `[from, until)`, ascending.
+    fn partition_stream(&self, conversations: Vec<(String, UserConversationRow)>, (from, until): (Position, u64), max: usize) -> Result<Vec<StreamEvent>> {
+        let mut sources: Vec<Source<'_>> = Vec::new();
+        for (conversation_id, row) in conversations {
+            // Only the part of the window the caller was a member in.
+            let first = row.intervals.first().map_or(u64::MAX, |interval| interval.0);
+            let last = row.intervals.last().and_then(|interval| interval.1).map_or(u64::MAX, |until| until.saturating_add(1));
+            let low = if first > from.offset { Position::at(first) } else { from };
+            let high = until.min(last);
+            if low.offset >= high {
+                continue;
+            }
+            let range = || key_range(rows::position_key(&conversation_id, low.offset, low.skip), rows::position_key(&conversation_id, high, 0));
+            for space in [Space::Events, Space::Receipts] {
+                let (start, end) = range();
+                let rows = self.state.store.range(space, start, end, false);
+                sources.push(Source { conversation_id: conversation_id.clone(), intervals: row.intervals.clone(), space, rows, next: None });
+            }
+        }
+        let mut heap = BinaryHeap::new();
+        for (index, source) in sources.iter_mut().enumerate() {
+            if let Some(position) = source.advance()? {
+                heap.push(Reverse((position, index)));
+            }
+        }
+        let mut stream = Vec::new();
+        while stream.len() < max {
+            let Some(Reverse((_, index))) = heap.pop() else { break };
+            let source = &mut sources[index];
+            let (offset, event_index, value) = source.next.take().expect("a source in the heap holds its next row");
+            let (ts, event) = self.render_row(&source.conversation_id, source.space, &value)?;
+            stream.push(StreamEvent { offset, index: event_index, ts, event });
+            if let Some(position) = source.advance()? {
+                heap.push(Reverse((position, index)));
+            }
+        }
+        Ok(stream)
+    }
+
+    fn render_row(&self, conversation_id: &str, space: Space, value: &[u8]) -> Result<(i64, ClientEvent)> {
+        if space == Space::Receipts {
+            let row = ReceiptRow::decode(value).ok_or_else(|| rows::corrupt(space, "receipt"))?;
+            return Ok((row.ts, render_receipt(conversation_id, &row)));
+        }
+        let row = EventRow::decode(value).ok_or_else(|| rows::corrupt(space, "event"))?;
+        let message = |seq: u64| -> Result<MessageRow> {
+            let handle = self.state.conversation(conversation_id)?.ok_or(Error::StateFailed)?;
+            self.state.message(&handle, seq)?.ok_or(Error::StateFailed)
+        };
+        let conversation_id = conversation_id.to_string();
+        let event = match row.kind {
+            EventKind::MessageNew { seq } => ClientEvent::MessageNew { message: render_message(&conversation_id, seq, &message(seq)?) },
+            EventKind::MessageEdit { seq } => ClientEvent::MessageEdit { message: render_message(&conversation_id, seq, &message(seq)?) },
+            EventKind::MessageDelete { seq } => ClientEvent::MessageDelete { message_id: message(seq)?.message_id, conversation_id, seq },
+            EventKind::Member { user_id, change } => ClientEvent::ConversationMember { conversation_id, user_id, change },
+        };
+        Ok((row.ts, event))
+    }
 }
 
-fn device_positions(member: &crate::state::MemberState) -> Vec<api::DevicePositions> {
+/// One conversation's rows of one space, read lazily for the merge.
+struct Source<'a> {
+    conversation_id: String,
+    intervals: rows::Intervals,
+    space: Space,
+    rows: RangeIter<'a>,
+    next: Option<(u64, u32, Vec<u8>)>,
+}
+
+impl Source<'_> {
+    /// Reads the next row the member may see; returns its position.
+    fn advance(&mut self) -> Result<Option<(u64, u32)>> {
+        for entry in self.rows.by_ref() {
+            let (key, value) = entry?;
+            let (offset, index) = rows::position_of(&key).ok_or_else(|| rows::corrupt(self.space, "position key"))?;
+            if rows::within(&self.intervals, offset) {
+                self.next = Some((offset, index, value));
+                return Ok(Some((offset, index)));
+            }
+        }
+        Ok(None)
+    }
+}
+
+pub(crate) fn device_positions(member: &MemberRow) -> Vec<api::DevicePositions> {
     let mut devices: Vec<api::DevicePositions> = member
-        .delivered_by_device
+        .devices
         .iter()
-        .map(|(device_id, delivered)| api::DevicePositions {
-            device_id: device_id.clone(),
-            last_delivered_seq: *delivered,
-            last_read_seq: member.read_by_device.get(device_id).copied().unwrap_or(0),
-        })
+        .map(|device| api::DevicePositions { device_id: device.device_id.clone(), last_delivered_seq: device.delivered_seq, last_read_seq: device.read_seq })
         .collect();
     devices.sort_by(|left, right| left.device_id.cmp(&right.device_id));
     devices
+}
+
+pub(crate) fn render_message(conversation_id: &str, seq: u64, message: &MessageRow) -> api::Message {
+    api::Message {
+        message_id: message.message_id.clone(),
+        conversation_id: conversation_id.to_string(),
+        seq,
+        sender_id: message.sender_id.clone(),
+        sender_device_id: message.device_id.clone(),
+        ts: message.ts,
+        body: message.body.clone(),
+        attachments: message.attachments.clone(),
+        edited: message.edited,
+        deleted: message.deleted,
+        client_msg_id: message.client_msg_id.clone(),
+    }
+}
+
+/// The events of one record, read back from the store (for a fanout that
+/// fell behind the kept outcomes).
+pub(crate) fn stored_record_events(ingest: &Ingest, handle: &ConversationHandle, offset: u64) -> Result<Vec<ClientEvent>> {
+    let conversation_id = handle.state.read().conversation_id.clone();
+    let mut events: Vec<(u32, ClientEvent)> = Vec::new();
+    for space in [Space::Events, Space::Receipts] {
+        let (start, end) = prefix_range(&rows::record_prefix(&conversation_id, offset));
+        for entry in ingest.state.store.range(space, start, end, false) {
+            let (key, value) = entry?;
+            let (_, index) = rows::position_of(&key).ok_or_else(|| rows::corrupt(space, "position key"))?;
+            events.push((index, ingest.render_row(&conversation_id, space, &value)?.1));
+        }
+    }
+    events.sort_by_key(|(index, _)| *index);
+    Ok(events.into_iter().map(|(_, event)| event).collect())
 }
 
 /// One event of a partition's stream: the `index`-th event of record `offset`.
@@ -160,58 +295,6 @@ struct StreamEvent {
     index: u32,
     ts: i64,
     event: ClientEvent,
-}
-
-/// Appends to `out` up to `max` events of a large `conversation` from
-/// position `from` up to offset `until` (exclusive) that `user_id` may see
-/// and that no inbox holds.
-fn collect_visible(conversation: &ConversationState, user_id: &str, (from, until): (Position, u64), max: usize, out: &mut Vec<StreamEvent>) {
-    let first = conversation.events.partition_point(|event| event.offset < from.offset);
-    let mut taken = 0;
-    let mut previous_offset = None;
-    let mut index = 0u32;
-    for event in &conversation.events[first..] {
-        if event.offset >= until || taken == max {
-            break;
-        }
-        // The index counts every event of the record, visible or not, so it is stable.
-        index = if previous_offset == Some(event.offset) { index + 1 } else { 0 };
-        previous_offset = Some(event.offset);
-        if !event.inboxed && from.admits(event.offset, index) && conversation.visible_to(user_id, event.offset) {
-            out.push(StreamEvent { offset: event.offset, index, ts: event.ts, event: render_event(conversation, &event.event) });
-            taken += 1;
-        }
-    }
-}
-
-impl Ingest {
-    /// The client event an inbox entry points at.
-    fn render_inbox_entry(&self, entry: &InboxEntry) -> Option<StreamEvent> {
-        let handle = self.state.conversation(&entry.conversation_id)?;
-        let conversation = handle.state.read();
-        let first = conversation.events.partition_point(|event| event.offset < entry.offset);
-        let event = conversation.events.get(first + entry.index as usize).filter(|event| event.offset == entry.offset)?;
-        Some(StreamEvent { offset: entry.offset, index: entry.index, ts: event.ts, event: render_event(&conversation, &event.event) })
-    }
-}
-
-pub(crate) fn render_event(conversation: &ConversationState, event: &EventRef) -> ClientEvent {
-    let conversation_id = conversation.conversation_id.clone();
-    match event {
-        EventRef::MessageNew { seq } => {
-            ClientEvent::MessageNew { message: render_message(&conversation_id, *seq, conversation.message(*seq).expect("applied")) }
-        }
-        EventRef::MessageEdit { seq } => {
-            ClientEvent::MessageEdit { message: render_message(&conversation_id, *seq, conversation.message(*seq).expect("applied")) }
-        }
-        EventRef::MessageDelete { seq } => {
-            let message_id = conversation.message(*seq).expect("applied").message_id.clone();
-            ClientEvent::MessageDelete { conversation_id, message_id, seq: *seq }
-        }
-        EventRef::Read { user_id, seq } => ClientEvent::ReceiptRead { conversation_id, user_id: user_id.clone(), seq: *seq },
-        EventRef::Delivered { user_id, seq } => ClientEvent::ReceiptDelivered { conversation_id, user_id: user_id.clone(), seq: *seq },
-        EventRef::Member { user_id, change } => ClientEvent::ConversationMember { conversation_id, user_id: user_id.clone(), change: *change },
-    }
 }
 
 /// Merges per-partition streams by time, keeping each partition's taken

@@ -14,7 +14,7 @@ use confab_schemas::ids::now_ms;
 use tokio::sync::watch;
 
 use crate::commands::{Caller, Ingest};
-use crate::queries::render_event;
+use crate::queries::stored_record_events;
 use crate::{Error, Result};
 
 /// One client event of a log record, with the users who may see it.
@@ -38,38 +38,40 @@ impl Ingest {
         SyncCursor { positions: self.partitions.iter().map(|partition| Position::at(partition.applied_end())).collect() }
     }
 
-    /// The client events the record at `offset` produced, for fanout. Call
-    /// only once the record is applied.
-    pub fn events_at(&self, offset: Offset, event: &LogEvent) -> Vec<EventAt> {
+    /// The client events the record at `offset` of `partition` produced,
+    /// for fanout. Call only once the record is applied. Served from the
+    /// partition's kept outcomes; a fanout further behind reads the store.
+    pub fn events_at(&self, partition: u32, offset: Offset, event: &LogEvent) -> Result<Vec<EventAt>> {
         if matches!(event, LogEvent::UserCreated { .. } | LogEvent::SessionCreated { .. } | LogEvent::RoleGranted { .. } | LogEvent::Audited { .. }) {
-            return Vec::new();
+            return Ok(Vec::new());
         }
-        let Some(handle) = self.state.conversation(event.partition_key()) else { return Vec::new() };
-        let conversation = handle.state.read();
-        let first = conversation.events.partition_point(|event| event.offset < offset);
-        if conversation.events.get(first).is_none_or(|event| event.offset != offset) {
-            return Vec::new();
+        let writer = &self.partitions[partition as usize];
+        if let Some(outcome) = writer.outcome(offset) {
+            let recipients = outcome.recipients.clone();
+            return Ok(outcome
+                .events
+                .iter()
+                .cloned()
+                .enumerate()
+                .map(|(index, event)| EventAt { index: index as u32, event, recipients: recipients.clone(), member_count: outcome.member_count })
+                .collect());
         }
-        // Everyone who was a member at this offset; the same for every event of the record.
-        let recipients: Arc<[String]> = conversation.membership.keys().filter(|user_id| conversation.visible_to(user_id, offset)).cloned().collect();
-        let member_count = conversation.members.len();
-        conversation.events[first..]
-            .iter()
-            .take_while(|event| event.offset == offset)
-            .enumerate()
-            .map(|(index, event)| EventAt {
-                index: index as u32,
-                event: render_event(&conversation, &event.event),
-                recipients: recipients.clone(),
-                member_count,
-            })
-            .collect()
+        if writer.outcomes_cover(offset) {
+            return Ok(Vec::new()); // The record produced nothing.
+        }
+        let Some(handle) = self.state.conversation(event.partition_key())? else { return Ok(Vec::new()) };
+        let events = stored_record_events(self, &handle, offset)?;
+        let (recipients, member_count): (Arc<[String]>, usize) = {
+            let conversation = handle.state.read();
+            (conversation.recipients_at(offset).into(), conversation.member_count)
+        };
+        Ok(events.into_iter().enumerate().map(|(index, event)| EventAt { index: index as u32, event, recipients: recipients.clone(), member_count }).collect())
     }
 
     /// Checks a device's receipt: a member, and a seq that exists.
     pub fn check_receipt(&self, caller: &Caller, conversation_id: &str, seq: u64) -> Result<()> {
         let handle = self.member_conversation(caller, conversation_id)?;
-        let last_seq = handle.state.read().last_seq();
+        let last_seq = handle.state.read().last_seq;
         if seq == 0 || seq > last_seq {
             return Err(Error::invalid("seq", format!("conversation `{conversation_id}` has seqs 1 to {last_seq}")));
         }
@@ -78,12 +80,13 @@ impl Ingest {
 
     /// Writes coalesced delivery receipts of one conversation to the log.
     pub async fn record_delivered(&self, conversation_id: &str, receipts: Vec<DeliveryReceipt>) -> Result<()> {
-        let handle = self.state.conversation(conversation_id).ok_or_else(|| Error::ConversationNotFound(conversation_id.to_string()))?;
-        let partition = &self.partitions[handle.partition as usize];
+        let partition = self.partition_of(conversation_id);
         let event = LogEvent::DeliveryReceipts { conversation_id: conversation_id.to_string(), receipts, ts: now_ms() };
         let ticket = {
             let _writer = partition.writer.lock().await;
-            partition.append(&*self.log, vec![event])?
+            self.check_writable()?;
+            let pin = self.pinned_conversation(conversation_id)?;
+            partition.append(&*self.log, vec![event], Some(pin))?
         };
         partition.finish(&*self.log, &self.state, ticket).await
     }
@@ -91,30 +94,30 @@ impl Ingest {
     /// Moves the read cursor to `seq` (the WebSocket's `receipt.read`).
     pub async fn mark_read_seq(&self, caller: &Caller, conversation_id: &str, seq: u64) -> Result<()> {
         self.check_receipt(caller, conversation_id, seq)?;
-        let handle = self.member_conversation(caller, conversation_id)?;
-        let message_id = handle.state.read().message(seq).map(|message| message.message_id.clone()).expect("checked seq exists");
-        self.mark_read(caller, conversation_id, &message_id).await
+        self.move_read_cursor(caller, conversation_id, seq).await
     }
 
-    /// The members of a conversation the caller is in, and its size.
+    /// The current members of a conversation the caller is in.
     pub fn member_ids(&self, caller: &Caller, conversation_id: &str) -> Result<Vec<String>> {
         let handle = self.member_conversation(caller, conversation_id)?;
         let conversation = handle.state.read();
-        Ok(conversation.members.keys().cloned().collect())
+        Ok(conversation.current_members().map(|(user_id, _)| user_id.clone()).collect())
     }
 
     /// Everyone who shares a conversation of at most `max_members` with
     /// `user_id`: who hears about their presence.
-    pub fn contacts(&self, user_id: &str, max_members: usize) -> Vec<String> {
-        let conversation_ids: Vec<String> = self.state.user_conversations.get(user_id).map(|ids| ids.iter().cloned().collect()).unwrap_or_default();
+    pub fn contacts(&self, user_id: &str, max_members: usize) -> Result<Vec<String>> {
         let mut contacts = HashSet::new();
-        for conversation_id in conversation_ids {
-            let Some(handle) = self.state.conversation(&conversation_id) else { continue };
+        for (conversation_id, row) in self.state.user_conversations(user_id)? {
+            if !row.current() {
+                continue;
+            }
+            let Some(handle) = self.state.conversation(&conversation_id)? else { continue };
             let conversation = handle.state.read();
-            if conversation.members.len() <= max_members {
-                contacts.extend(conversation.members.keys().filter(|member| *member != user_id).cloned());
+            if conversation.member_count <= max_members {
+                contacts.extend(conversation.current_members().map(|(member, _)| member).filter(|member| *member != user_id).cloned());
             }
         }
-        contacts.into_iter().collect()
+        Ok(contacts.into_iter().collect())
     }
 }

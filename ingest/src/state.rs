@@ -1,23 +1,30 @@
-//! The state built from the log: users, devices, conversations, their
-//! members and messages, and the indexes the write path needs. It is only
-//! ever changed by [`State::apply`](crate::apply), in log order.
+//! The state: rows in the [`Store`], a bounded working set in memory.
+//!
+//! What is in memory, and only as a cache (`src/cache.rs`): conversations
+//! with their members (and everyone who ever was one, for visibility) and
+//! their newest messages; users; devices. What is in memory and not in the
+//! store: the reservations of commands in flight (a username, a dm pair, an
+//! idempotency key), which live only until their event is applied, and each
+//! partition's recent record outcomes for the fanout (`src/partition.rs`).
+//! Everything else is read from the store when asked for.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use confab_schemas::api::MemberChange;
-use confab_schemas::events::{AccountRole, ConversationType, MemberRole};
-use confab_schemas::ids::{ConversationId, DeviceId, MessageId, UserId};
+use confab_schemas::events::{AccountRole, ConversationType};
 use dashmap::DashMap;
 use parking_lot::RwLock;
-use serde_json::Value;
+use tokio::sync::watch;
 
-use crate::fenwick::Fenwick;
+use crate::cache::{Cache, Cacheable};
+use crate::config::StateConfig;
+use crate::rows::{self, ConversationRow, DeviceRow, IdempotencyRow, MemberRow, MessageRef, MessageRow, UserConversationRow, UserRow};
+use crate::store::{prefix_range, Space, Store, StoreError, StoreResult};
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct User {
-    pub user_id: UserId,
+    pub user_id: String,
     pub username: String,
     pub display_name: Option<String>,
     pub password_hash: String,
@@ -25,109 +32,98 @@ pub struct User {
     pub created_at: i64,
 }
 
-#[derive(Debug)]
+impl Cacheable for User {}
+
+impl User {
+    pub(crate) fn from_row(user_id: &str, row: UserRow) -> User {
+        User {
+            user_id: user_id.to_string(),
+            username: row.username,
+            display_name: row.display_name,
+            password_hash: row.password_hash,
+            roles: row.roles,
+            created_at: row.created_at,
+        }
+    }
+
+    pub(crate) fn row(&self) -> UserRow {
+        UserRow {
+            username: self.username.clone(),
+            display_name: self.display_name.clone(),
+            password_hash: self.password_hash.clone(),
+            roles: self.roles.clone(),
+            created_at: self.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct Device {
-    pub device_id: DeviceId,
-    pub user_id: UserId,
+    pub device_id: String,
+    pub user_id: String,
     pub name: Option<String>,
     pub platform: Option<String>,
     pub created_at: i64,
 }
 
-#[derive(Debug, Clone)]
-pub(crate) struct MessageState {
-    pub message_id: MessageId,
-    pub sender_id: UserId,
-    pub device_id: DeviceId,
-    pub client_msg_id: String,
-    pub ts: i64,
-    pub body: String,
-    pub attachments: Vec<Value>,
-    pub edited: bool,
-    pub deleted: bool,
-}
+impl Cacheable for Device {}
 
-#[derive(Debug, Clone)]
-pub(crate) struct MemberState {
-    pub role: MemberRole,
-    pub joined_at: i64,
-    pub last_read_seq: u64,
-    /// The highest seq any of the member's devices has (a message is
-    /// delivered to a user once one of their devices has it).
-    pub last_delivered_seq: u64,
-    /// Per device, the highest seq it confirmed having.
-    pub delivered_by_device: HashMap<DeviceId, u64>,
-    /// Per device, the highest seq read on it.
-    pub read_by_device: HashMap<DeviceId, u64>,
-}
-
-/// What happened at one log offset of a conversation, for `/v1/sync`. Message
-/// events are rendered from the message's current state when read, so a
-/// deleted message's body is never served again.
-#[derive(Debug, Clone)]
-pub(crate) enum EventRef {
-    MessageNew { seq: u64 },
-    MessageEdit { seq: u64 },
-    MessageDelete { seq: u64 },
-    Read { user_id: UserId, seq: u64 },
-    Delivered { user_id: UserId, seq: u64 },
-    Member { user_id: UserId, change: MemberChange },
-}
-
-/// One event of a conversation, at the log offset of the record that made it.
-#[derive(Debug, Clone)]
-pub(crate) struct ConversationEvent {
-    pub offset: u64,
-    pub ts: i64,
-    pub event: EventRef,
-    /// Written to each recipient's inbox (fanout-on-write); otherwise
-    /// readers find it by scanning the conversation (fanout-on-read).
-    pub inboxed: bool,
-}
-
-/// One entry of a user's inbox: the `index`-th event of record `offset`.
-#[derive(Debug, Clone)]
-pub(crate) struct InboxEntry {
-    pub offset: u64,
-    pub index: u32,
-    pub conversation_id: Arc<str>,
-}
-
+/// A conversation as the write path and the readers use it.
 #[derive(Debug)]
 pub(crate) struct ConversationState {
-    pub conversation_id: ConversationId,
+    pub conversation_id: String,
     pub conversation_type: ConversationType,
     pub title: Option<String>,
     pub created_at: i64,
-    pub members: HashMap<UserId, MemberState>,
-    /// `messages[seq - 1]`.
-    pub messages: Vec<MessageState>,
-    pub live_messages: Fenwick,
-    /// Ascending by offset.
-    pub events: Vec<ConversationEvent>,
-    /// Whether the conversation has been above the inbox threshold: its
-    /// members then have it in their scan sets.
-    pub large: bool,
-    /// Per user, the offset ranges during which they were a member (inclusive).
-    pub membership: HashMap<UserId, Vec<(u64, Option<u64>)>>,
+    pub last_seq: u64,
+    /// Everyone who is or was a member (`role` is `None` once they left),
+    /// with their positions and membership intervals.
+    pub members: HashMap<String, MemberRow>,
+    pub member_count: usize,
+    /// The newest messages, ascending by seq, the last one `last_seq`. An
+    /// apply round may leave more than the bound until it has committed.
+    pub recent: VecDeque<MessageRow>,
 }
 
 impl ConversationState {
-    pub fn push_event(&mut self, offset: u64, ts: i64, event: EventRef) {
-        self.events.push(ConversationEvent { offset, ts, event, inboxed: false });
+    pub fn is_member(&self, user_id: &str) -> bool {
+        self.members.get(user_id).is_some_and(|member| member.role.is_some())
     }
 
-    pub fn last_seq(&self) -> u64 {
-        self.messages.len() as u64
+    pub fn member(&self, user_id: &str) -> Option<&MemberRow> {
+        self.members.get(user_id).filter(|member| member.role.is_some())
     }
 
-    pub fn message(&self, seq: u64) -> Option<&MessageState> {
-        seq.checked_sub(1).and_then(|index| self.messages.get(index as usize))
+    pub fn current_members(&self) -> impl Iterator<Item = (&String, &MemberRow)> {
+        self.members.iter().filter(|(_, member)| member.role.is_some())
     }
 
-    /// Whether `user_id` was a member when the event at `offset` happened.
-    pub fn visible_to(&self, user_id: &str, offset: u64) -> bool {
-        self.membership.get(user_id).is_some_and(|ranges| ranges.iter().any(|&(from, until)| offset >= from && until.is_none_or(|until| offset <= until)))
+    /// Everyone who was a member at `offset`.
+    pub fn recipients_at(&self, offset: u64) -> Vec<String> {
+        self.members.iter().filter(|(_, member)| rows::within(&member.intervals, offset)).map(|(user_id, _)| user_id.clone()).collect()
+    }
+
+    /// A message among the newest ones, if it is there.
+    pub fn recent_message(&self, seq: u64) -> Option<&MessageRow> {
+        let first = self.last_seq.checked_sub(self.recent.len() as u64)? + 1;
+        if seq < first || seq > self.last_seq {
+            return None;
+        }
+        self.recent.get((seq - first) as usize)
+    }
+
+    pub fn recent_message_mut(&mut self, seq: u64) -> Option<&mut MessageRow> {
+        let first = self.last_seq.checked_sub(self.recent.len() as u64)? + 1;
+        if seq < first || seq > self.last_seq {
+            return None;
+        }
+        self.recent.get_mut((seq - first) as usize)
+    }
+
+    pub fn trim_recent(&mut self, keep: usize) {
+        while self.recent.len() > keep {
+            self.recent.pop_front();
+        }
     }
 }
 
@@ -137,42 +133,82 @@ pub(crate) struct ConversationHandle {
     /// The last seq handed out by the write path (ahead of the state while
     /// appends are in flight); changed only under the partition's writer lock.
     pub assigned_seq: AtomicU64,
+    /// In-flight appends and apply rounds holding it in the cache.
+    pub pins: AtomicU32,
     pub state: RwLock<ConversationState>,
 }
 
-/// Where an idempotency key's message lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct MessageRef {
-    pub conversation_id: ConversationId,
+impl Cacheable for ConversationHandle {
+    fn pinned(&self) -> bool {
+        self.pins.load(Ordering::Acquire) > 0
+    }
+}
+
+/// Keeps a conversation in the cache while it lives.
+#[derive(Debug)]
+pub(crate) struct Pin(pub Arc<ConversationHandle>);
+
+impl Pin {
+    pub fn new(handle: &Arc<ConversationHandle>) -> Pin {
+        handle.pins.fetch_add(1, Ordering::AcqRel);
+        Pin(handle.clone())
+    }
+}
+
+impl Clone for Pin {
+    fn clone(&self) -> Pin {
+        Pin::new(&self.0)
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        self.0.pins.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// How an in-flight send ended, for retries waiting on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SendOutcome {
+    InFlight,
+    Applied,
+    Failed,
+}
+
+/// An idempotency key whose message is appended but not yet in the store.
+#[derive(Debug)]
+pub(crate) struct Reservation {
+    pub conversation_id: String,
     pub seq: u64,
+    pub outcome: watch::Sender<SendOutcome>,
 }
 
 #[derive(Debug)]
 pub(crate) struct State {
-    pub users: DashMap<UserId, Arc<User>>,
-    /// Username to user; a name being created is reserved with `None`.
-    pub usernames: DashMap<String, Option<UserId>>,
+    pub store: Arc<dyn Store>,
+    pub config: StateConfig,
+    pub partition_count: u32,
+    pub conversations: Cache<ConversationHandle>,
+    pub users: Cache<User>,
+    pub devices: Cache<Device>,
+    /// Usernames whose creation is in flight.
+    pub pending_usernames: DashMap<String, ()>,
+    /// Dms whose creation is in flight: (user, user) to the conversation.
+    pub pending_dms: DashMap<(String, String), String>,
+    /// Idempotency keys whose message is in flight.
+    pub sending: DashMap<(String, String), Arc<Reservation>>,
     pub admin_assigned: AtomicBool,
-    pub devices: DashMap<DeviceId, Arc<Device>>,
-    pub conversations: DashMap<ConversationId, Arc<ConversationHandle>>,
-    /// The conversations a user is a member of now.
-    pub user_conversations: DashMap<UserId, HashSet<ConversationId>>,
-    /// Per user and partition, the events of small conversations they may
-    /// see, in log order (fanout-on-write).
-    pub inboxes: DashMap<UserId, Vec<Vec<InboxEntry>>>,
-    /// Per user, the conversations that were large while they were in
-    /// them: sync scans these for events not in the inbox (fanout-on-read).
-    pub scan_conversations: DashMap<UserId, HashSet<ConversationId>>,
-    /// Conversations with more members than this are not inboxed.
-    pub inbox_max_members: usize,
-    /// The idempotency index: (sender, clientMsgId) to the message.
-    pub idempotency: DashMap<(UserId, String), MessageRef>,
-    pub messages_by_id: DashMap<MessageId, MessageRef>,
-    /// The dm between two users (ordered pair).
-    pub dm_pairs: DashMap<(UserId, UserId), ConversationId>,
+    /// Set when the store failed: nothing more is applied until a restart.
+    pub failed: AtomicBool,
 }
 
-pub(crate) fn dm_pair(first: &str, second: &str) -> (UserId, UserId) {
+impl std::fmt::Debug for dyn Store {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "Store({})", self.location())
+    }
+}
+
+pub(crate) fn dm_pair(first: &str, second: &str) -> (String, String) {
     if first <= second {
         (first.to_string(), second.to_string())
     } else {
@@ -181,20 +217,174 @@ pub(crate) fn dm_pair(first: &str, second: &str) -> (UserId, UserId) {
 }
 
 impl State {
-    pub fn new(inbox_max_members: usize) -> State {
-        State {
-            users: DashMap::new(),
-            usernames: DashMap::new(),
-            admin_assigned: AtomicBool::new(false),
-            devices: DashMap::new(),
-            conversations: DashMap::new(),
-            user_conversations: DashMap::new(),
-            inboxes: DashMap::new(),
-            scan_conversations: DashMap::new(),
-            inbox_max_members,
-            idempotency: DashMap::new(),
-            messages_by_id: DashMap::new(),
-            dm_pairs: DashMap::new(),
+    pub fn new(store: Arc<dyn Store>, config: StateConfig, partition_count: u32) -> StoreResult<State> {
+        let admin_assigned = store.get(Space::Meta, rows::ADMIN_KEY)?.is_some();
+        Ok(State {
+            conversations: Cache::new(config.conversations_cached_max),
+            users: Cache::new(config.users_cached_max),
+            devices: Cache::new(config.devices_cached_max),
+            store,
+            config,
+            partition_count,
+            pending_usernames: DashMap::new(),
+            pending_dms: DashMap::new(),
+            sending: DashMap::new(),
+            admin_assigned: AtomicBool::new(admin_assigned),
+            failed: AtomicBool::new(false),
+        })
+    }
+
+    pub fn partition_of(&self, key: &str) -> u32 {
+        (confab_schemas::ids::stable_hash(key) % self.partition_count as u64) as u32
+    }
+
+    pub fn user(&self, user_id: &str) -> StoreResult<Option<Arc<User>>> {
+        self.users.get_or_load(user_id, || self.load_user(user_id), |_| {})
+    }
+
+    fn load_user(&self, user_id: &str) -> StoreResult<Option<User>> {
+        let Some(bytes) = self.store.get(Space::Users, &rows::id_key(user_id))? else { return Ok(None) };
+        let row = UserRow::decode(&bytes).ok_or_else(|| rows::corrupt(Space::Users, "user"))?;
+        Ok(Some(User::from_row(user_id, row)))
+    }
+
+    pub fn user_id_by_name(&self, username: &str) -> StoreResult<Option<String>> {
+        let value = self.store.get(Space::Usernames, username.as_bytes())?;
+        value.map(|bytes| String::from_utf8(bytes).map_err(|_| rows::corrupt(Space::Usernames, "username"))).transpose()
+    }
+
+    pub fn device(&self, device_id: &str) -> StoreResult<Option<Arc<Device>>> {
+        self.devices.get_or_load(
+            device_id,
+            || {
+                let Some(bytes) = self.store.get(Space::Devices, &rows::id_key(device_id))? else { return Ok(None) };
+                let row = DeviceRow::decode(&bytes).ok_or_else(|| rows::corrupt(Space::Devices, "device"))?;
+                Ok(Some(Device { device_id: device_id.to_string(), user_id: row.user_id, name: row.name, platform: row.platform, created_at: row.created_at }))
+            },
+            |_| {},
+        )
+    }
+
+    pub fn conversation(&self, conversation_id: &str) -> StoreResult<Option<Arc<ConversationHandle>>> {
+        self.conversations.get_or_load(conversation_id, || self.load_conversation(conversation_id), |_| {})
+    }
+
+    /// The conversation, pinned in the cache until the pin is dropped.
+    pub fn conversation_pinned(&self, conversation_id: &str) -> StoreResult<Option<Pin>> {
+        let pinned: parking_lot::Mutex<Option<Pin>> = parking_lot::Mutex::new(None);
+        self.conversations.get_or_load(
+            conversation_id,
+            || self.load_conversation(conversation_id),
+            |handle| {
+                *pinned.lock() = Some(Pin::new(handle));
+            },
+        )?;
+        Ok(pinned.into_inner())
+    }
+
+    fn load_conversation(&self, conversation_id: &str) -> StoreResult<Option<ConversationHandle>> {
+        let Some(bytes) = self.store.get(Space::Conversations, &rows::id_key(conversation_id))? else { return Ok(None) };
+        let row = ConversationRow::decode(&bytes).ok_or_else(|| rows::corrupt(Space::Conversations, "conversation"))?;
+        let prefix = rows::conversation_prefix(conversation_id);
+        let mut members = HashMap::new();
+        let (start, end) = prefix_range(&prefix);
+        for entry in self.store.range(Space::Members, start, end, false) {
+            let (key, value) = entry?;
+            let user_id = rows::second_str(&key).ok_or_else(|| rows::corrupt(Space::Members, "member key"))?;
+            let member = MemberRow::decode(&value).ok_or_else(|| rows::corrupt(Space::Members, "member"))?;
+            members.insert(user_id, member);
+        }
+        let (start, end) = prefix_range(&prefix);
+        let mut recent = VecDeque::new();
+        let mut last_seq = 0;
+        for entry in self.store.range(Space::Messages, start, end, true).take(self.config.recent_messages_per_conversation.max(1)) {
+            let (key, value) = entry?;
+            let seq = rows::seq_of(&key).ok_or_else(|| rows::corrupt(Space::Messages, "message key"))?;
+            last_seq = last_seq.max(seq);
+            recent.push_front(MessageRow::decode(&value).ok_or_else(|| rows::corrupt(Space::Messages, "message"))?);
+        }
+        if self.config.recent_messages_per_conversation == 0 {
+            recent.clear();
+        }
+        let member_count = members.values().filter(|member| member.role.is_some()).count();
+        let state = ConversationState {
+            conversation_id: conversation_id.to_string(),
+            conversation_type: row.conversation_type,
+            title: row.title,
+            created_at: row.created_at,
+            last_seq,
+            members,
+            member_count,
+            recent,
+        };
+        Ok(Some(ConversationHandle {
+            partition: self.partition_of(conversation_id),
+            assigned_seq: AtomicU64::new(last_seq),
+            pins: AtomicU32::new(0),
+            state: RwLock::new(state),
+        }))
+    }
+
+    /// A message by seq: among the newest in memory, else from the store.
+    pub fn message(&self, handle: &ConversationHandle, seq: u64) -> StoreResult<Option<MessageRow>> {
+        let conversation_id = {
+            let conversation = handle.state.read();
+            if let Some(message) = conversation.recent_message(seq) {
+                return Ok(Some(message.clone()));
+            }
+            if seq == 0 || seq > conversation.last_seq {
+                return Ok(None);
+            }
+            conversation.conversation_id.clone()
+        };
+        self.stored_message(&conversation_id, seq)
+    }
+
+    pub fn stored_message(&self, conversation_id: &str, seq: u64) -> StoreResult<Option<MessageRow>> {
+        let Some(bytes) = self.store.get(Space::Messages, &rows::seq_key(conversation_id, seq))? else { return Ok(None) };
+        MessageRow::decode(&bytes).ok_or_else(|| rows::corrupt(Space::Messages, "message")).map(Some)
+    }
+
+    pub fn message_ref(&self, message_id: &str) -> StoreResult<Option<MessageRef>> {
+        let Some(bytes) = self.store.get(Space::MessageIds, &rows::id_key(message_id))? else { return Ok(None) };
+        MessageRef::decode(&bytes).ok_or_else(|| rows::corrupt(Space::MessageIds, "message id")).map(Some)
+    }
+
+    /// The dm between two users in the store (not one being created: the
+    /// caller holds that map's entry).
+    pub fn stored_dm(&self, pair: &(String, String)) -> StoreResult<Option<String>> {
+        let value = self.store.get(Space::DmPairs, &rows::pair_key(&pair.0, &pair.1))?;
+        value.map(|bytes| String::from_utf8(bytes).map_err(|_| rows::corrupt(Space::DmPairs, "dm pair"))).transpose()
+    }
+
+    /// The stored idempotency row of a key, if it is within the window.
+    pub fn idempotency(&self, sender_id: &str, client_msg_id: &str, now_ms: i64) -> StoreResult<Option<IdempotencyRow>> {
+        let Some(bytes) = self.store.get(Space::Idempotency, &rows::idempotency_key(sender_id, client_msg_id))? else { return Ok(None) };
+        let row = IdempotencyRow::decode(&bytes).ok_or_else(|| rows::corrupt(Space::Idempotency, "idempotency"))?;
+        Ok((row.ts >= now_ms - self.config.idempotency_window_ms()).then_some(row))
+    }
+
+    /// The conversations a user is or was in, with their membership intervals.
+    pub fn user_conversations(&self, user_id: &str) -> StoreResult<Vec<(String, UserConversationRow)>> {
+        let (start, end) = prefix_range(&rows::user_prefix(user_id));
+        let mut conversations = Vec::new();
+        for entry in self.store.range(Space::UserConversations, start, end, false) {
+            let (key, value) = entry?;
+            let conversation_id = rows::second_str(&key).ok_or_else(|| rows::corrupt(Space::UserConversations, "key"))?;
+            let row = UserConversationRow::decode(&value).ok_or_else(|| rows::corrupt(Space::UserConversations, "row"))?;
+            conversations.push((conversation_id, row));
+        }
+        Ok(conversations)
+    }
+
+    pub fn applied_offset(&self, partition: u32) -> StoreResult<u64> {
+        let value = self.store.get(Space::Meta, &rows::applied_key(partition))?;
+        Ok(value.and_then(|bytes| rows::u64_value(&bytes)).unwrap_or(0))
+    }
+
+    pub fn fail(&self, error: &StoreError) {
+        if !self.failed.swap(true, Ordering::AcqRel) {
+            tracing::error!(%error, "the state store failed; refusing writes until the server restarts");
         }
     }
 }

@@ -99,6 +99,12 @@ impl std::fmt::Display for Problem {
     }
 }
 
+/// Names the server's own log readers use as consumers of the log (the
+/// state's checkpoint is `state`). A pipeline's name is its consumer name,
+/// so these are refused: two readers sharing one committed offset would
+/// let retention remove what one of them still needs.
+pub const RESERVED_NAMES: &[&str] = &["state"];
+
 pub const EVENT_TYPES: &[&str] = &["message.new", "message.edit", "message.delete", "receipt.delivered", "receipt.read", "conversation.member"];
 
 /// Validates definition files given as `(path, text)`.
@@ -132,6 +138,8 @@ pub fn validate(files: &[(PathBuf, String)]) -> Result<Vec<PipelineSpec>, Vec<Pr
             let mut report = |field: &str, message: String| problems.push(problem(Some(&name), field, message));
             if !valid_name(&name) {
                 report("name", "use 1 to 64 of a-z 0-9 _ -".into());
+            } else if RESERVED_NAMES.contains(&name.as_str()) {
+                report("name", format!("`{name}` is the name of the server's own reader of the log; choose another"));
             } else if !names.insert(name.clone()) {
                 report("name", "another pipeline already has this name".into());
             }
@@ -329,5 +337,11 @@ event_types = ["message.nope"]
         twice.push((PathBuf::from("copy.toml"), SHIPPED[0].1.replace("name = \"fanout\"", "name = \"fanout-copy\"")));
         let problems = validate(&twice).unwrap_err();
         assert!(problems[0].message.contains("delivered or written twice"), "{}", problems[0]);
+    }
+
+    #[test]
+    fn the_server_s_own_reader_names_are_refused() {
+        let problems = validate(&file("version = 1\n[[pipeline]]\nname = \"state\"\nsource = \"log\"\n")).unwrap_err();
+        assert_eq!(problems[0].to_string(), "ops.toml: pipeline `state`: `name`: `state` is the name of the server's own reader of the log; choose another");
     }
 }

@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use confab_log::{Log, Offset};
+use confab_log::{Log, Offset, StartAt, TailReader};
 use confab_schemas::api::ClientEvent;
 use confab_schemas::cursor::Position;
 use confab_schemas::events::LogEvent;
@@ -22,7 +22,7 @@ pub trait DeliveryView: Send + Sync + 'static {
     /// One past the last offset of `partition` applied to the state.
     fn applied(&self, partition: u32) -> watch::Receiver<Offset>;
     /// The client events of the record at `offset`, each with who may see it.
-    fn record_events(&self, partition: u32, offset: Offset, event: &LogEvent) -> Vec<RecordEvent>;
+    fn record_events(&self, partition: u32, offset: Offset, event: &LogEvent) -> Result<Vec<RecordEvent>, String>;
 }
 
 /// One client event of a log record, and its recipients.
@@ -182,28 +182,37 @@ struct LogTask {
 }
 
 impl LogTask {
+    /// Reads the log through the shared tail reader, as the registered
+    /// consumer named after the pipeline, up to what the state has applied.
     async fn run(self, mut stopped: watch::Receiver<bool>) {
         // A new pipeline starts at the head: devices catch up on the past through their cursors.
-        let committed = self.log.committed_offset(&self.name, self.partition).ok().flatten();
-        let mut next = match committed {
-            Some(offset) => offset,
-            None => self.log.durable_end(self.partition).unwrap_or(0),
-        };
-        let mut committed_at = (next, Instant::now());
-        let mut applied = self.view.applied(self.partition);
-        loop {
-            let applied_end = *applied.borrow_and_update();
-            if applied_end <= next {
-                tokio::select! {
-                    changed = applied.changed() => if changed.is_err() { break },
-                    _ = stopped.changed() => break,
-                }
-                continue;
+        let reader = TailReader::open(self.log.clone(), &self.name, self.partition, StartAt::End);
+        let mut reader = match reader {
+            Ok(reader) => reader.bounded_by(self.view.applied(self.partition)),
+            Err(error) => {
+                tracing::error!(%error, pipeline = self.name, partition = self.partition, "the pipeline cannot read the log; restart the server to retry");
+                return;
             }
-            match self.log.read(self.partition, next, READ_BATCH_RECORDS, READ_BATCH_BYTES) {
+        };
+        let mut committed = reader.position();
+        // Commits also when idle, so a quiet log is not held by this pipeline.
+        let mut commit_ticks = tokio::time::interval(COMMIT_INTERVAL);
+        commit_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let batch = tokio::select! {
+                batch = reader.next_batch(READ_BATCH_RECORDS, READ_BATCH_BYTES) => batch,
+                _ = commit_ticks.tick() => {
+                    if reader.position() != committed {
+                        self.commit(&reader);
+                        committed = reader.position();
+                    }
+                    continue;
+                }
+                _ = stopped.changed() => break,
+            };
+            match batch {
                 Ok(records) => {
-                    for record in records.into_iter().take_while(|record| record.offset < applied_end) {
-                        next = record.offset + 1;
+                    for record in records {
                         match LogEvent::decode(&record.payload) {
                             Ok(event) => self.deliver(record.offset, &event),
                             Err(error) => {
@@ -212,21 +221,18 @@ impl LogTask {
                         }
                     }
                 }
+                Err(confab_log::Error::Closed) => break,
                 Err(error) => {
                     tracing::error!(%error, pipeline = self.name, partition = self.partition, "reading the log failed; retrying in a second");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
-            if next != committed_at.0 && committed_at.1.elapsed() >= COMMIT_INTERVAL {
-                self.commit(next);
-                committed_at = (next, Instant::now());
-            }
         }
-        self.commit(next);
+        self.commit(&reader);
     }
 
-    fn commit(&self, offset: Offset) {
-        if let Err(error) = self.log.commit_offset(&self.name, self.partition, offset) {
+    fn commit(&self, reader: &TailReader) {
+        if let Err(error) = reader.commit(reader.position()) {
             tracing::warn!(%error, pipeline = self.name, partition = self.partition, "could not commit the pipeline's offset");
         }
     }
@@ -234,7 +240,14 @@ impl LogTask {
     fn deliver(&self, offset: Offset, event: &LogEvent) {
         let Some(threshold) = self.plan.fanout_threshold else { return };
         let origin_device = event.origin_device();
-        for record_event in self.view.record_events(self.partition, offset, event) {
+        let record_events = match self.view.record_events(self.partition, offset, event) {
+            Ok(record_events) => record_events,
+            Err(error) => {
+                tracing::error!(%error, pipeline = self.name, partition = self.partition, offset, "could not read a record's events; devices catch up by sync");
+                return;
+            }
+        };
+        for record_event in record_events {
             if !self.plan.allows(&record_event.event) {
                 continue;
             }

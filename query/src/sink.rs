@@ -6,13 +6,19 @@
 //! write. A commit is atomic with its transaction, so after a crash each
 //! table says exactly how far it got: the task re-reads from the lowest of
 //! them and skips, per table, the rows that table already holds.
+//!
+//! The sink reads through the log's shared tail reader as a registered
+//! consumer (named after its pipeline, `history` as shipped) and commits,
+//! after each Delta commit, the offset below which every table has all it
+//! needs: log retention never removes a record the tables lack, even when
+//! S3 is down for days (the log then grows until it is back).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use confab_log::Log;
+use confab_log::{Log, StartAt, TailReader};
 use confab_schemas::events::LogEvent;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::Transaction;
@@ -39,11 +45,19 @@ pub struct SinkConfig {
     /// commit that records the sink's position, so that a restart does not
     /// re-read everything since that table's last row.
     pub progress_mark_after_records: u64,
+    /// The sink's name as a consumer of the log (its pipeline's name).
+    pub consumer: String,
 }
 
 impl Default for SinkConfig {
     fn default() -> Self {
-        SinkConfig { flush_rows: 20_000, flush_interval_ms: 2_000, compact_every_commits: 50, progress_mark_after_records: 100_000 }
+        SinkConfig {
+            flush_rows: 20_000,
+            flush_interval_ms: 2_000,
+            compact_every_commits: 50,
+            progress_mark_after_records: 100_000,
+            consumer: "history".to_string(),
+        }
     }
 }
 
@@ -250,6 +264,9 @@ impl PartitionSink {
         self.tables = open_tables(&self.store).await?;
         let mut written = self.written_up_to().await?;
         let mut next = written.values().copied().min().unwrap_or(0).max(self.log.earliest(self.partition)?);
+        let mut reader = TailReader::open(self.log.clone(), &self.config.consumer, self.partition, StartAt::Earliest)?;
+        reader.seek(next)?;
+        let mut committed = reader_commit(&reader, next, None);
         let mut durable = self.log.subscribe(self.partition)?;
         let mut rows = Rows::default();
         let mut oldest_waiting: Option<Instant> = None;
@@ -257,7 +274,7 @@ impl PartitionSink {
         loop {
             // Take in everything durable, a batch of records at a time.
             while next < *durable.borrow_and_update() && rows.count < self.config.flush_rows {
-                for record in self.log.read(self.partition, next, READ_BATCH_RECORDS, 16 * 1024 * 1024)? {
+                for record in reader.read_available(READ_BATCH_RECORDS, 16 * 1024 * 1024)? {
                     next = record.offset + 1;
                     let Ok(event) = LogEvent::decode(&record.payload) else {
                         tracing::error!(partition = self.partition, offset = record.offset, "the history sink skips an unreadable record");
@@ -277,6 +294,7 @@ impl PartitionSink {
             let due = rows.count >= self.config.flush_rows || oldest_waiting.is_some_and(|since| since.elapsed() >= flush_after);
             if due || (asked && rows.count > 0) {
                 self.flush(&mut rows, next, &mut written).await?;
+                committed = reader_commit(&reader, next, committed);
                 oldest_waiting = None;
                 continue;
             }
@@ -284,6 +302,7 @@ impl PartitionSink {
             if rows.count == 0 {
                 // Nothing read is waiting: everything below `next` is written.
                 self.progress.send_replace(next);
+                committed = reader_commit(&reader, next, committed);
             }
             let wait = oldest_waiting.map_or(Duration::from_secs(3_600), |since| flush_after.saturating_sub(since.elapsed()));
             tokio::select! {
@@ -296,6 +315,7 @@ impl PartitionSink {
         if rows.count > 0 {
             self.flush(&mut rows, next, &mut written).await?;
         }
+        reader_commit(&reader, next, committed);
         Ok(())
     }
 
@@ -353,6 +373,22 @@ impl PartitionSink {
             .with_commit_properties(properties)
             .await
             .map_err(|source| Error::Delta { table: table.name(), source })
+    }
+}
+
+/// Commits the sink's log offset (every record below `next` is in the
+/// tables) unless it is already committed; returns what is committed. A
+/// failed commit only means retention keeps more for now.
+fn reader_commit(reader: &TailReader, next: u64, committed: Option<u64>) -> Option<u64> {
+    if committed == Some(next) {
+        return committed;
+    }
+    match reader.commit(next) {
+        Ok(()) => Some(next),
+        Err(error) => {
+            tracing::warn!(%error, partition = reader.partition(), "the history sink could not commit its log offset");
+            committed
+        }
     }
 }
 

@@ -163,7 +163,8 @@ async fn quiet_tables_record_the_sinks_progress() {
     let dir = tempfile::tempdir().unwrap();
     let log = Arc::new(FileLog::open(dir.path().join("log"), LogConfig::default()).unwrap());
     let store = HistoryStore::new(dir.path().join("history").to_str().unwrap(), HashMap::new()).unwrap();
-    let config = SinkConfig { flush_rows: 1_000, flush_interval_ms: 50, compact_every_commits: 1_000, progress_mark_after_records: 50 };
+    let config =
+        SinkConfig { flush_rows: 1_000, flush_interval_ms: 50, compact_every_commits: 1_000, progress_mark_after_records: 50, ..SinkConfig::default() };
     let day = 1_796_016_352_289;
     // Only messages: `audit`, `users` and the rest get no row at all.
     append(&log, (1..=120).map(|seq| message(seq, "quiet", day + seq as i64)).collect()).await;

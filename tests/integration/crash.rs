@@ -1,7 +1,10 @@
 //! The crash test: the real binary, many concurrent senders, SIGKILL in
 //! the middle, restart, and check that every acknowledged message is there
 //! exactly once and in order, and that retrying the unanswered sends
-//! creates no duplicates. Ten crashes in a row on one data directory.
+//! creates no duplicates. Ten crashes in a row on one data directory, with
+//! the state's store checkpointed every few milliseconds, so that kills land
+//! between the log's fsync and a round's batch, during batches, and during
+//! checkpoints.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -93,7 +96,10 @@ async fn acknowledged_sends_survive_ten_sigkills_exactly_once_and_in_order() {
     let temporary = tempfile::tempdir().unwrap();
     let data_dir = temporary.path().join("data");
     let config = temporary.path().join("confab.toml");
-    std::fs::write(&config, "[log]\npartitions = 3\n[gateway.rate_limits]\nenabled = false\n").unwrap();
+    // Checkpoints every few ms, so that kills land in them too; caches of
+    // one conversation and four messages, so that sends race evictions.
+    let settings = "[log]\npartitions = 3\n[state]\ncheckpoint_interval_ms = 5\nconversations_cached_max = 1\nrecent_messages_per_conversation = 4\n[gateway.rate_limits]\nenabled = false\n";
+    std::fs::write(&config, settings).unwrap();
     let mut server = spawn_server(&data_dir, &config).await;
 
     // Users, their devices, and conversations everyone is in.

@@ -21,6 +21,14 @@ pub fn test_config(data_dir: &Path) -> Config {
     config.gateway.rate_limits = RateLimitConfig { enabled: false, ..RateLimitConfig::default() };
     // Several partitions, so that cursors and merges across partitions are exercised.
     config.log.partitions = 3;
+    // Small caches, so that every test also runs through eviction and
+    // reloads from the store; small store buffers, so that tests start fast.
+    config.state.conversations_cached_max = 4;
+    config.state.recent_messages_per_conversation = 8;
+    config.state.users_cached_max = 8;
+    config.state.devices_cached_max = 8;
+    config.state.cache_max_bytes = 8 * 1024 * 1024;
+    config.state.memtable_max_bytes = 4 * 1024 * 1024;
     config
 }
 

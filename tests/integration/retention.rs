@@ -218,3 +218,99 @@ async fn retention_deletes_whole_messages_before_a_time() {
     let (_, again) = carol.post("/v1/admin/retention", json!({"conversationId": group, "before": cut})).await;
     assert_eq!((again["deletedRows"].as_u64(), again["deletedMessages"].as_u64()), (Some(0), Some(0)), "{again}");
 }
+
+/// Every file under `folder` holding one of the needles, with the needle.
+fn files_containing(folder: &Path, needles: &[&str]) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let mut folders = vec![folder.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                folders.push(path);
+                continue;
+            }
+            // A file may vanish between the listing and the read (a segment removed, a compaction).
+            let Ok(bytes) = std::fs::read(&path) else { continue };
+            for needle in needles {
+                if bytes.windows(needle.len()).any(|window| window == needle.as_bytes()) {
+                    found.push((path.display().to_string(), needle.to_string()));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// After an erasure, once the log's retention window has passed, no byte
+/// of the erased bodies is left in any file under the data directory: not
+/// in the log's segments, not in the state's store (its journal and
+/// tables), not in the history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_erasure_and_the_retention_window_no_byte_of_the_bodies_remains_on_disk() {
+    let temporary = tempfile::tempdir().unwrap();
+    let mut config = crate::harness::test_config(temporary.path());
+    // A window of one second, checked often; checkpoints often.
+    config.log.segment_max_age_secs = 1;
+    config.log.retention_max_age_secs = Some(1);
+    config.log.retention_check_interval_ms = 100;
+    config.state.checkpoint_interval_ms = 100;
+    let server = TestServer::start_with(config).await;
+    let Cast { admin, bob, carol, group } = cast(&server).await;
+    let needles = ["erase-me-alpha-41f9", "erase-me-beta-77c2", "erase-me-edited-0d3e"];
+    let first = bob.say(&group, "b1", needles[0]).await;
+    bob.say(&group, "b2", needles[1]).await;
+    let first_id = first["messageId"].as_str().unwrap();
+    bob.patch(&format!("/v1/messages/{first_id}"), json!({"body": needles[2]})).await;
+    admin.say(&group, "a1", "kept-by-admin-5b1c").await;
+    sql_until(&carol, &format!("SELECT count(*) FROM message_events WHERE conversation_id = '{group}'"), json!([[4]])).await;
+    assert!(!files_containing(&server.data_dir, &needles).is_empty(), "the bodies are on disk before the erasure");
+
+    let (status, erased) = carol.post("/v1/admin/erasure", json!({"userId": bob.user_id})).await;
+    assert_eq!(status, 200, "{erased}");
+    // The server keeps serving, and writing, meanwhile.
+    admin.say(&group, "a2", "after-the-erasure-9e0a").await;
+
+    let mut left = Vec::new();
+    for _ in 0..300 {
+        left = files_containing(&server.data_dir, &needles);
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(left.is_empty(), "erased bodies still on disk after the retention window: {left:?}");
+    // What was not erased is still served.
+    let bodies: Vec<String> = admin.all_messages(&group).await.iter().map(|message| message["body"].as_str().unwrap().to_string()).collect();
+    assert_eq!(bodies, vec![String::new(), String::new(), "kept-by-admin-5b1c".to_string(), "after-the-erasure-9e0a".to_string()]);
+}
+
+/// The data directory is the server's only: 0700, and every file in it 0600.
+#[tokio::test]
+async fn the_data_directory_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = TestServer::start().await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let dm = alice.conversation("dm", &[&bob]).await;
+    alice.say(&dm, "p1", "private").await;
+    let mut wrong = Vec::new();
+    let mut folders = vec![server.data_dir.clone()];
+    while let Some(folder) = folders.pop() {
+        let mode = std::fs::metadata(&folder).unwrap().permissions().mode() & 0o777;
+        if mode != 0o700 {
+            wrong.push(format!("{} is {mode:o}", folder.display()));
+        }
+        for entry in std::fs::read_dir(&folder).unwrap().flatten() {
+            let path = entry.path();
+            let Ok(metadata) = std::fs::symlink_metadata(&path) else { continue };
+            if metadata.is_dir() {
+                folders.push(path);
+            } else if metadata.permissions().mode() & 0o777 != 0o600 {
+                wrong.push(format!("{} is {:o}", path.display(), metadata.permissions().mode() & 0o777));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:?}");
+}

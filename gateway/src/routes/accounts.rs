@@ -64,7 +64,7 @@ pub async fn create_user(State(state): State<AppState>, ip: ClientIp, ApiJson(re
     limit(&state, Limit::SignupPerIp, &ip_key(&ip))?;
     check_username(&request.username)?;
     check_password(&request.password)?;
-    if state.ingest.user_by_username(&request.username).is_some() {
+    if state.ingest.user_by_username(&request.username)?.is_some() {
         return Err(ApiError::new(ErrorCode::Conflict, format!("username `{}` is taken; choose another", request.username)));
     }
     let password = request.password;
@@ -83,7 +83,7 @@ pub async fn create_session(State(state): State<AppState>, ip: ClientIp, ApiJson
     if request.password.len() > PASSWORD_MAX_BYTES {
         return Err(ApiError::new(ErrorCode::TooLarge, format!("`password` is over {PASSWORD_MAX_BYTES} bytes")));
     }
-    let user = state.ingest.user_by_username(&request.username);
+    let user = state.ingest.user_by_username(&request.username)?;
     let stored = user.as_ref().map(|user| user.password_hash.clone());
     let password = request.password;
     let passwords = state.passwords.clone();

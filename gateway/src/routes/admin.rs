@@ -59,7 +59,7 @@ fn query_error(error: confab_query::Error) -> ApiError {
 }
 
 fn require_compliance(state: &AppState, user_id: &str, what: &str) -> ApiResult<()> {
-    if state.ingest.has_role(user_id, AccountRole::Compliance) {
+    if state.ingest.has_role(user_id, AccountRole::Compliance)? {
         return Ok(());
     }
     Err(ApiError::new(ErrorCode::Forbidden, format!("only compliance accounts may {what}; an administrator grants the role with POST /v1/admin/roles")))
@@ -102,9 +102,9 @@ pub async fn place_hold(
         return Err(ApiError::bad_request(format!("invalid `reason`: say why, in 1 to {} bytes", confab_query::holds::REASON_MAX_BYTES)));
     }
     let target = match (request.user_id, request.conversation_id) {
-        (Some(user_id), None) if state.ingest.user(&user_id).is_some() => HoldTarget::User(user_id),
+        (Some(user_id), None) if state.ingest.user(&user_id)?.is_some() => HoldTarget::User(user_id),
         (Some(user_id), None) => return Err(ApiError::new(ErrorCode::NotFound, format!("user `{user_id}` not found"))),
-        (None, Some(conversation_id)) if state.ingest.conversation_exists(&conversation_id) => HoldTarget::Conversation(conversation_id),
+        (None, Some(conversation_id)) if state.ingest.conversation_exists(&conversation_id)? => HoldTarget::Conversation(conversation_id),
         (None, Some(conversation_id)) => return Err(ApiError::new(ErrorCode::NotFound, format!("conversation `{conversation_id}` not found"))),
         _ => return Err(ApiError::bad_request("give exactly one of `userId` and `conversationId`")),
     };
@@ -146,7 +146,7 @@ pub async fn delete_history(
     ApiJson(request): ApiJson<DeleteHistory>,
 ) -> ApiResult<Json<Value>> {
     require_compliance(&state, &caller.user_id, "delete history")?;
-    if !state.ingest.conversation_exists(&request.conversation_id) {
+    if !state.ingest.conversation_exists(&request.conversation_id)? {
         return Err(ApiError::new(ErrorCode::NotFound, format!("conversation `{}` not found", request.conversation_id)));
     }
     if request.before <= 0 || request.before > confab_schemas::ids::now_ms() {
@@ -172,7 +172,7 @@ pub struct EraseUser {
 /// and clears their bodies in the history, unless a legal hold covers them.
 pub async fn erase_user(State(state): State<AppState>, Authenticated(caller): Authenticated, ApiJson(request): ApiJson<EraseUser>) -> ApiResult<Json<Value>> {
     require_compliance(&state, &caller.user_id, "erase history")?;
-    if state.ingest.user(&request.user_id).is_none() {
+    if state.ingest.user(&request.user_id)?.is_none() {
         return Err(ApiError::new(ErrorCode::NotFound, format!("user `{}` not found", request.user_id)));
     }
     state.ingest.record_audit(&caller.user_id, "erasure.request", json!({"userId": request.user_id}).to_string()).await?;

@@ -41,8 +41,8 @@ pub async fn create(
     Ok((status, Json(conversation)))
 }
 
-pub async fn list(State(state): State<AppState>, Authenticated(caller): Authenticated) -> Json<Value> {
-    Json(json!({"conversations": state.ingest.list_conversations(&caller)}))
+pub async fn list(State(state): State<AppState>, Authenticated(caller): Authenticated) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({"conversations": state.ingest.list_conversations(&caller)?})))
 }
 
 pub async fn add_members(

@@ -3,16 +3,25 @@
 //!
 //! The [`Log`] trait is what the rest of Confab sees, so that a distributed
 //! log (NATS JetStream) can take the place of the embedded [`FileLog`]
-//! without the write path changing. See `README.md` beside this crate for the
-//! on-disk format and the life of one append.
+//! without the write path changing, and every reader follows it through a
+//! [`TailReader`]. See `README.md` beside this crate for the on-disk format,
+//! the life of one append, retention and the tail reader.
 
+mod clock;
+mod config;
+mod consumers;
 mod error;
 mod file_log;
 mod frame;
+mod fs;
 mod segment;
+mod tail;
 
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::LogConfig;
 pub use error::{Error, Result};
-pub use file_log::{FileLog, LogConfig};
+pub use file_log::{FileLog, SegmentInfo};
+pub use tail::{StartAt, TailReader};
 
 /// A record's position inside its partition: dense, starting at 0.
 pub type Offset = u64;
@@ -71,9 +80,23 @@ pub trait Log: Send + Sync + 'static {
     /// await `changed()` instead of polling.
     fn subscribe(&self, partition: u32) -> Result<tokio::sync::watch::Receiver<Offset>>;
 
+    /// The offset `consumer` last committed for `partition`; if it has none,
+    /// first commits `offset_if_new` (durably), so that from now on
+    /// retention keeps every record from there.
+    fn register_consumer(&self, consumer: &str, partition: u32, offset_if_new: Offset) -> Result<Offset>;
+
+    /// The registered consumers' names, sorted.
+    fn consumers(&self) -> Result<Vec<String>>;
+
+    /// Forgets `consumer` (all its partitions), durably: it no longer holds
+    /// records back from retention. Removing an unknown consumer does nothing.
+    fn remove_consumer(&self, consumer: &str) -> Result<()>;
+
     /// Durably records that `consumer` has processed everything before
-    /// `offset` in `partition`. Retention never removes records a consumer
-    /// has not committed past.
+    /// `offset` in `partition`, registering it if needed. Retention never
+    /// removes records a registered consumer has not committed past. An
+    /// offset below what retention already removed is accepted; reading
+    /// there answers [`Error::OffsetRemoved`].
     fn commit_offset(&self, consumer: &str, partition: u32, offset: Offset) -> Result<()>;
 
     /// The offset last committed by `consumer` for `partition`, if any.

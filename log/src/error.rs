@@ -28,11 +28,34 @@ pub enum Error {
     PartitionCountMismatch { path: PathBuf, found: u32, requested: u32 },
     #[error("invalid consumer name `{0}`: use 1 to 64 of a-z 0-9 _ -")]
     InvalidConsumerName(String),
+    #[error("invalid log settings: {}; fix them in the `[log]` section of the config file", problems.join("; "))]
+    InvalidConfig { problems: Vec<String> },
+    #[error("the log was closed, or the watch bounding this reader was dropped; stop reading (the server is shutting down)")]
+    Closed,
 }
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { path, source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The messages operators and clients' logs show, word for word.
+    #[test]
+    fn messages_say_what_to_do_next() {
+        let removed = Error::OffsetRemoved { partition: 2, requested: 5, earliest: 40 };
+        assert_eq!(removed.to_string(), "offset `5` of partition `2` was removed by retention; the earliest held is `40`");
+        assert_eq!(Error::Closed.to_string(), "the log was closed, or the watch bounding this reader was dropped; stop reading (the server is shutting down)");
+        let config = Error::InvalidConfig { problems: vec!["`a` is 0; use at least 1".into(), "`b` is 0; use at least 1".into()] };
+        assert_eq!(
+            config.to_string(),
+            "invalid log settings: `a` is 0; use at least 1; `b` is 0; use at least 1; fix them in the `[log]` section of the config file"
+        );
+        assert_eq!(Error::InvalidConsumerName("A b".into()).to_string(), "invalid consumer name `A b`: use 1 to 64 of a-z 0-9 _ -");
     }
 }

@@ -1,0 +1,66 @@
+//! Opening a partition: only its newest segment is read (and a torn tail
+//! cut off); the closed ones are known from their names and file lengths,
+//! so a log of any size opens in the time of one segment's scan.
+
+use std::fs::{File, OpenOptions};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::fs::{create_private_dir, create_segment_file, sync_dir};
+use crate::segment::{self, Segment};
+use crate::{Error, LogConfig, Offset, Result};
+
+/// Loads a partition's segments and opens the newest one for appending.
+/// The newest one's damaged tail is cut off: it was never acknowledged
+/// (acknowledgement follows fsync). Damage in a closed segment is found,
+/// and reported, when a read first needs it.
+pub(super) fn recover_partition(dir: &Path, config: &LogConfig, now: SystemTime) -> Result<(Vec<Arc<Segment>>, File)> {
+    create_private_dir(dir)?;
+    let mut bases: Vec<Offset> = std::fs::read_dir(dir)
+        .map_err(Error::io(dir))?
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| entry.file_name().to_str().and_then(segment::parse_file_name))
+        .collect();
+    bases.sort_unstable();
+    if bases.is_empty() {
+        create_segment_file(&dir.join(segment::file_name(0)))?;
+        sync_dir(dir)?;
+        bases.push(0);
+    }
+    let mut segments = Vec::with_capacity(bases.len());
+    for pair in bases.windows(2) {
+        let (base, next_base) = (pair[0], pair[1]);
+        let path = dir.join(segment::file_name(base));
+        // One `stat`, no read: the size bounds retention by bytes, the
+        // modification time (set to the last write's time at the roll)
+        // bounds it by age.
+        let metadata = std::fs::metadata(&path).map_err(Error::io(&path))?;
+        let last_write = metadata.modified().unwrap_or(now);
+        segments.push(Arc::new(Segment::closed_unread(base, path, metadata.len(), next_base, last_write)));
+    }
+    let newest_base = *bases.last().expect("at least one segment");
+    let (newest, active_file) = recover_newest(dir, newest_base, config, now)?;
+    segments.push(Arc::new(newest));
+    Ok((segments, active_file))
+}
+
+fn recover_newest(dir: &Path, base: Offset, config: &LogConfig, now: SystemTime) -> Result<(Segment, File)> {
+    let path = dir.join(segment::file_name(base));
+    let handle = File::open(&path).map_err(Error::io(&path))?;
+    let metadata = handle.metadata().map_err(Error::io(&path))?;
+    let mut scanned = segment::scan(&handle, &path, base, metadata.len(), config.record_max_bytes)?;
+    if let Some(damage) = scanned.damage.take() {
+        tracing::warn!(path = %path.display(), damaged_at = damage.position, reason = damage.reason, "cutting off a torn tail left by a crash");
+        let file = OpenOptions::new().write(true).open(&path).map_err(Error::io(&path))?;
+        file.set_len(damage.position).map_err(Error::io(&path))?;
+        file.sync_all().map_err(Error::io(&path))?;
+    }
+    let last_write = metadata.modified().unwrap_or(now);
+    // The age that rolls a segment counts from its first record; a segment
+    // is created just before its first write, so its creation time (where
+    // the filesystem keeps one) is the best stand-in.
+    let first_write = (scanned.end_offset > base).then(|| metadata.created().unwrap_or(last_write));
+    let active_file = OpenOptions::new().append(true).open(&path).map_err(Error::io(&path))?;
+    Ok((Segment::active(base, path, handle, scanned, first_write, last_write), active_file))
+}
