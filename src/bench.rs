@@ -3,9 +3,11 @@
 //! - `confab bench log`: the raw append rate of the embedded log with group
 //!   commit, at several numbers of concurrent appenders;
 //! - `confab bench sends`: durable sends over HTTP against a real server
-//!   process (started by the benchmark unless `--url` is given).
+//!   process (started by the benchmark unless `--url` is given);
+//! - `confab bench state`: the state at 1 to 10 million messages: memory,
+//!   start-up, history pages and sends (`src/bench/state.rs`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +19,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 mod history;
+mod state;
 mod ws;
 
 #[derive(Subcommand)]
@@ -76,6 +79,34 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         repeat: usize,
     },
+    /// The state at scale: loads messages with receipts through the log, then
+    /// measures memory, start-up, history pages and sends at each size.
+    State {
+        /// Folder for the data directory and what was loaded; an existing one
+        /// is topped up (a temporary one, removed at the end, by default).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Message counts to measure at, ascending: each step tops the data up to its count.
+        #[arg(long, value_delimiter = ',', default_value = "1000000,10000000")]
+        steps: Vec<u64>,
+        /// Loaded users (at least 200); they have dms and groups of 20 among them.
+        #[arg(long, default_value_t = 10_000)]
+        users: u64,
+        #[arg(long, default_value_t = 100)]
+        body_bytes: usize,
+        /// Concurrent senders of the sends phase.
+        #[arg(long, default_value_t = 256)]
+        senders: usize,
+        /// Length of the sends phase.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Distinct conversations whose newest page is read, cold then warm.
+        #[arg(long, default_value_t = 2000)]
+        history_pages: usize,
+        /// Log partitions of a new data directory.
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
+    },
     /// Many WebSocket clients: 1:1 traffic, a large fanout, idle connections.
     Ws {
         /// Which scenarios to run, in order.
@@ -95,6 +126,12 @@ pub enum BenchCommand {
         /// Connections of the `idle` scenario.
         #[arg(long, default_value_t = 18_000)]
         idle_connections: usize,
+        /// Sender sockets of the `senders` scenario.
+        #[arg(long, default_value_t = 10)]
+        sockets: usize,
+        /// Sends in flight per socket in the `senders` scenario.
+        #[arg(long, default_value_t = 256)]
+        window: usize,
     },
     /// (Used by `bench ws`.) Holds idle WebSockets until stdin closes.
     #[command(hide = true)]
@@ -111,8 +148,8 @@ pub enum BenchCommand {
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Log { dir, writers, seconds, record_bytes } => bench_log(dir, writers, seconds, record_bytes).await,
-        BenchCommand::Ws { scenarios, pairs, rate, seconds, members, idle_connections } => {
-            ws::run(ws::WsOptions { scenarios, pairs, rate, seconds, members, idle_connections }).await
+        BenchCommand::Ws { scenarios, pairs, rate, seconds, members, idle_connections, sockets, window } => {
+            ws::run(ws::WsOptions { scenarios, pairs, rate, seconds, members, idle_connections, sockets, window }).await
         }
         BenchCommand::Hold { url, token, connections } => ws::hold(url, token, connections).await,
         BenchCommand::Sends { url, senders, seconds, body_bytes, rate, partitions, history } => {
@@ -125,6 +162,9 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         }
         BenchCommand::History { dir, messages, days, conversations, users, repeat } => {
             history::run(history::HistoryOptions { dir, messages, days, conversations, users, repeat }).await
+        }
+        BenchCommand::State { dir, steps, users, body_bytes, senders, seconds, history_pages, partitions } => {
+            state::run(state::StateOptions { dir, steps, users, body_bytes, senders, seconds, history_pages, partitions }).await
         }
     }
 }
@@ -204,19 +244,46 @@ fn tempdir_in_target() -> anyhow::Result<PathBuf> {
 pub(crate) struct BenchServer {
     child: tokio::process::Child,
     pub(crate) url: String,
-    data_dir: PathBuf,
+    /// When the process was spawned.
+    pub(crate) started: Instant,
+    /// The data directory, if the benchmark made it for this server alone
+    /// (removed when dropped).
+    temporary_data_dir: Option<PathBuf>,
 }
 
 impl Drop for BenchServer {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
-        let _ = std::fs::remove_dir_all(&self.data_dir);
+        if let Some(data_dir) = &self.temporary_data_dir {
+            let _ = std::fs::remove_dir_all(data_dir);
+        }
     }
 }
 
 impl BenchServer {
     pub(crate) fn pid(&self) -> u32 {
         self.child.id().unwrap_or(0)
+    }
+
+    /// Stops the server as an operator does (SIGTERM: it finishes in-flight
+    /// requests and takes a last checkpoint) and waits until it has exited;
+    /// returns how long that took.
+    pub(crate) async fn terminate(&mut self, timeout: Duration) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let pid = rustix::process::Pid::from_raw(self.pid() as i32).context("the server has exited already")?;
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).context("could not send SIGTERM to the server")?;
+        let status = tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .with_context(|| format!("the server did not stop within {} s of SIGTERM", timeout.as_secs()))??;
+        if !status.success() {
+            bail!("the server exited with {status} after SIGTERM");
+        }
+        Ok(started.elapsed())
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash does, and waits for it.
+    pub(crate) async fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill().await.context("could not kill the server")
     }
 
     /// The server's resident memory.
@@ -237,13 +304,25 @@ async fn start_bench_server(partitions: u32) -> anyhow::Result<BenchServer> {
 /// A server with the shipped pipelines but the history sink.
 async fn start_bench_server_without_history(partitions: u32) -> anyhow::Result<BenchServer> {
     let pipelines = tempdir_in_target()?.join("pipelines");
-    std::fs::create_dir_all(&pipelines)?;
+    write_pipelines_without_history(&pipelines)?;
+    start_bench_server_full(partitions, &format!("pipelines_dir = {:?}\n", pipelines.to_string_lossy()), "").await
+}
+
+/// Writes the shipped pipeline definitions but the history sink's into `folder`.
+pub(crate) fn write_pipelines_without_history(folder: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(folder)?;
     for (path, text) in confab_pipelines::definition::shipped() {
         if !text.contains("delta_sink") {
-            std::fs::write(pipelines.join(path.file_name().context("a shipped definition has a file name")?), text)?;
+            std::fs::write(folder.join(path.file_name().context("a shipped definition has a file name")?), text)?;
         }
     }
-    start_bench_server_full(partitions, &format!("pipelines_dir = {:?}\n", pipelines.to_string_lossy()), "").await
+    Ok(())
+}
+
+/// A bench server's config: `top_level` keys, the partitions, rate limits
+/// off (the benchmarks measure the write path), then `extra_config` tables.
+pub(crate) fn bench_config(partitions: u32, top_level: &str, extra_config: &str) -> String {
+    format!("{top_level}[log]\npartitions = {partitions}\n[gateway.rate_limits]\nenabled = false\n{extra_config}")
 }
 
 /// Starts `confab serve` on a fresh data directory with rate limits off and
@@ -256,15 +335,23 @@ pub(crate) async fn start_bench_server_with(partitions: u32, extra_config: &str)
 async fn start_bench_server_full(partitions: u32, top_level: &str, extra_config: &str) -> anyhow::Result<BenchServer> {
     let data_dir = tempdir_in_target()?.join("server");
     std::fs::create_dir_all(&data_dir)?;
-    // The benchmark measures the write path, so rate limits are off.
-    let config = format!("{top_level}[log]\npartitions = {partitions}\n[gateway.rate_limits]\nenabled = false\n{extra_config}");
     let config_path = data_dir.with_extension("toml");
-    std::fs::write(&config_path, config)?;
+    std::fs::write(&config_path, bench_config(partitions, top_level, extra_config))?;
+    let mut server = start_bench_server_on(&data_dir, &config_path).await?;
+    server.temporary_data_dir = Some(data_dir);
+    Ok(server)
+}
+
+/// Starts `confab serve` on an existing data directory with the config file
+/// at `config_path`; both are kept when the server is dropped. Returns once
+/// the server listens (after it has opened the state).
+pub(crate) async fn start_bench_server_on(data_dir: &Path, config_path: &Path) -> anyhow::Result<BenchServer> {
+    let started = Instant::now();
     let mut child = tokio::process::Command::new(std::env::current_exe()?)
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config_path)
+        .arg(config_path)
         .arg("--data-dir")
-        .arg(&data_dir)
+        .arg(data_dir)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -278,7 +365,7 @@ async fn start_bench_server_full(partitions: u32, top_level: &str, extra_config:
             break url.to_string();
         }
     };
-    Ok(BenchServer { child, url, data_dir })
+    Ok(BenchServer { child, url, started, temporary_data_dir: None })
 }
 
 pub(crate) async fn post(client: &reqwest::Client, url: &str, token: Option<&str>, body: Value) -> anyhow::Result<Value> {
@@ -303,17 +390,30 @@ pub(crate) async fn account(client: &reqwest::Client, base: &str, username: &str
     Ok((created["userId"].as_str().unwrap_or_default().to_string(), session["accessToken"].as_str().unwrap_or_default().to_string()))
 }
 
-struct SendsOptions {
-    url: Option<String>,
-    senders: Vec<usize>,
-    seconds: u64,
-    body_bytes: usize,
-    rate: Option<f64>,
-    partitions: u32,
-    history: bool,
+pub(crate) struct SendsOptions {
+    pub(crate) url: Option<String>,
+    pub(crate) senders: Vec<usize>,
+    pub(crate) seconds: u64,
+    pub(crate) body_bytes: usize,
+    pub(crate) rate: Option<f64>,
+    pub(crate) partitions: u32,
+    pub(crate) history: bool,
+}
+
+/// One round of `bench sends`.
+pub(crate) struct SendsRound {
+    pub(crate) senders: usize,
+    pub(crate) sends_per_second: f64,
+    pub(crate) summary: Summary,
 }
 
 async fn bench_sends(options: SendsOptions) -> anyhow::Result<()> {
+    run_sends(options).await?;
+    Ok(())
+}
+
+/// Runs and prints the rounds of `bench sends`, and returns them.
+pub(crate) async fn run_sends(options: SendsOptions) -> anyhow::Result<Vec<SendsRound>> {
     let SendsOptions { url, senders, seconds, body_bytes, rate, partitions, history } = options;
     let server = match url {
         Some(_) => None,
@@ -342,6 +442,7 @@ async fn bench_sends(options: SendsOptions) -> anyhow::Result<()> {
     }
     println!("{:>8} {:>12} {:>10} {:>10} {:>10}", "senders", "sends/s", "p50 ms", "p99 ms", "max ms");
     let body = "x".repeat(body_bytes);
+    let mut rounds = Vec::new();
     for &sender_count in &senders {
         let deadline = Instant::now() + Duration::from_secs(seconds);
         let mut tasks = Vec::new();
@@ -382,38 +483,60 @@ async fn bench_sends(options: SendsOptions) -> anyhow::Result<()> {
         let summary = summarize(latencies);
         let rate = summary.count as f64 / started.elapsed().as_secs_f64();
         println!("{sender_count:>8} {rate:>12.0} {:>10.3} {:>10.3} {:>10.3}", summary.p50_ms, summary.p99_ms, summary.max_ms);
+        rounds.push(SendsRound { senders: sender_count, sends_per_second: rate, summary });
     }
     drop(server);
-    Ok(())
+    Ok(rounds)
 }
 
 /// A minimal HTTP/1.1 keep-alive client for the measured loop: one
 /// connection, one request at a time, responses parsed just enough to read
 /// the status and skip the body.
-struct RawHttp {
+pub(crate) struct RawHttp {
     stream: tokio::net::TcpStream,
     host: String,
     buffer: Vec<u8>,
+    /// Where the last response's body is in `buffer`.
+    body: std::ops::Range<usize>,
 }
 
 impl RawHttp {
-    async fn connect(address: &str) -> anyhow::Result<RawHttp> {
+    pub(crate) async fn connect(address: &str) -> anyhow::Result<RawHttp> {
         let stream = tokio::net::TcpStream::connect(address).await.with_context(|| format!("could not connect to {address}"))?;
         stream.set_nodelay(true)?;
-        Ok(RawHttp { stream, host: address.to_string(), buffer: Vec::with_capacity(4096) })
+        Ok(RawHttp { stream, host: address.to_string(), buffer: Vec::with_capacity(4096), body: 0..0 })
     }
 
     async fn post(&mut self, path: &str, token: &str, body: &[u8]) -> anyhow::Result<u16> {
+        self.request("POST", path, Some(token), Some(body)).await
+    }
+
+    /// A GET; the response's body is [`RawHttp::body`] until the next request.
+    pub(crate) async fn get(&mut self, path: &str, token: Option<&str>) -> anyhow::Result<u16> {
+        self.request("GET", path, token, None).await
+    }
+
+    /// The body of the last response.
+    pub(crate) fn body(&self) -> &[u8] {
+        &self.buffer[self.body.clone()]
+    }
+
+    async fn request(&mut self, method: &str, path: &str, token: Option<&str>, body: Option<&[u8]>) -> anyhow::Result<u16> {
+        use std::fmt::Write;
         use tokio::io::AsyncWriteExt;
-        let mut request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            self.host,
-            body.len()
-        )
-        .into_bytes();
-        request.extend_from_slice(body);
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.host);
+        if let Some(token) = token {
+            let _ = write!(head, "Authorization: Bearer {token}\r\n");
+        }
+        if let Some(body) = body {
+            let _ = write!(head, "Content-Type: application/json\r\nContent-Length: {}\r\n", body.len());
+        }
+        head.push_str("\r\n");
+        let mut request = head.into_bytes();
+        request.extend_from_slice(body.unwrap_or_default());
         self.stream.write_all(&request).await?;
         self.buffer.clear();
+        self.body = 0..0;
         loop {
             if let Some(header_end) = self.buffer.windows(4).position(|window| window == b"\r\n\r\n") {
                 let head = std::str::from_utf8(&self.buffer[..header_end])?;
@@ -427,6 +550,7 @@ impl RawHttp {
                 while self.buffer.len() < total {
                     self.read_more().await?;
                 }
+                self.body = header_end + 4..total;
                 return Ok(status);
             }
             self.read_more().await?;

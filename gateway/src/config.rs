@@ -26,6 +26,10 @@ pub struct GatewayConfig {
     /// Frames queued for one connection; a reader that falls further behind
     /// is told to resume from its cursor and disconnected.
     pub connection_queue_max_frames: usize,
+    /// `message.send` commands one socket may have in flight (sent, not yet
+    /// answered); beyond that the server reads the socket's next frame only
+    /// once one is answered.
+    pub ws_sends_in_flight_max: usize,
 }
 
 impl Default for GatewayConfig {
@@ -40,6 +44,7 @@ impl Default for GatewayConfig {
             heartbeat_ms: 30_000,
             ws_frame_max_bytes: 64 * 1024,
             connection_queue_max_frames: 1_024,
+            ws_sends_in_flight_max: 256,
         }
     }
 }

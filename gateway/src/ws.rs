@@ -8,9 +8,33 @@
 //! session: a silent client (no frame for two heartbeats), a closed socket,
 //! or a reader too slow for its bounded queue, which is told where to
 //! resume and disconnected.
+//!
+//! ## Many sends in flight
+//!
+//! A client need not wait for an `ack` before its next `message.send`. The
+//! receive side validates each send and appends it to the log at once
+//! (`Ingest::begin_send`, which hands out seqs in arrival order), then
+//! keeps the wait for durability (`finish_send`) in a queue of answers and
+//! reads the next frame. Answers leave in command order, each as soon as it
+//! and those before it are done: acks are in send order within a
+//! conversation (and, as the queue is one, across them too, which the API
+//! allows). At most `ws_sends_in_flight_max` answers are pending; at that
+//! bound the receive side stops reading the socket until one is answered,
+//! so a fast client is slowed by TCP, not by memory. One fsync round then
+//! covers every send of every socket waiting on it.
+//!
+//! Failures: a send refused before its append (not a member, rate limit,
+//! bad frame) is answered in its turn with an `error` carrying its `id`; a
+//! send whose write fails gets `error` `unavailable`. When the socket
+//! closes with sends in flight, their answers are dropped but the messages
+//! are not: each was appended, and the state applies it once durable (the
+//! checkpoint task sweeps what no waiter is left to apply), so a retry with
+//! the same `clientMsgId` after reconnecting finds it.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -21,11 +45,12 @@ use axum::response::Response;
 use confab_ingest::{Caller, NewMessage, SyncCursor, SYNC_PAGE_MAX};
 use confab_pipelines::{DeviceReceipt, Outbound};
 use confab_schemas::cursor::Position;
+use confab_schemas::frames::{ClientCommand, PresenceStatus, ServerFrame};
 use confab_schemas::ids::now_ms;
 use confab_schemas::ErrorCode;
+use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::auth::{authenticate, bearer_token};
@@ -40,6 +65,14 @@ const REPLY_QUEUE_MAX: usize = 256;
 const SOCKET_BUFFER_BYTES: usize = 4 * 1024;
 /// A device may say it is typing in one conversation at most this often.
 const TYPING_MIN_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The answer to one command, ready or still waiting (a send until its
+/// message is durable); `None` for commands that have no answer.
+type Answer<'a> = Pin<Box<dyn Future<Output = Option<ServerFrame>> + Send + 'a>>;
+
+fn ready<'a>(frame: Option<ServerFrame>) -> Answer<'a> {
+    Box::pin(std::future::ready(frame))
+}
 
 pub async fn upgrade(
     State(state): State<AppState>,
@@ -71,16 +104,16 @@ async fn session(socket: WebSocket, state: AppState, caller: Caller, start: Opti
     let stream_start = start.as_ref().unwrap_or(&head).positions.clone();
     let (connection, mut queue, first) = state.hub.register(&caller.user_id, &caller.device_id, stream_start);
     if first {
-        announce_presence(&state, &caller.user_id, "online");
+        announce_presence(&state, &caller.user_id, PresenceStatus::Online);
     }
     let (mut sink, mut stream) = socket.split();
-    let (replies, mut reply_queue) = mpsc::channel::<Value>(REPLY_QUEUE_MAX);
+    let (replies, mut reply_queue) = mpsc::channel::<ServerFrame>(REPLY_QUEUE_MAX);
     let heartbeat = Duration::from_millis(state.config.heartbeat_ms);
 
     let mut closing = state.closing.subscribe();
     let send_side = async {
-        let hello = json!({"type": "hello", "userId": caller.user_id, "deviceId": caller.device_id, "heartbeatMs": state.config.heartbeat_ms});
-        sink.send(Message::Text(hello.to_string().into())).await?;
+        let hello = ServerFrame::Hello { user_id: caller.user_id.clone(), device_id: caller.device_id.clone(), heartbeat_ms: state.config.heartbeat_ms };
+        sink.send(Message::Text(hello.to_text().into())).await?;
         let mut cursor = match start {
             Some(cursor) => replay(&state, &caller, cursor, &mut sink).await?,
             None => head,
@@ -95,13 +128,17 @@ async fn session(socket: WebSocket, state: AppState, caller: Caller, start: Opti
                 }
                 _ = connection.resync.notified() => {
                     let resume = cursor.encode();
-                    let frame = json!({"type": "error", "code": ErrorCode::Unavailable.as_str(), "cursor": resume,
-                        "message": format!("this connection fell too far behind; reconnect with ?cursor={resume} to resume")});
-                    sink.send(Message::Text(frame.to_string().into())).await?;
+                    let frame = ServerFrame::Error {
+                        id: None,
+                        code: ErrorCode::Unavailable.as_str().to_string(),
+                        message: format!("this connection fell too far behind; reconnect with ?cursor={resume} to resume"),
+                        cursor: Some(resume),
+                    };
+                    sink.send(Message::Text(frame.to_text().into())).await?;
                     break;
                 }
                 reply = reply_queue.recv() => match reply {
-                    Some(reply) => sink.send(Message::Text(reply.to_string().into())).await?,
+                    Some(reply) => sink.send(Message::Text(reply.to_text().into())).await?,
                     None => break,
                 },
                 frame = queue.recv() => match frame {
@@ -126,21 +163,32 @@ async fn session(socket: WebSocket, state: AppState, caller: Caller, start: Opti
 
     let receive_side = async {
         let mut typing_sent: HashMap<String, Instant> = HashMap::new();
+        let in_flight_max = state.config.ws_sends_in_flight_max.max(1);
+        // Answers in command order; see the module's notes.
+        let mut answers: FuturesOrdered<Answer<'_>> = FuturesOrdered::new();
         loop {
-            let frame = match tokio::time::timeout(heartbeat * 2, stream.next()).await {
-                Err(_) => break, // Heartbeats stopped.
-                Ok(None) | Ok(Some(Err(_))) => break,
-                Ok(Some(Ok(frame))) => frame,
-            };
-            let reply = match frame {
-                Message::Text(text) => handle_command(&state, &caller, &ip, text.as_str(), &mut typing_sent).await,
-                Message::Binary(_) => Some(error_frame(None, ErrorCode::BadRequest, "send JSON text frames, not binary")),
-                Message::Close(_) => break,
-                Message::Ping(_) | Message::Pong(_) => None,
-            };
-            if let Some(reply) = reply {
-                if replies.send(reply).await.is_err() {
-                    break;
+            tokio::select! {
+                biased;
+                Some(answer) = answers.next(), if !answers.is_empty() => {
+                    if let Some(frame) = answer {
+                        if replies.send(frame).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                frame = tokio::time::timeout(heartbeat * 2, stream.next()), if answers.len() < in_flight_max => {
+                    let frame = match frame {
+                        Err(_) => break, // Heartbeats stopped.
+                        Ok(None) | Ok(Some(Err(_))) => break,
+                        Ok(Some(Ok(frame))) => frame,
+                    };
+                    let answer = match frame {
+                        Message::Text(text) => handle_command(&state, &caller, &ip, text.as_str(), &mut typing_sent).await,
+                        Message::Binary(_) => ready(Some(ServerFrame::error(None, ErrorCode::BadRequest, "send JSON text frames, not binary"))),
+                        Message::Close(_) => break,
+                        Message::Ping(_) | Message::Pong(_) => continue,
+                    };
+                    answers.push_back(answer);
                 }
             }
         }
@@ -151,7 +199,7 @@ async fn session(socket: WebSocket, state: AppState, caller: Caller, start: Opti
         _ = receive_side => {}
     }
     if state.hub.unregister(&connection) {
-        announce_presence(&state, &caller.user_id, "offline");
+        announce_presence(&state, &caller.user_id, PresenceStatus::Offline);
     }
 }
 
@@ -167,8 +215,8 @@ async fn replay(
         let page = match state.ingest.sync(caller, Some(&text), SYNC_PAGE_MAX) {
             Ok(page) => page,
             Err(error) => {
-                let frame = error_frame(None, error.code(), &error.to_string());
-                sink.send(Message::Text(frame.to_string().into())).await?;
+                let frame = ServerFrame::error(None, error.code(), error.to_string());
+                sink.send(Message::Text(frame.to_text().into())).await?;
                 return Ok(cursor);
             }
         };
@@ -185,60 +233,33 @@ async fn replay(
     Ok(SyncCursor::decode(&text, state.ingest.partition_count()).expect("the server's own cursor"))
 }
 
-#[derive(Deserialize)]
-#[serde(tag = "type")]
-enum Command {
-    #[serde(rename = "message.send", rename_all = "camelCase")]
-    Send {
-        conversation_id: String,
-        client_msg_id: String,
-        body: String,
-        #[serde(default)]
-        attachments: Vec<Value>,
-    },
-    #[serde(rename = "receipt.delivered", rename_all = "camelCase")]
-    Delivered { conversation_id: String, seq: u64 },
-    #[serde(rename = "receipt.read", rename_all = "camelCase")]
-    Read { conversation_id: String, seq: u64 },
-    #[serde(rename = "typing", rename_all = "camelCase")]
-    Typing { conversation_id: String },
-    #[serde(rename = "ping")]
-    Ping {},
+fn api_error_frame(id: Option<Value>, error: ApiError) -> ServerFrame {
+    ServerFrame::error(id, error.code, error.message)
 }
 
-fn error_frame(id: Option<&Value>, code: ErrorCode, message: &str) -> Value {
-    let mut frame = json!({"type": "error", "code": code.as_str(), "message": message});
-    if let Some(id) = id {
-        frame["id"] = id.clone();
-    }
-    frame
-}
-
-fn api_error_frame(id: Option<&Value>, error: ApiError) -> Value {
-    error_frame(id, error.code, &error.message)
-}
-
-/// Handles one client frame; returns the reply to send, if any. A bad frame
-/// gets an error reply and the connection stays usable.
-async fn handle_command(state: &AppState, caller: &Caller, ip: &str, text: &str, typing_sent: &mut HashMap<String, Instant>) -> Option<Value> {
+/// Handles one client frame: does what must happen in arrival order (for a
+/// send, validation and the append), and returns its answer, which may
+/// still wait (for a send, on durability). A bad frame gets an error answer
+/// and the connection stays usable.
+async fn handle_command<'a>(state: &'a AppState, caller: &'a Caller, ip: &str, text: &str, typing_sent: &mut HashMap<String, Instant>) -> Answer<'a> {
     let value: Value = match serde_json::from_str(text) {
         Ok(value) => value,
-        Err(error) => return Some(error_frame(None, ErrorCode::BadRequest, &format!("the frame is not JSON: {error}"))),
+        Err(error) => return ready(Some(ServerFrame::error(None, ErrorCode::BadRequest, format!("the frame is not JSON: {error}")))),
     };
     let id = value.get("id").cloned();
-    let command: Command = match serde_path_to_error::deserialize(&value) {
+    let command: ClientCommand = match serde_path_to_error::deserialize(&value) {
         Ok(command) => command,
         Err(error) => {
             let path = error.path().to_string();
             let detail = error.into_inner().to_string();
             let message = if matches!(path.as_str(), "." | "?" | "") { format!("invalid command: {detail}") } else { format!("invalid `{path}`: {detail}") };
-            return Some(error_frame(id.as_ref(), ErrorCode::BadRequest, &message));
+            return ready(Some(ServerFrame::error(id, ErrorCode::BadRequest, message)));
         }
     };
     match command {
-        Command::Send { conversation_id, client_msg_id, body, attachments } => {
+        ClientCommand::Send { conversation_id, client_msg_id, body, attachments } => {
             let Some(id) = id else {
-                return Some(error_frame(None, ErrorCode::BadRequest, "invalid `id`: a message.send needs an id to answer"));
+                return ready(Some(ServerFrame::error(None, ErrorCode::BadRequest, "invalid `id`: a message.send needs an id to answer")));
             };
             let limited = state
                 .rate_limiter
@@ -246,48 +267,55 @@ async fn handle_command(state: &AppState, caller: &Caller, ip: &str, text: &str,
                 .and_then(|()| state.rate_limiter.check(Limit::SendPerIp, ip))
                 .map_err(ApiError::rate_limited);
             if let Err(error) = limited {
-                return Some(api_error_frame(Some(&id), error));
+                return ready(Some(api_error_frame(Some(id), error)));
             }
             let request = NewMessage { conversation_id, client_msg_id, body, attachments };
-            Some(match state.ingest.send_message(caller, request).await {
-                Ok((message, _)) => json!({"type": "ack", "id": id, "message": message}),
-                Err(error) => api_error_frame(Some(&id), error.into()),
-            })
+            match state.ingest.begin_send(caller, request).await {
+                Err(error) => ready(Some(api_error_frame(Some(id), error.into()))),
+                Ok(pending) => Box::pin(async move {
+                    Some(match state.ingest.finish_send(pending).await {
+                        Ok((message, _)) => ServerFrame::Ack { id, message },
+                        Err(error) => api_error_frame(Some(id), error.into()),
+                    })
+                }),
+            }
         }
-        Command::Delivered { conversation_id, seq } => {
+        ClientCommand::Delivered { conversation_id, seq } => {
             if let Err(error) = state.ingest.check_receipt(caller, &conversation_id, seq) {
-                return Some(api_error_frame(id.as_ref(), error.into()));
+                return ready(Some(api_error_frame(id, error.into())));
             }
             let receipt = DeviceReceipt { conversation_id, user_id: caller.user_id.clone(), device_id: caller.device_id.clone(), seq };
             state.pipelines.submit_receipt(receipt);
-            None
+            ready(None)
         }
-        Command::Read { conversation_id, seq } => match state.ingest.mark_read_seq(caller, &conversation_id, seq).await {
-            Ok(()) => None,
-            Err(error) => Some(api_error_frame(id.as_ref(), error.into())),
-        },
-        Command::Typing { conversation_id } => {
+        // A read waits for durability too: queued like a send, so the
+        // socket keeps reading meanwhile.
+        ClientCommand::Read { conversation_id, seq } => Box::pin(async move {
+            match state.ingest.mark_read_seq(caller, &conversation_id, seq).await {
+                Ok(()) => None,
+                Err(error) => Some(api_error_frame(id, error.into())),
+            }
+        }),
+        ClientCommand::Typing { conversation_id } => {
             let members = match state.ingest.member_ids(caller, &conversation_id) {
                 Ok(members) => members,
-                Err(error) => return Some(api_error_frame(id.as_ref(), error.into())),
+                Err(error) => return ready(Some(api_error_frame(id, error.into()))),
             };
             let now = Instant::now();
             let recent = typing_sent.get(&conversation_id).is_some_and(|at| now.duration_since(*at) < TYPING_MIN_INTERVAL);
             // Best effort: shed for large conversations and repeats.
             if recent || members.len() > state.pipelines.large_conversation_members() {
-                return None;
+                return ready(None);
             }
             typing_sent.insert(conversation_id.clone(), now);
-            let frame = Outbound::Ephemeral(std::sync::Arc::new(json!({"type": "typing", "conversationId": conversation_id, "userId": caller.user_id})));
+            let frame = ServerFrame::Typing { conversation_id, user_id: caller.user_id.clone() };
+            let frame = Outbound::Ephemeral(std::sync::Arc::new(serde_json::to_value(frame).expect("frames serialize")));
             for member in members.iter().filter(|member| **member != caller.user_id) {
                 state.hub.deliver(member, None, &frame);
             }
-            None
+            ready(None)
         }
-        Command::Ping {} => Some(match id {
-            Some(id) => json!({"type": "pong", "id": id}),
-            None => json!({"type": "pong"}),
-        }),
+        ClientCommand::Ping {} => ready(Some(ServerFrame::Pong { id })),
     }
 }
 
@@ -311,10 +339,11 @@ pub fn note_delivered(state: &AppState, caller: &Caller, events: &[confab_schema
 
 /// Tells a user's contacts (members of their small conversations) that the
 /// user came online or went offline. Best effort: shed when queues are full.
-fn announce_presence(state: &AppState, user_id: &str, status: &str) {
+fn announce_presence(state: &AppState, user_id: &str, status: PresenceStatus) {
     let now = now_ms();
     state.last_seen.insert(user_id.to_string(), now);
-    let frame = Outbound::Ephemeral(std::sync::Arc::new(json!({"type": "presence", "userId": user_id, "status": status, "lastSeen": now})));
+    let frame = ServerFrame::Presence { user_id: user_id.to_string(), status, last_seen: now };
+    let frame = Outbound::Ephemeral(std::sync::Arc::new(serde_json::to_value(frame).expect("frames serialize")));
     let contacts = match state.ingest.contacts(user_id, state.pipelines.large_conversation_members()) {
         Ok(contacts) => contacts,
         Err(error) => {

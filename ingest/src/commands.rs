@@ -167,6 +167,8 @@ impl Ingest {
 
     /// Checkpoints every `checkpoint_interval_ms`, or sooner once
     /// `checkpoint_max_records` were applied, until `stopped` turns true.
+    /// At every poll it also applies records whose senders hung up before
+    /// they were durable (see [`PartitionWriter::sweep`]).
     pub async fn run_checkpoints(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
         let interval = Duration::from_millis(self.state.config.checkpoint_interval_ms);
         let max_records = self.state.config.checkpoint_max_records;
@@ -175,6 +177,11 @@ impl Ingest {
             tokio::select! {
                 _ = tokio::time::sleep(CHECKPOINT_POLL.min(interval)) => {}
                 _ = stopped.changed() => return,
+            }
+            for partition in &self.partitions {
+                if let Err(error) = partition.sweep(&*self.log, &self.state) {
+                    tracing::error!(%error, partition = partition.id, "applying records whose senders hung up failed");
+                }
             }
             let applied: u64 = self.partitions.iter().map(|partition| partition.applied_since_checkpoint.load(Ordering::Relaxed)).sum();
             if applied == 0 || (last.elapsed() < interval && applied < max_records) {

@@ -107,6 +107,31 @@ impl PartitionWriter {
         }
     }
 
+    /// Applies what is durable when no waiter is left to do it: a sender
+    /// that hung up (an HTTP client gone, a socket closed) drops its
+    /// `finish`, and without this its record would wait for the next write
+    /// of the partition to be applied and fanned out. The checkpoint task
+    /// calls it at every poll; when a live waiter holds the queue, it does
+    /// nothing.
+    pub fn sweep(&self, log: &dyn Log, state: &State) -> Result<()> {
+        let Some(mut pending) = self.pending.try_lock() else { return Ok(()) };
+        let durable_end = log.durable_end(self.id).unwrap_or(0);
+        if pending.front().is_none_or(|waiting| waiting.offset >= durable_end) {
+            return Ok(());
+        }
+        let outcome = self.apply_durable(log, state, &mut pending);
+        drop(pending);
+        match outcome {
+            Ok(Some(end)) => self.applied.send_modify(|applied_end| *applied_end = (*applied_end).max(end)),
+            Ok(None) => self.applied.send_modify(|_| {}),
+            Err(error) => {
+                self.applied.send_modify(|_| {});
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
     /// Applies every durable pending event as one round; returns the new applied end.
     fn apply_durable(&self, log: &dyn Log, state: &State, pending: &mut VecDeque<Pending>) -> Result<Option<Offset>> {
         let durable_end = log.durable_end(self.id).unwrap_or(0);

@@ -37,64 +37,64 @@ pub(crate) fn applied_key(partition: u32) -> Vec<u8> {
 pub(crate) const ADMIN_KEY: &[u8] = b"admin";
 
 pub(crate) fn id_key(id: &str) -> Vec<u8> {
-    id.as_bytes().to_vec()
+    Encoder::new().id(id).finish()
 }
 
 pub(crate) fn pair_key(first: &str, second: &str) -> Vec<u8> {
-    Encoder::new().str(first).str(second).finish()
+    Encoder::new().id(first).id(second).finish()
 }
 
 pub(crate) fn conversation_prefix(conversation_id: &str) -> Vec<u8> {
-    Encoder::new().str(conversation_id).finish()
+    Encoder::new().id(conversation_id).finish()
 }
 
 pub(crate) fn member_key(conversation_id: &str, user_id: &str) -> Vec<u8> {
-    Encoder::new().str(conversation_id).str(user_id).finish()
+    Encoder::new().id(conversation_id).id(user_id).finish()
 }
 
 pub(crate) fn user_conversation_key(user_id: &str, conversation_id: &str) -> Vec<u8> {
-    Encoder::new().str(user_id).str(conversation_id).finish()
+    Encoder::new().id(user_id).id(conversation_id).finish()
 }
 
 pub(crate) fn user_prefix(user_id: &str) -> Vec<u8> {
-    Encoder::new().str(user_id).finish()
+    Encoder::new().id(user_id).finish()
 }
 
 pub(crate) fn seq_key(conversation_id: &str, seq: u64) -> Vec<u8> {
-    Encoder::new().str(conversation_id).u64(seq).finish()
+    Encoder::new().id(conversation_id).u64(seq).finish()
 }
 
 pub(crate) fn position_key(conversation_id: &str, offset: u64, index: u32) -> Vec<u8> {
-    Encoder::new().str(conversation_id).u64(offset).u32(index).finish()
+    Encoder::new().id(conversation_id).u64(offset).u32(index).finish()
 }
 
 /// Every event key of one record of a conversation.
 pub(crate) fn record_prefix(conversation_id: &str, offset: u64) -> Vec<u8> {
-    Encoder::new().str(conversation_id).u64(offset).finish()
+    Encoder::new().id(conversation_id).u64(offset).finish()
 }
 
 pub(crate) fn idempotency_key(sender_id: &str, client_msg_id: &str) -> Vec<u8> {
-    Encoder::new().str(sender_id).str(client_msg_id).finish()
+    Encoder::new().id(sender_id).str(client_msg_id).finish()
 }
 
 /// The second string of a two-string key (`user_conversations`, `members`).
 pub(crate) fn second_str(key: &[u8]) -> Option<String> {
     let mut decoder = Decoder::new(key);
-    decoder.str()?;
-    decoder.str()
+    decoder.id()?;
+    decoder.id()
 }
 
 /// The `(offset, index)` at the end of an events or receipts key.
 pub(crate) fn position_of(key: &[u8]) -> Option<(u64, u32)> {
     let mut decoder = Decoder::new(key);
-    decoder.str()?;
+    decoder.id()?;
     Some((decoder.u64()?, decoder.u32()?))
 }
 
 /// The seq at the end of a messages or deleted key.
 pub(crate) fn seq_of(key: &[u8]) -> Option<u64> {
     let mut decoder = Decoder::new(key);
-    decoder.str()?;
+    decoder.id()?;
     decoder.u64()
 }
 

@@ -28,7 +28,7 @@ pub enum Error {
     PartitionCountMismatch { path: PathBuf, found: u32, requested: u32 },
     #[error("invalid consumer name `{0}`: use 1 to 64 of a-z 0-9 _ -")]
     InvalidConsumerName(String),
-    #[error("invalid log settings: {}; fix them in the `[log]` section of the config file", problems.join("; "))]
+    #[error("invalid log settings: {}; fix them in the `[log]` section of the config file", .problems.join("; "))]
     InvalidConfig { problems: Vec<String> },
     #[error("the log was closed, or the watch bounding this reader was dropped; stop reading (the server is shutting down)")]
     Closed,

@@ -7,8 +7,11 @@ use std::time::Duration;
 use confab_log::{Error, FileLog, Log, LogConfig, StartAt, TailReader};
 use tokio::sync::watch;
 
+/// Small segments, and a size bound of 0: every closed segment goes as soon
+/// as every consumer has committed past it.
 fn open_log(dir: &tempfile::TempDir) -> Arc<FileLog> {
-    Arc::new(FileLog::open(dir.path(), LogConfig { partitions: 2, segment_max_bytes: 500, ..LogConfig::default() }).unwrap())
+    let config = LogConfig { partitions: 2, segment_max_bytes: 500, retention_max_bytes: Some(0), ..LogConfig::default() };
+    Arc::new(FileLog::open(dir.path(), config).unwrap())
 }
 
 async fn append(log: &FileLog, partition: u32, count: u64) {
@@ -72,8 +75,9 @@ async fn a_bounded_reader_reads_only_below_its_bound() {
 async fn seek_moves_the_position_and_refuses_removed_offsets() {
     let dir = tempfile::tempdir().unwrap();
     let log = open_log(&dir);
-    append(&log, 0, 30).await;
+    // Registered first: with no consumer, the size bound of 0 would remove closed segments at once.
     let mut reader = TailReader::open(log.clone(), "operator", 0, StartAt::Earliest).unwrap();
+    append(&log, 0, 30).await;
     reader.seek(25).unwrap();
     assert_eq!(offsets(&reader.read_available(2, usize::MAX).unwrap()), vec![25, 26]);
     reader.seek(5).unwrap();
@@ -91,8 +95,6 @@ async fn seek_moves_the_position_and_refuses_removed_offsets() {
     assert_eq!(reader.position(), 40, "a refused seek leaves the position");
 }
 
-/// LogConfig's default retention is by age and size; a size bound of 0
-/// makes every closed segment removable as soon as consumers pass it.
 #[tokio::test]
 async fn retention_never_passes_a_tail_readers_commit() {
     let dir = tempfile::tempdir().unwrap();
@@ -130,7 +132,7 @@ async fn next_batch_is_cancel_safe() {
     while seen.len() < 200 {
         attempt += 1;
         let before = reader.position();
-        let outcome = if attempt % 2 == 0 {
+        let outcome = if attempt.is_multiple_of(2) {
             tokio::select! {
                 biased;
                 records = reader.next_batch(7, usize::MAX) => Some(records.unwrap()),
@@ -169,7 +171,7 @@ async fn next_batch_answers_closed_when_the_log_or_bound_goes() {
         let drained = reader.next_batch(10, usize::MAX).await.map(|records| records.len());
         (drained, reader.next_batch(10, usize::MAX).await)
     });
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    tokio::task::yield_now().await;
     log.close();
     let (drained, after_close) = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
     assert_eq!(drained.unwrap(), 2, "what was readable is still returned");

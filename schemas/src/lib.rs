@@ -3,6 +3,7 @@
 //! - [`ids`]: opaque identifiers and how they are made;
 //! - [`events`]: the records written to the streaming log (the source of truth);
 //! - [`api`]: the objects of the public API (`shared/API.md`), in camelCase;
+//! - [`frames`]: the WebSocket frames that are not events (hello, ack, error, ...);
 //! - [`cursor`]: the opaque sync cursor, one position per log partition;
 //! - [`error`]: the small set of error codes every failure maps to.
 
@@ -10,6 +11,7 @@ pub mod api;
 pub mod cursor;
 pub mod error;
 pub mod events;
+pub mod frames;
 pub mod ids;
 
 pub use error::ErrorCode;

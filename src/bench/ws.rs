@@ -5,6 +5,9 @@
 //!   the last member has it.
 //! - `idle`: idle connections held by helper processes (one process may
 //!   open at most 20,000 files here); server memory per connection.
+//! - `senders`: a few sockets, each with up to `--window` sends in flight
+//!   (not waiting for each ack), as fast as the server acks; durable sends
+//!   per second and ack latency.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -31,6 +34,8 @@ pub struct WsOptions {
     pub seconds: u64,
     pub members: usize,
     pub idle_connections: usize,
+    pub sockets: usize,
+    pub window: usize,
 }
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -73,9 +78,78 @@ pub async fn run(options: WsOptions) -> anyhow::Result<()> {
             "pairs" => pairs(&server, &client, options.pairs, options.rate, options.seconds).await?,
             "fanout" => fanout(&server, &client, options.members).await?,
             "idle" => idle(&server, &client, options.idle_connections).await?,
-            other => bail!("unknown scenario `{other}`: use pairs, fanout, idle"),
+            "senders" => senders(&server, &client, options.sockets, options.window, options.seconds).await?,
+            other => bail!("unknown scenario `{other}`: use pairs, fanout, idle, senders"),
         }
     }
+    Ok(())
+}
+
+/// `sockets` sender sockets, each in its own group, each keeping `window`
+/// sends in flight (closed loop): the rate at which acks, which mean
+/// durable, come back.
+async fn senders(server: &BenchServer, client: &reqwest::Client, sockets: usize, window: usize, seconds: u64) -> anyhow::Result<()> {
+    let base = &server.url;
+    let users = accounts(client, base, "sender", sockets).await?;
+    let mut connected = Vec::new();
+    for (_, token) in &users {
+        let group = post(client, &format!("{base}/v1/conversations"), Some(token), json!({"type": "group", "memberIds": [], "title": "senders"})).await?;
+        connected.push((group["conversationId"].as_str().unwrap_or_default().to_string(), connect(base, token).await?));
+    }
+    let body = "x".repeat(200);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for (conversation_id, socket) in connected {
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut sink, mut stream) = socket.split();
+            let mut sent_at = std::collections::HashMap::new();
+            let mut latencies = Vec::new();
+            let mut next_id = 0u64;
+            loop {
+                if Instant::now() < deadline && sent_at.len() < window {
+                    while sent_at.len() < window {
+                        next_id += 1;
+                        let frame = json!({"type": "message.send", "id": next_id, "conversationId": conversation_id, "clientMsgId": format!("s{next_id}"), "body": body});
+                        sink.feed(Message::Text(frame.to_string().into())).await?;
+                        sent_at.insert(next_id, Instant::now());
+                    }
+                    sink.flush().await?;
+                }
+                if sent_at.is_empty() {
+                    break;
+                }
+                let Some(frame) = stream.next().await else { bail!("the server closed a sender socket") };
+                let Message::Text(text) = frame? else { continue };
+                let frame: Value = serde_json::from_str(text.as_str())?;
+                match frame["type"].as_str() {
+                    Some("ack") => {
+                        let at = frame["id"].as_u64().and_then(|id| sent_at.remove(&id)).context("an ack for no send")?;
+                        latencies.push(at.elapsed().as_micros() as u64);
+                    }
+                    Some("error") => bail!("a send failed: {frame}"),
+                    _ => {}
+                }
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let summary = summarize(latencies);
+    println!("senders: {sockets} sockets, up to {window} sends in flight each, {seconds} s");
+    println!(
+        "  {} acked; {:.0} durable msgs/s; ack p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        summary.count,
+        summary.count as f64 / elapsed,
+        summary.p50_ms,
+        summary.p99_ms,
+        summary.max_ms
+    );
     Ok(())
 }
 

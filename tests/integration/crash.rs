@@ -9,6 +9,8 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -19,6 +21,8 @@ use crate::harness::Client;
 const USERS: usize = 4;
 const DEVICES_PER_USER: usize = 2;
 const CONVERSATIONS: usize = 2;
+/// Each cycle kills only after this many sends were answered.
+const MIN_ACKS_PER_CYCLE: usize = 100;
 
 struct Process {
     child: tokio::process::Child,
@@ -57,7 +61,7 @@ struct Sent {
     acked: Option<Value>,
 }
 
-async fn sender_loop(client: Client, sender: usize, conversation: String, cycle: usize) -> Vec<Sent> {
+async fn sender_loop(client: Client, sender: usize, conversation: String, cycle: usize, acks: Arc<AtomicUsize>) -> Vec<Sent> {
     let mut sent = Vec::new();
     for number in 0.. {
         let client_msg_id = format!("c{cycle}-s{sender}-n{number}");
@@ -82,6 +86,9 @@ async fn sender_loop(client: Client, sender: usize, conversation: String, cycle:
             Err(_) => None,
         };
         let failed = outcome.is_none();
+        if !failed {
+            acks.fetch_add(1, Ordering::Relaxed);
+        }
         sent.push(Sent { sender, conversation: conversation.clone(), client_msg_id, body, acked: outcome });
         if failed {
             return sent; // The server is gone; the rest is unanswered.
@@ -124,13 +131,22 @@ async fn acknowledged_sends_survive_ten_sigkills_exactly_once_and_in_order() {
     let mut acknowledged: HashMap<String, Value> = HashMap::new();
     for cycle in 0..cycles {
         let mut tasks = Vec::new();
+        let acks = Arc::new(AtomicUsize::new(0));
         for (index, device) in devices.iter().enumerate() {
             for conversation in &conversations {
                 let sender = index * CONVERSATIONS + conversations.iter().position(|c| c == conversation).unwrap();
-                tasks.push(tokio::spawn(sender_loop(device.with_base(&server.base), sender, conversation.clone(), cycle)));
+                tasks.push(tokio::spawn(sender_loop(device.with_base(&server.base), sender, conversation.clone(), cycle, acks.clone())));
             }
         }
-        tokio::time::sleep(Duration::from_millis(300 + fastrand::u64(..500))).await;
+        // Kill at a random moment once enough sends were answered (on a
+        // loaded machine that takes longer; the moment stays random).
+        let enough = tokio::time::timeout(Duration::from_secs(60), async {
+            while acks.load(Ordering::Relaxed) < MIN_ACKS_PER_CYCLE {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        assert!(enough.await.is_ok(), "cycle {cycle}: fewer than {MIN_ACKS_PER_CYCLE} sends were answered in a minute");
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(..400))).await;
         server.child.start_kill().unwrap(); // SIGKILL
         server.child.wait().await.unwrap();
         let mut sent: Vec<Sent> = Vec::new();
@@ -148,7 +164,7 @@ async fn acknowledged_sends_survive_ten_sigkills_exactly_once_and_in_order() {
         let acked_this_cycle = sent.iter().filter(|item| item.acked.is_some()).count();
         let unanswered = sent.len() - acked_this_cycle;
         eprintln!("cycle {cycle}: {acked_this_cycle} sends acknowledged, {unanswered} unanswered at the kill");
-        assert!(acked_this_cycle > 100, "cycle {cycle}: only {acked_this_cycle} sends were acknowledged before the kill");
+        assert!(acked_this_cycle >= MIN_ACKS_PER_CYCLE, "cycle {cycle}: only {acked_this_cycle} sends were acknowledged before the kill");
         check_history(&reader, &conversations, &acknowledged, cycle).await;
 
         // Per sender, acknowledged sends are in the order they were sent.

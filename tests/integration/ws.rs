@@ -383,6 +383,100 @@ async fn bad_frames_get_errors_and_the_connection_stays_usable() {
 }
 
 #[tokio::test]
+async fn many_sends_in_flight_on_one_socket_are_each_answered_once_in_send_order() {
+    let temporary = tempfile::tempdir().unwrap();
+    let mut config = test_config(temporary.path());
+    // A small bound, so that the socket also waits at it.
+    config.gateway.ws_sends_in_flight_max = 8;
+    let server = TestServer::start_with(config).await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let carol = server.user("carol").await;
+    let dm = alice.conversation("dm", &[&bob]).await;
+    let group = alice.conversation("group", &[&carol]).await;
+    let theirs = bob.conversation("dm", &[&carol]).await;
+    let mut bob_ws = Ws::connect(&bob, None).await;
+    let mut ws = Ws::connect(&alice, None).await;
+
+    // 120 sends over two conversations without waiting for any ack, with a
+    // refused one (not a member) and a retry of an earlier one among them.
+    let mut expected = Vec::new();
+    for index in 0..120 {
+        let conversation = if index % 3 == 0 { &group } else { &dm };
+        ws.send(json!({"type": "message.send", "id": index, "conversationId": conversation, "clientMsgId": format!("k{index}"), "body": format!("m{index}")}))
+            .await;
+        expected.push(json!(index));
+        if index == 50 {
+            ws.send(json!({"type": "message.send", "id": "refused", "conversationId": theirs, "clientMsgId": "x", "body": "no"})).await;
+            expected.push(json!("refused"));
+            ws.send(json!({"type": "message.send", "id": "retry", "conversationId": dm, "clientMsgId": "k1", "body": "m1"})).await;
+            expected.push(json!("retry"));
+        }
+    }
+    let mut answered = Vec::new();
+    let mut acks = std::collections::HashMap::new();
+    while answered.len() < expected.len() {
+        let frame = ws.next_frame().await;
+        match frame["type"].as_str() {
+            Some("ack") => {
+                answered.push(frame["id"].clone());
+                acks.insert(frame["id"].to_string(), frame["message"].clone());
+            }
+            Some("error") => {
+                assert_eq!((frame["id"].clone(), frame["code"].clone()), (json!("refused"), json!("forbidden")), "{frame}");
+                answered.push(frame["id"].clone());
+            }
+            _ => {}
+        }
+    }
+    // Every command answered once, in the order it was sent.
+    assert_eq!(answered, expected);
+    // Within each conversation the seqs follow the send order, with no gap.
+    for (conversation, first) in [(&group, 0), (&dm, 1)] {
+        let seqs: Vec<u64> =
+            (0..120).filter(|index| (*index % 3 == 0) == (first == 0)).map(|index| acks[&index.to_string()]["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{conversation}");
+    }
+    assert_eq!(acks["\"retry\""]["messageId"], acks["1"]["messageId"], "a retry in flight is its original");
+    // The recipient gets each message once, in order.
+    let mut bodies = Vec::new();
+    while bodies.len() < 80 {
+        bodies.push(bob_ws.next_message().await["message"]["body"].as_str().unwrap().to_string());
+    }
+    let sent: Vec<String> = (0..120).filter(|index| index % 3 != 0).map(|index| format!("m{index}")).collect();
+    assert_eq!(bodies, sent);
+    assert_eq!(alice.all_messages(&dm).await.len(), 80);
+    assert_eq!(alice.all_messages(&group).await.len(), 40);
+}
+
+#[tokio::test]
+async fn sends_in_flight_when_the_socket_closes_are_still_applied_and_delivered() {
+    let server = TestServer::start().await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let dm = alice.conversation("dm", &[&bob]).await;
+    let mut bob_ws = Ws::connect(&bob, None).await;
+    let mut ws = Ws::connect(&alice, None).await;
+    for index in 0..20 {
+        ws.send(json!({"type": "message.send", "id": index, "conversationId": dm, "clientMsgId": format!("gone-{index}"), "body": format!("b{index}")})).await;
+    }
+    // Hang up without reading a single ack.
+    ws.stream.close(None).await.unwrap();
+    drop(ws);
+    // Nothing else is written: the messages must not wait for another send.
+    let mut bodies = Vec::new();
+    while bodies.len() < 20 {
+        bodies.push(bob_ws.next_message().await["message"]["body"].as_str().unwrap().to_string());
+    }
+    assert_eq!(bodies, (0..20).map(|index| format!("b{index}")).collect::<Vec<_>>());
+    // A retry after reconnecting finds each message instead of a second one.
+    let mut again = Ws::connect(&alice, None).await;
+    again.send(json!({"type": "message.send", "id": "r", "conversationId": dm, "clientMsgId": "gone-19", "body": "b19"})).await;
+    assert_eq!(again.next_of("ack").await["message"]["seq"], 20);
+    assert_eq!(alice.all_messages(&dm).await.len(), 20);
+}
+
+#[tokio::test]
 async fn presence_and_typing_reach_the_other_members() {
     let temporary = tempfile::tempdir().unwrap();
     let mut config = test_config(temporary.path());

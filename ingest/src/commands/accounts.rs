@@ -42,7 +42,7 @@ impl Ingest {
             }
             return Err(error);
         }
-        self.state.user(&user_id)?.ok_or_else(|| Error::StateFailed)
+        self.state.user(&user_id)?.ok_or(Error::StateFailed)
     }
 
     /// Records a new session: each session is a device of its own.

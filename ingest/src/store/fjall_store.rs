@@ -77,6 +77,9 @@ impl std::fmt::Debug for FjallStore {
     }
 }
 
+/// What fjall asks, per keyspace name, for that keyspace's compaction filter.
+type FilterFactories = Arc<dyn Fn(&str) -> Option<Arc<dyn Factory>> + Send + Sync>;
+
 impl FjallStore {
     /// Opens (or creates) the store under `path`; fjall replays its journal.
     pub fn open(path: &Path, options: FjallOptions) -> StoreResult<FjallStore> {
@@ -84,7 +87,7 @@ impl FjallStore {
         let io = |error: fjall::Error| StoreError::Io { path: location.clone(), reason: error.to_string() };
         std::fs::create_dir_all(path).map_err(|error| StoreError::Io { path: location.clone(), reason: error.to_string() })?;
         let window_ms = options.idempotency_window_ms;
-        let filters: Arc<dyn Fn(&str) -> Option<Arc<dyn Factory>> + Send + Sync> =
+        let filters: FilterFactories =
             Arc::new(move |name: &str| (name == Space::Idempotency.name()).then(|| Arc::new(ExpiredRows { window_ms }) as Arc<dyn Factory>));
         let database = Database::builder(path)
             .cache_size(options.cache_max_bytes)
