@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use confab_log::{AppendTicket, Log, Offset};
 use confab_schemas::events::LogEvent;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::watch;
 
 use crate::apply::RecordOutcome;
@@ -85,19 +85,8 @@ impl PartitionWriter {
             if *applied.borrow_and_update() >= last {
                 return Ok(());
             }
-            if let Some(mut pending) = self.pending.try_lock() {
-                let outcome = self.apply_durable(log, state, &mut pending);
-                drop(pending);
-                // Always announce, and only once the lock is free: a task that
-                // failed to take it is waiting for exactly this to try again.
-                match outcome {
-                    Ok(Some(end)) => self.applied.send_modify(|applied_end| *applied_end = (*applied_end).max(end)),
-                    Ok(None) => self.applied.send_modify(|_| {}),
-                    Err(error) => {
-                        self.applied.send_modify(|_| {});
-                        return Err(error);
-                    }
-                }
+            if let Some(pending) = self.pending.try_lock() {
+                self.apply_and_announce(log, state, pending)?;
                 continue;
             }
             // Another task is applying; it announces when it is done.
@@ -114,22 +103,25 @@ impl PartitionWriter {
     /// calls it at every poll; when a live waiter holds the queue, it does
     /// nothing.
     pub fn sweep(&self, log: &dyn Log, state: &State) -> Result<()> {
-        let Some(mut pending) = self.pending.try_lock() else { return Ok(()) };
+        let Some(pending) = self.pending.try_lock() else { return Ok(()) };
         let durable_end = log.durable_end(self.id).unwrap_or(0);
         if pending.front().is_none_or(|waiting| waiting.offset >= durable_end) {
             return Ok(());
         }
+        self.apply_and_announce(log, state, pending)
+    }
+
+    /// Applies one round with the queue's lock, releases it, then announces
+    /// on the applied watch whatever happened: a task that failed to take
+    /// the lock is waiting for exactly this to try again.
+    fn apply_and_announce(&self, log: &dyn Log, state: &State, mut pending: MutexGuard<'_, VecDeque<Pending>>) -> Result<()> {
         let outcome = self.apply_durable(log, state, &mut pending);
         drop(pending);
-        match outcome {
-            Ok(Some(end)) => self.applied.send_modify(|applied_end| *applied_end = (*applied_end).max(end)),
-            Ok(None) => self.applied.send_modify(|_| {}),
-            Err(error) => {
-                self.applied.send_modify(|_| {});
-                return Err(error);
-            }
+        match &outcome {
+            Ok(Some(end)) => self.applied.send_modify(|applied_end| *applied_end = (*applied_end).max(*end)),
+            Ok(None) | Err(_) => self.applied.send_modify(|_| {}),
         }
-        Ok(())
+        outcome.map(|_| ())
     }
 
     /// Applies every durable pending event as one round; returns the new applied end.
