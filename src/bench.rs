@@ -288,12 +288,17 @@ impl BenchServer {
 
     /// The server's resident memory.
     pub(crate) fn rss_kib(&self) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        self.status_kib("VmRSS:")
+    }
+
+    /// One kB field of the server's `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`).
+    pub(crate) fn status_kib(&self, field: &str) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).context("could not read the server's /proc status")?;
         status
             .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .find_map(|line| line.strip_prefix(field))
             .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmRSS in /proc status")
+            .with_context(|| format!("no {field} in the server's /proc status"))
     }
 }
 

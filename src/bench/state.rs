@@ -662,15 +662,7 @@ struct Memory {
 }
 
 fn memory(server: &BenchServer) -> anyhow::Result<Memory> {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).context("could not read the server's /proc status")?;
-    let field = |name: &str| -> anyhow::Result<u64> {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-            .with_context(|| format!("no {name} in the server's /proc status"))
-    };
-    Ok(Memory { rss_kib: field("VmRSS:")?, peak_kib: field("VmHWM:")? })
+    Ok(Memory { rss_kib: server.rss_kib()?, peak_kib: server.status_kib("VmHWM:")? })
 }
 
 /// From process start: when it listened, answered `/healthz`, and (when
