@@ -38,7 +38,7 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::request::Parts;
 use axum::response::Response;
@@ -162,6 +162,8 @@ async fn session(socket: WebSocket, state: AppState, caller: Caller, start: Opti
     };
 
     let receive_side = async {
+        // What the socket is closed with when the receive side ends it.
+        let mut close = None;
         let mut typing_sent: HashMap<String, Instant> = HashMap::new();
         let in_flight_max = state.config.ws_sends_in_flight_max.max(1);
         // Answers in command order; see the module's notes.
@@ -179,7 +181,11 @@ async fn session(socket: WebSocket, state: AppState, caller: Caller, start: Opti
                 frame = tokio::time::timeout(heartbeat * 2, stream.next()), if answers.len() < in_flight_max => {
                     let frame = match frame {
                         Err(_) => break, // Heartbeats stopped.
-                        Ok(None) | Ok(Some(Err(_))) => break,
+                        Ok(None) => break,
+                        Ok(Some(Err(error))) => {
+                            close = close_for_read_error(error, state.config.ws_frame_max_bytes);
+                            break;
+                        }
                         Ok(Some(Ok(frame))) => frame,
                     };
                     let answer = match frame {
@@ -192,14 +198,30 @@ async fn session(socket: WebSocket, state: AppState, caller: Caller, start: Opti
                 }
             }
         }
+        close
     };
 
-    tokio::select! {
-        _ = send_side => {}
-        _ = receive_side => {}
+    let close = tokio::select! {
+        _ = send_side => None,
+        close = receive_side => close,
+    };
+    if let Some(frame) = close {
+        let _ = sink.send(Message::Close(Some(frame))).await;
     }
     if state.hub.unregister(&connection) {
         announce_presence(&state, &caller.user_id, PresenceStatus::Offline);
+    }
+}
+
+/// The close frame for a socket whose next frame could not be read: 1009
+/// for a frame over `ws_frame_max_bytes` (refused from its header, before
+/// its payload is read); none for a connection that broke.
+fn close_for_read_error(error: axum::Error, frame_max: usize) -> Option<CloseFrame> {
+    match error.into_inner().downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => {
+            Some(CloseFrame { code: close_code::SIZE, reason: format!("a frame is over the limit of {frame_max} bytes; send smaller commands").into() })
+        }
+        _ => None,
     }
 }
 

@@ -243,8 +243,43 @@ pub(crate) fn check_chars(field: &'static str, text: &str, max_chars: usize) -> 
     if chars == 0 || chars > max_chars {
         return Err(Error::invalid(field, format!("must be 1 to {max_chars} characters")));
     }
-    if text.chars().any(char::is_control) {
-        return Err(Error::invalid(field, "must not contain control characters"));
+    if let Some(found) = text.chars().find(|&c| c.is_control() || is_invisible_format(c)) {
+        return Err(Error::invalid(field, format!("must not contain control, bidirectional or zero-width characters (found U+{:04X})", found as u32)));
     }
     Ok(())
+}
+
+/// Characters that change how a name or title reads without being seen:
+/// bidirectional overrides, embeddings, isolates and marks (which can turn
+/// `evil\u{202E}gpj.exe` into what reads as `evilexe.jpg`), and the
+/// zero-width ones (which make two names that look alike differ). Text a
+/// person reads as someone's name must be what it looks like. The
+/// zero-width joiner and non-joiner stay allowed: emoji sequences (👩‍💻)
+/// and Persian and Indic spelling need them.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{061C}' // Arabic letter mark
+        | '\u{200B}' // zero-width space
+        | '\u{200E}' | '\u{200F}' // left-to-right and right-to-left marks
+        | '\u{202A}'..='\u{202E}' // embeddings and overrides
+        | '\u{2060}'..='\u{2064}' // word joiner and invisible operators
+        | '\u{2066}'..='\u{2069}' // isolates
+        | '\u{FEFF}' // zero-width no-break space
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_with_invisible_or_reordering_characters_are_refused_naming_the_character() {
+        for text in ["evil\u{202E}gpj.exe", "ad\u{200B}min", "a\u{2067}b", "\u{FEFF}x", "tab\there"] {
+            let error = check_chars("displayName", text, 64).unwrap_err().to_string();
+            assert!(error.contains("displayName") && error.contains("U+"), "{text:?}: {error}");
+        }
+        for text in ["Zoë", "محمد", "李小龍", "Ana-María O'Neil", "👩\u{200D}💻 dev", "می\u{200C}خواهم"] {
+            assert!(check_chars("displayName", text, 64).is_ok(), "{text:?} is a fine name");
+        }
+    }
 }

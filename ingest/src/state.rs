@@ -265,16 +265,25 @@ impl State {
         )
     }
 
+    /// The conversation; one not cached is loaded with its newest messages
+    /// (up to `recent_messages_per_conversation`), for the reads that follow.
     pub fn conversation(&self, conversation_id: &str) -> StoreResult<Option<Arc<ConversationHandle>>> {
-        self.conversations.get_or_load(conversation_id, || self.load_conversation(conversation_id), |_| {})
+        let recent = self.config.recent_messages_per_conversation;
+        self.conversations.get_or_load(conversation_id, || self.load_conversation(conversation_id, recent), |_| {})
     }
 
-    /// The conversation, pinned in the cache until the pin is dropped.
+    /// The conversation, pinned in the cache until the pin is dropped. One
+    /// not cached is loaded with only its newest message: a write needs its
+    /// members and last seq, not its history, and loading the history for
+    /// every write to a conversation that fell out of the cache is what
+    /// made applying a log of many conversations slow. Its recent messages
+    /// then fill as new ones are applied (a shorter suffix is still a
+    /// suffix: a page that reaches before it reads the store).
     pub fn conversation_pinned(&self, conversation_id: &str) -> StoreResult<Option<Pin>> {
         let pinned: parking_lot::Mutex<Option<Pin>> = parking_lot::Mutex::new(None);
         self.conversations.get_or_load(
             conversation_id,
-            || self.load_conversation(conversation_id),
+            || self.load_conversation(conversation_id, 1),
             |handle| {
                 *pinned.lock() = Some(Pin::new(handle));
             },
@@ -282,7 +291,9 @@ impl State {
         Ok(pinned.into_inner())
     }
 
-    fn load_conversation(&self, conversation_id: &str) -> StoreResult<Option<ConversationHandle>> {
+    /// Loads a conversation with its members and up to `recent` newest
+    /// messages (at least the newest, which gives its last seq).
+    fn load_conversation(&self, conversation_id: &str, recent_wanted: usize) -> StoreResult<Option<ConversationHandle>> {
         let Some(bytes) = self.store.get(Space::Conversations, &rows::id_key(conversation_id))? else { return Ok(None) };
         let row = ConversationRow::decode(&bytes).ok_or_else(|| rows::corrupt(Space::Conversations, "conversation"))?;
         let prefix = rows::conversation_prefix(conversation_id);
@@ -297,7 +308,7 @@ impl State {
         let (start, end) = prefix_range(&prefix);
         let mut recent = VecDeque::new();
         let mut last_seq = 0;
-        for entry in self.store.range(Space::Messages, start, end, true).take(self.config.recent_messages_per_conversation.max(1)) {
+        for entry in self.store.range(Space::Messages, start, end, true).take(recent_wanted.clamp(1, self.config.recent_messages_per_conversation.max(1))) {
             let (key, value) = entry?;
             let seq = rows::seq_of(&key).ok_or_else(|| rows::corrupt(Space::Messages, "message key"))?;
             last_seq = last_seq.max(seq);

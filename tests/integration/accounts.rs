@@ -135,3 +135,28 @@ async fn the_first_account_is_the_administrator_and_survives_a_restart() {
     let again = server.client().login("alice", "password123").await;
     assert_eq!(again.user_id, alice.user_id);
 }
+
+#[tokio::test]
+async fn a_body_declared_over_the_limit_is_refused_at_once_without_sending_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await;
+    let address = server.base.trim_start_matches("http://").to_string();
+    // The headers of a 64 MiB signup, then nothing: the answer must not wait for the body.
+    let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!("POST /v1/users HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", 64 * 1024 * 1024);
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), socket.read_to_end(&mut answer))
+        .await
+        .expect("answered, and the connection closed, without the body")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    let body: serde_json::Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "too_large", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("67108864"), "{body}");
+    // The server serves everyone else.
+    let (status, _) = server.client().post("/v1/users", json!({"username": "alice", "password": "password123"})).await;
+    assert_eq!(status, 201);
+}

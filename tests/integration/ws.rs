@@ -383,6 +383,39 @@ async fn bad_frames_get_errors_and_the_connection_stays_usable() {
 }
 
 #[tokio::test]
+async fn a_frame_over_the_limit_is_closed_with_1009_and_the_server_serves_the_rest() {
+    let server = TestServer::start().await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let group = alice.conversation("group", &[&bob]).await;
+    let Ws { stream, .. } = Ws::connect(&alice, None).await;
+    let (mut writer, mut reader) = stream.split();
+    // 8 MiB, far over the 64 KiB default: the server refuses it from the
+    // frame's header. The write may fail once the server has closed.
+    let huge = "x".repeat(8 * 1024 * 1024);
+    let writing = tokio::spawn(async move {
+        let _ = writer.send(Message::Text(huge.into())).await;
+        writer
+    });
+    let close = loop {
+        match tokio::time::timeout(ARRIVAL, reader.next()).await.expect("the server answers in time") {
+            Some(Ok(Message::Close(frame))) => break frame.expect("a close frame with a code"),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(close.code), 1009, "{close:?}");
+    assert!(close.reason.contains("65536 bytes"), "{close:?}");
+    drop(writing.await);
+    // Everyone else, alice included on a new socket, is served as before.
+    let mut bob_ws = Ws::connect(&bob, None).await;
+    let mut again = Ws::connect(&alice, None).await;
+    again.send(json!({"type": "message.send", "id": 1, "conversationId": group, "clientMsgId": "after", "body": "still here"})).await;
+    assert_eq!(again.next_of("ack").await["message"]["body"], "still here");
+    assert_eq!(bob_ws.next_message().await["message"]["body"], "still here");
+}
+
+#[tokio::test]
 async fn many_sends_in_flight_on_one_socket_are_each_answered_once_in_send_order() {
     let temporary = tempfile::tempdir().unwrap();
     let mut config = test_config(temporary.path());

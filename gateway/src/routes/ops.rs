@@ -18,11 +18,20 @@ pub async fn health() -> Json<serde_json::Value> {
 /// Prometheus text; needs an access token, or the configured scraper token.
 pub async fn metrics(State(state): State<AppState>, parts: Parts) -> ApiResult<impl IntoResponse> {
     let token = bearer_token(&parts).ok_or_else(|| ApiError::unauthenticated("send `Authorization: Bearer <token>` to read metrics"))?;
-    let scraper = state.config.metrics_token.as_deref().is_some_and(|expected| expected == token);
+    let scraper = state.config.metrics_token.as_deref().is_some_and(|expected| same_secret(expected, token));
     if !scraper {
         authenticate(&state, token)?;
     }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render(&state)))
+}
+
+/// Compares two secrets in time that does not depend on where they differ
+/// (nor on their lengths: their SHA-256 digests are what is compared), so
+/// that the scraper token cannot be guessed a byte at a time by timing.
+fn same_secret(expected: &str, given: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    Sha256::digest(expected.as_bytes()).ct_eq(&Sha256::digest(given.as_bytes())).into()
 }
 
 pub async fn not_found(method: Method, uri: Uri) -> ApiError {
@@ -31,4 +40,17 @@ pub async fn not_found(method: Method, uri: Uri) -> ApiError {
 
 pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     ApiError::new(ErrorCode::NotFound, format!("`{}` does not accept {method}; see the API reference", uri.path()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn the_scraper_token_must_match_exactly() {
+        assert!(same_secret("s3cret-token", "s3cret-token"));
+        for wrong in ["", "s3cret-toke", "s3cret-token ", "S3cret-token", "x"] {
+            assert!(!same_secret("s3cret-token", wrong), "{wrong:?}");
+        }
+    }
 }
