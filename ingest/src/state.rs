@@ -291,7 +291,7 @@ impl State {
         Ok(pinned.into_inner())
     }
 
-    /// Loads a conversation with its members and up to `recent` newest
+    /// Loads a conversation with its members and up to `recent_wanted` newest
     /// messages (at least the newest, which gives its last seq).
     fn load_conversation(&self, conversation_id: &str, recent_wanted: usize) -> StoreResult<Option<ConversationHandle>> {
         let Some(bytes) = self.store.get(Space::Conversations, &rows::id_key(conversation_id))? else { return Ok(None) };
