@@ -61,6 +61,12 @@ pub enum BenchCommand {
         /// (`off` keeps only the fanout and receipts pipelines).
         #[arg(long, default_value = "on")]
         history: String,
+        /// A compliance query kept running over HTTP during each round (one
+        /// after another), to measure what it costs the sends. The
+        /// benchmark's first account, the server's administrator when the
+        /// benchmark starts it, grants itself the role.
+        #[arg(long)]
+        during_sql: Option<String>,
     },
     /// The history at scale: the sink's sustained rate, then compliance queries.
     History {
@@ -152,13 +158,13 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             ws::run(ws::WsOptions { scenarios, pairs, rate, seconds, members, idle_connections, sockets, window }).await
         }
         BenchCommand::Hold { url, token, connections } => ws::hold(url, token, connections).await,
-        BenchCommand::Sends { url, senders, seconds, body_bytes, rate, partitions, history } => {
+        BenchCommand::Sends { url, senders, seconds, body_bytes, rate, partitions, history, during_sql } => {
             let history = match history.as_str() {
                 "on" => true,
                 "off" => false,
                 other => bail!("--history `{other}`: use on or off"),
             };
-            bench_sends(SendsOptions { url, senders, seconds, body_bytes, rate, partitions, history }).await
+            bench_sends(SendsOptions { url, senders, seconds, body_bytes, rate, partitions, history, during_sql }).await
         }
         BenchCommand::History { dir, messages, days, conversations, users, repeat } => {
             history::run(history::HistoryOptions { dir, messages, days, conversations, users, repeat }).await
@@ -403,6 +409,7 @@ pub(crate) struct SendsOptions {
     pub(crate) rate: Option<f64>,
     pub(crate) partitions: u32,
     pub(crate) history: bool,
+    pub(crate) during_sql: Option<String>,
 }
 
 /// One round of `bench sends`.
@@ -419,7 +426,7 @@ async fn bench_sends(options: SendsOptions) -> anyhow::Result<()> {
 
 /// Runs and prints the rounds of `bench sends`, and returns them.
 pub(crate) async fn run_sends(options: SendsOptions) -> anyhow::Result<Vec<SendsRound>> {
-    let SendsOptions { url, senders, seconds, body_bytes, rate, partitions, history } = options;
+    let SendsOptions { url, senders, seconds, body_bytes, rate, partitions, history, during_sql } = options;
     let server = match url {
         Some(_) => None,
         None if history => Some(start_bench_server(partitions).await?),
@@ -437,6 +444,18 @@ pub(crate) async fn run_sends(options: SendsOptions) -> anyhow::Result<Vec<Sends
         None => "closed loop, each sender as fast as it can".to_string(),
     };
     println!("durable sends over HTTP: {body_bytes}-byte bodies, {seconds} s per round, {pacing}, server {base}");
+    // The querying account first: on a fresh server it is the administrator.
+    let analyst = match &during_sql {
+        Some(sql) => {
+            let (user_id, token) = account(&client, &base, &format!("bench{run_id}-analyst")).await?;
+            post(&client, &format!("{base}/v1/admin/roles"), Some(&token), json!({"userId": user_id, "role": "compliance"}))
+                .await
+                .context("--during-sql: the benchmark's first account could not grant itself the compliance role (is the server fresh?)")?;
+            println!("with a compliance query running throughout each round: {sql}");
+            Some((token, sql.clone()))
+        }
+        None => None,
+    };
     // One account and one group conversation per sender, so sends spread over partitions.
     let mut accounts = Vec::new();
     for index in 0..max_senders {
@@ -483,10 +502,25 @@ pub(crate) async fn run_sends(options: SendsOptions) -> anyhow::Result<Vec<Sends
                 anyhow::Ok(latencies)
             }));
         }
+        let querying = analyst.clone().map(|(token, sql)| {
+            let (client, url) = (client.clone(), format!("{base}/v1/admin/sql"));
+            tokio::spawn(async move {
+                let mut statements = 0u64;
+                while Instant::now() < deadline {
+                    // Each ends, done or stopped at the statement timeout; then the next starts.
+                    let _ = client.post(&url).bearer_auth(&token).json(&json!({"sql": sql})).send().await;
+                    statements += 1;
+                }
+                statements
+            })
+        });
         let started = Instant::now();
         let latencies = join_latencies(tasks).await?;
         let summary = summarize(latencies);
         let rate = summary.count as f64 / started.elapsed().as_secs_f64();
+        if let Some(querying) = querying {
+            querying.abort();
+        }
         println!("{sender_count:>8} {rate:>12.0} {:>10.3} {:>10.3} {:>10.3}", summary.p50_ms, summary.p99_ms, summary.max_ms);
         rounds.push(SendsRound { senders: sender_count, sends_per_second: rate, summary });
     }

@@ -26,6 +26,8 @@ pub struct Config {
     pub limits: Limits,
     pub gateway: GatewayConfig,
     pub history: HistoryConfig,
+    /// Compliance SQL: its limits, and the PostgreSQL protocol's doors.
+    pub sql: confab_query::SqlConfig,
 }
 
 /// Where the history tables live.
@@ -58,6 +60,7 @@ impl Default for Config {
             limits: Limits::default(),
             gateway: GatewayConfig::default(),
             history: HistoryConfig::default(),
+            sql: confab_query::SqlConfig::default(),
         }
     }
 }
@@ -66,7 +69,9 @@ impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path).with_context(|| format!("could not read the config file `{}`", path.display()))?;
         let config: Config = toml::from_str(&text).with_context(|| format!("invalid config file `{}`", path.display()))?;
-        let problems = config.state.problems();
+        let mut problems = config.state.problems();
+        problems.extend(config.sql.problems());
+        problems.extend(config.gateway.problems());
         if !problems.is_empty() {
             anyhow::bail!("invalid config file `{}`:\n{}", path.display(), problems.join("\n"));
         }

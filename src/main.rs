@@ -127,11 +127,13 @@ async fn run_sql(sql: String, data_dir: Option<PathBuf>, config_path: Option<Pat
     let store = confab_query::HistoryStore::new(&config.history_location(), config.history.storage_options.clone())?;
     // Operators are audited too: who ran what, before it runs (refused or not).
     let operator = format!("os:{}", std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".to_string()));
-    let details = serde_json::json!({"sql": sql, "via": "cli"}).to_string();
+    let details = confab_query::audit::sql_attempt(&sql, "cli", &[]);
     confab_query::audit::record_direct(&store, &operator, "sql.query", &details, confab_schemas::ids::now_ms())
         .await
         .context("could not write the audit record, so the query did not run")?;
-    let output = confab_query::SqlEngine::new(store).query(&sql).await?;
+    // The same gate and bounds as the server's; spill files in the data directory.
+    let engine = confab_query::SqlEngine::new(store, config.sql.clone(), config.data_dir.join("sql-spill"))?;
+    let output = engine.query(&sql).await?;
     std::io::stdout().write_all(&confab_query::output::render(&output, format)?)?;
     Ok(())
 }

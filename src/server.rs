@@ -89,23 +89,13 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let maintenance = confab_query::HistoryMaintenance::open(store.clone(), log.clone(), history_sink.as_ref().map(|sink| sink.handle()))
         .await
         .context("could not open the legal-hold registry")?;
-    let history = Arc::new(confab_query::SqlEngine::new(store));
+    let history = Arc::new(
+        confab_query::SqlEngine::new(store, config.sql.clone(), config.data_dir.join("sql-spill")).context("could not start the compliance SQL threads")?,
+    );
     let ingest_for_shutdown = ingest.clone();
     let state = AppState::new(ingest.clone(), hub, pipelines.clone(), history.clone(), Arc::new(maintenance), config.gateway.clone(), token_secret);
     let sql_server = match config.sql_listen {
-        Some(address) => {
-            let accounts = Arc::new(crate::wiring::PgAccountsView { ingest, passwords: state.passwords.clone() });
-            let engine = (*history).clone();
-            let host = address.ip().to_string();
-            // Bind here so that a busy port fails the start, then serve.
-            drop(std::net::TcpListener::bind(address).with_context(|| format!("could not listen for SQL on `{address}`"))?);
-            tracing::info!(%address, "serving the history over the PostgreSQL protocol");
-            Some(tokio::spawn(async move {
-                if let Err(error) = confab_query::pgwire::serve(engine, accounts, &host, address.port()).await {
-                    tracing::error!(%error, "the PostgreSQL protocol server stopped");
-                }
-            }))
-        }
+        Some(address) => Some(start_pgwire(&config, address, (*history).clone(), state.clone()).await?),
         None => None,
     };
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("could not listen on `{}`", config.listen))?;
@@ -208,4 +198,31 @@ fn load_or_create_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
     file.write_all(&secret)?;
     file.sync_all()?;
     Ok(secret)
+}
+
+/// Binds the PostgreSQL-protocol listener (a busy port fails the start)
+/// and serves it. Passwords travel in the clear without TLS, so a
+/// listener off loopback needs TLS unless the operator says otherwise.
+async fn start_pgwire(config: &Config, address: SocketAddr, engine: confab_query::SqlEngine, state: AppState) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let sql = &config.sql;
+    let tls = match (&sql.tls_cert_file, &sql.tls_key_file) {
+        (Some(cert), Some(key)) => Some(
+            confab_query::pgwire::tls_acceptor(cert, key).context("could not set up TLS for the PostgreSQL protocol ([sql] tls_cert_file, tls_key_file)")?,
+        ),
+        _ => None,
+    };
+    if tls.is_none() && !address.ip().is_loopback() && !sql.allow_cleartext_off_loopback {
+        anyhow::bail!(
+            "refusing to serve SQL on `{address}` without TLS: passwords would cross the network in the clear; set [sql] tls_cert_file and tls_key_file, listen on loopback, or set [sql] allow_cleartext_off_loopback = true"
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(address).await.with_context(|| format!("could not listen for SQL on `{address}`"))?;
+    let options = confab_query::pgwire::PgOptions { max_connections: sql.max_connections, require_tls: sql.requires_tls(), tls };
+    tracing::info!(%address, tls = options.tls.is_some(), "serving the history over the PostgreSQL protocol");
+    let accounts = Arc::new(crate::wiring::PgAccountsView { state });
+    Ok(tokio::spawn(async move {
+        if let Err(error) = confab_query::pgwire::serve(engine, accounts, listener, options).await {
+            tracing::error!(%error, "the PostgreSQL protocol server stopped");
+        }
+    }))
 }

@@ -55,29 +55,34 @@ pub fn large_conversation_members(specs: &[PipelineSpec]) -> usize {
         .unwrap_or(DEFAULT_LARGE_CONVERSATION_MEMBERS)
 }
 
-/// Logins and audit for the PostgreSQL protocol, over the accounts.
+/// Logins and audit for the PostgreSQL protocol, over the accounts and
+/// the login limits HTTP keeps.
 pub struct PgAccountsView {
-    pub ingest: Arc<Ingest>,
-    pub passwords: Arc<confab_gateway::auth::Passwords>,
+    pub state: confab_gateway::AppState,
 }
 
 #[async_trait::async_trait]
 impl confab_query::pgwire::PgAccounts for PgAccountsView {
-    async fn login(&self, username: &str, password: &str) -> Option<String> {
-        let user = self.ingest.user_by_username(username).ok().flatten();
-        let stored = user.as_ref().map(|user| user.password_hash.clone());
-        let (passwords, password) = (self.passwords.clone(), password.to_string());
-        let verified = tokio::task::spawn_blocking(move || passwords.verify(&password, stored.as_deref())).await.unwrap_or(false);
-        let user = user.filter(|_| verified)?;
-        self.ingest.has_role(&user.user_id, confab_schemas::events::AccountRole::Compliance).ok()?.then(|| user.user_id.clone())
+    async fn login(&self, username: &str, password: &str, peer: std::net::IpAddr) -> confab_query::pgwire::Login {
+        use confab_gateway::login::LoginCheck;
+        use confab_query::pgwire::Login;
+        let user = match confab_gateway::login::check_password(&self.state, username, password, Some(peer)).await {
+            Ok(LoginCheck::Valid(user)) => user,
+            Ok(LoginCheck::Wrong) => return Login::Refused,
+            Ok(LoginCheck::Limited(retry_after_secs)) => return Login::Limited { retry_after_secs },
+            Err(error) => {
+                tracing::error!(error = %error.message, "could not check a PostgreSQL-protocol login");
+                return Login::Refused;
+            }
+        };
+        match self.state.ingest.has_role(&user.user_id, confab_schemas::events::AccountRole::Compliance) {
+            Ok(true) => Login::Allowed { user_id: user.user_id.clone() },
+            _ => Login::Refused,
+        }
     }
 
-    async fn audit(&self, username: &str, sql: &str) {
-        let Ok(Some(user)) = self.ingest.user_by_username(username) else { return };
-        let details = serde_json::json!({"sql": sql, "via": "pgwire"}).to_string();
-        if let Err(error) = self.ingest.record_audit(&user.user_id, "sql.query", details).await {
-            tracing::error!(%error, "could not audit a query");
-        }
+    async fn audit(&self, user_id: &str, details: String) -> Result<(), String> {
+        self.state.ingest.record_audit(user_id, "sql.query", details).await.map_err(|error| error.to_string())
     }
 }
 

@@ -12,8 +12,12 @@ pub struct GatewayConfig {
     pub access_token_ttl_secs: u64,
     /// Largest request body; message bodies have their own, smaller limit.
     pub request_body_max_bytes: usize,
-    /// Take the client address from `X-Forwarded-For` (only behind a proxy you run).
+    /// Believe `X-Forwarded-For` from a proxy on loopback (a shorthand
+    /// for adding 127.0.0.0/8 and ::1 to `trusted_proxies`).
     pub trust_forwarded_for: bool,
+    /// Proxies (addresses or CIDR blocks) whose `X-Forwarded-For` is
+    /// believed; the client is the rightmost hop that is not one of them.
+    pub trusted_proxies: Vec<String>,
     /// A static bearer token a Prometheus scraper may use for `/metrics`.
     pub metrics_token: Option<String>,
     pub rate_limits: RateLimitConfig,
@@ -38,6 +42,7 @@ impl Default for GatewayConfig {
             access_token_ttl_secs: 24 * 3600,
             request_body_max_bytes: 256 * 1024,
             trust_forwarded_for: false,
+            trusted_proxies: Vec::new(),
             metrics_token: None,
             rate_limits: RateLimitConfig::default(),
             password_hash: PasswordHashConfig::default(),
@@ -46,5 +51,12 @@ impl Default for GatewayConfig {
             connection_queue_max_frames: 1_024,
             ws_sends_in_flight_max: 256,
         }
+    }
+}
+
+impl GatewayConfig {
+    /// Every problem of the settings, each naming its field.
+    pub fn problems(&self) -> Vec<String> {
+        crate::client_ip::trusted_proxies(&self.trusted_proxies, self.trust_forwarded_for).err().unwrap_or_default()
     }
 }

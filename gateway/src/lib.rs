@@ -4,9 +4,11 @@
 //! in-process. Only this crate turns errors into responses (see [`error`]).
 
 pub mod auth;
+pub mod client_ip;
 pub mod config;
 pub mod error;
 mod extract;
+pub mod login;
 pub mod metrics;
 pub mod rate_limit;
 mod routes;
@@ -45,6 +47,8 @@ pub struct Shared {
     pub rate_limiter: rate_limit::RateLimiter,
     pub metrics: metrics::Metrics,
     pub config: GatewayConfig,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<client_ip::Block>,
     pub started_at: Instant,
 }
 
@@ -79,6 +83,8 @@ impl AppState {
             passwords: Arc::new(auth::Passwords::new(&config.password_hash)),
             rate_limiter: rate_limit::RateLimiter::new(config.rate_limits.clone()),
             metrics: metrics::Metrics::default(),
+            // Checked when the config is loaded (`GatewayConfig::problems`).
+            trusted_proxies: client_ip::trusted_proxies(&config.trusted_proxies, config.trust_forwarded_for).unwrap_or_default(),
             config,
             started_at: Instant::now(),
         }))

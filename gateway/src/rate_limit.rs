@@ -21,7 +21,11 @@ pub struct RateLimitConfig {
     pub enabled: bool,
     pub signup_per_ip: Option<Rate>,
     pub login_per_ip: Option<Rate>,
-    pub login_per_account: Option<Rate>,
+    /// Wrong passwords for one account from one address. Counted per
+    /// address so that a stranger's guesses never lock the owner out (the
+    /// right password from another address is never refused for them).
+    #[serde(alias = "login_per_account")]
+    pub login_failures_per_account_and_ip: Option<Rate>,
     pub send_per_account: Option<Rate>,
     pub send_per_ip: Option<Rate>,
 }
@@ -34,7 +38,7 @@ impl Default for RateLimitConfig {
             enabled: true,
             signup_per_ip: Some(Rate { per_second: 0.1, burst: 10 }),
             login_per_ip: Some(Rate { per_second: 1.0, burst: 20 }),
-            login_per_account: Some(Rate { per_second: 0.2, burst: 10 }),
+            login_failures_per_account_and_ip: Some(Rate { per_second: 0.2, burst: 10 }),
             send_per_account: Some(Rate { per_second: 10.0, burst: 50 }),
             send_per_ip: Some(Rate { per_second: 200.0, burst: 1_000 }),
         }
@@ -45,7 +49,7 @@ impl Default for RateLimitConfig {
 pub enum Limit {
     SignupPerIp,
     LoginPerIp,
-    LoginPerAccount,
+    LoginFailuresPerAccountAndIp,
     SendPerAccount,
     SendPerIp,
 }
@@ -76,7 +80,7 @@ impl RateLimiter {
         match limit {
             Limit::SignupPerIp => self.config.signup_per_ip,
             Limit::LoginPerIp => self.config.login_per_ip,
-            Limit::LoginPerAccount => self.config.login_per_account,
+            Limit::LoginFailuresPerAccountAndIp => self.config.login_failures_per_account_and_ip,
             Limit::SendPerAccount => self.config.send_per_account,
             Limit::SendPerIp => self.config.send_per_ip,
         }
@@ -88,13 +92,25 @@ impl RateLimiter {
     }
 
     pub fn check_at(&self, limit: Limit, key: &str, now: Instant) -> Result<(), u64> {
+        self.bucket_at(limit, key, now, true)
+    }
+
+    /// Whether a token is free, without taking it (for limits that count
+    /// only failures: look before, take after a failure).
+    pub fn peek(&self, limit: Limit, key: &str) -> Result<(), u64> {
+        self.bucket_at(limit, key, Instant::now(), false)
+    }
+
+    fn bucket_at(&self, limit: Limit, key: &str, now: Instant, take: bool) -> Result<(), u64> {
         let Some(rate) = self.rate(limit) else { return Ok(()) };
         let mut bucket = self.buckets.entry((limit, key.to_string())).or_insert(Bucket { tokens: rate.burst as f64, updated: now });
         let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * rate.per_second).min(rate.burst as f64);
         bucket.updated = now;
         if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+            if take {
+                bucket.tokens -= 1.0;
+            }
             return Ok(());
         }
         let wait = (1.0 - bucket.tokens) / rate.per_second.max(f64::MIN_POSITIVE);

@@ -19,5 +19,5 @@ pub use error::{Error, Result};
 pub use holds::{Hold, HoldTarget};
 pub use maintenance::{HistoryMaintenance, Outcome};
 pub use sink::{HistorySink, SinkConfig, SinkHandle};
-pub use sql::{check_read_only, QueryOutput, SqlEngine};
+pub use sql::{check_plan, check_read_only, Bounds, QueryOutput, Rows, SqlConfig, SqlEngine, SqlSession};
 pub use tables::HistoryStore;

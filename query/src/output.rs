@@ -11,20 +11,23 @@ use crate::{Error, Result};
 pub fn to_json_rows(output: &QueryOutput) -> Result<Vec<Vec<Value>>> {
     let mut rows = Vec::new();
     for batch in &output.batches {
-        let mut buffer = Vec::new();
-        let mut writer = deltalake::arrow::json::ArrayWriter::new(&mut buffer);
-        writer.write(batch).map_err(|error| Error::Query(error.to_string()))?;
-        writer.finish().map_err(|error| Error::Query(error.to_string()))?;
-        if buffer.is_empty() {
-            continue;
-        }
-        let objects: Vec<serde_json::Map<String, Value>> = serde_json::from_slice(&buffer).map_err(|error| Error::Query(error.to_string()))?;
-        let names: Vec<String> = batch.schema().fields().iter().map(|field| field.name().clone()).collect();
-        for object in objects {
-            rows.push(names.iter().map(|name| object.get(name).cloned().unwrap_or(Value::Null)).collect());
-        }
+        rows.extend(batch_to_json_rows(batch)?);
     }
     Ok(rows)
+}
+
+/// One batch's rows as arrays of JSON values, in column order.
+pub fn batch_to_json_rows(batch: &RecordBatch) -> Result<Vec<Vec<Value>>> {
+    let mut buffer = Vec::new();
+    let mut writer = deltalake::arrow::json::ArrayWriter::new(&mut buffer);
+    writer.write(batch).map_err(|error| Error::Query(error.to_string()))?;
+    writer.finish().map_err(|error| Error::Query(error.to_string()))?;
+    if buffer.is_empty() {
+        return Ok(Vec::new());
+    }
+    let objects: Vec<serde_json::Map<String, Value>> = serde_json::from_slice(&buffer).map_err(|error| Error::Query(error.to_string()))?;
+    let names: Vec<String> = batch.schema().fields().iter().map(|field| field.name().clone()).collect();
+    Ok(objects.into_iter().map(|object| names.iter().map(|name| object.get(name).cloned().unwrap_or(Value::Null)).collect()).collect())
 }
 
 /// The output formats of `confab sql`.

@@ -76,7 +76,7 @@ async fn the_tables_match_the_log_exactly_once() {
     )
     .await;
     let sink = HistorySink::start(store.clone(), log.clone(), config.clone()).await.unwrap();
-    let engine = SqlEngine::new(store.clone());
+    let engine = SqlEngine::new(store.clone(), confab_query::SqlConfig::default(), dir.path().join("sql-spill")).unwrap();
     wait_for_rows(&engine, "SELECT * FROM message_events", 2).await;
     sink.shutdown().await;
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -169,7 +169,7 @@ async fn quiet_tables_record_the_sinks_progress() {
     // Only messages: `audit`, `users` and the rest get no row at all.
     append(&log, (1..=120).map(|seq| message(seq, "quiet", day + seq as i64)).collect()).await;
     let sink = HistorySink::start(store.clone(), log.clone(), config.clone()).await.unwrap();
-    let engine = SqlEngine::new(store.clone());
+    let engine = SqlEngine::new(store.clone(), confab_query::SqlConfig::default(), dir.path().join("sql-spill")).unwrap();
     wait_for_rows(&engine, "SELECT * FROM message_events", 120).await;
     sink.shutdown().await;
     for table in ["audit", "users", "receipts", "conversations", "membership_events", "message_events"] {

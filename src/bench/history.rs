@@ -31,7 +31,7 @@ pub async fn run(options: HistoryOptions) -> anyhow::Result<()> {
         None => super::tempdir_in_target()?,
     };
     let store = HistoryStore::new(&dir.join("history").to_string_lossy(), Default::default())?;
-    let engine = SqlEngine::new(store.clone());
+    let engine = SqlEngine::new(store.clone(), confab_query::SqlConfig::default(), dir.join("sql-spill"))?;
     let existing = count(&engine, "SELECT count(*) FROM message_events").await.unwrap_or(0);
     println!(
         "history benchmark: {} messages over {} days, {} conversations, {} users, in {}",

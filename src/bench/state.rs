@@ -823,6 +823,7 @@ async fn measure(layout: &Layout, mix: &Mix, options: &StateOptions, load: LoadR
         rate: None,
         partitions: options.partitions,
         history: false,
+        during_sql: None,
     })
     .await?
     .pop();

@@ -122,6 +122,49 @@ async fn sends_and_logins_are_rate_limited_with_retry_after() {
     assert!(login_limited, "password guessing against one account is stopped");
 }
 
+/// A stranger's wrong guesses never lock the owner out: failures count per
+/// account and address, so the owner's address still gets in with the
+/// right password, while the guesser's address is refused even the right one.
+#[tokio::test]
+async fn a_stranger_cannot_lock_the_owner_out() {
+    let temporary = tempfile::tempdir().unwrap();
+    let mut config = test_config(temporary.path());
+    config.gateway.rate_limits = Default::default();
+    config.gateway.rate_limits.signup_per_ip = None;
+    config.gateway.trust_forwarded_for = true;
+    let server = TestServer::start_with(config).await;
+    server.user("owner").await;
+    let http = reqwest::Client::new();
+    let login = |from: &'static str, password: &'static str| {
+        let request =
+            http.post(format!("{}/v1/sessions", server.base)).header("x-forwarded-for", from).json(&json!({"username": "owner", "password": password}));
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let retry_after = response.headers().get("retry-after").map(|value| value.to_str().unwrap().to_string());
+            (status, retry_after)
+        }
+    };
+    let mut limited = None;
+    for attempt in 0..15 {
+        let (status, retry_after) = login("203.0.113.66", "wrong-password").await;
+        if status == 429 {
+            limited = Some((attempt, retry_after));
+            break;
+        }
+        assert_eq!(status, 401);
+    }
+    let (attempt, retry_after) = limited.expect("guessing from one address is stopped");
+    assert_eq!(attempt, 10, "ten wrong passwords, then the address waits");
+    assert!(retry_after.is_some());
+    assert_eq!(login("203.0.113.66", "password123").await.0, 429, "the guesser's address is refused even the right password");
+    assert_eq!(login("198.51.100.7", "password123").await.0, 201, "the owner's address gets in");
+    // A name that cannot be an account is a wrong login (and keys no limit).
+    assert_eq!(login("198.51.100.7", "password123").await.0, 201);
+    let (status, body) = server.client().post("/v1/sessions", json!({"username": "Ω".repeat(500), "password": "password123"})).await;
+    assert_eq!(status, 401, "{body}");
+}
+
 #[tokio::test]
 async fn the_first_account_is_the_administrator_and_survives_a_restart() {
     let mut server = TestServer::start().await;

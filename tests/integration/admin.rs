@@ -121,11 +121,55 @@ async fn operators_query_with_confab_sql_and_are_audited() {
     assert!(!ok && text.contains("`DELETE FROM`"), "{text}");
 
     let audit = query_until(&carol, "SELECT actor_id, details FROM audit WHERE actor_id LIKE 'os:%' ORDER BY ts", 2).await;
-    assert_eq!(
-        audit,
-        json!([
-            ["os:operator7", json!({"sql": "SELECT body FROM messages", "via": "cli"}).to_string()],
-            ["os:operator7", json!({"sql": "DELETE FROM audit", "via": "cli"}).to_string()],
-        ])
-    );
+    let audited: Vec<(String, serde_json::Value)> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| (row[0].as_str().unwrap().to_string(), serde_json::from_str::<serde_json::Value>(row[1].as_str().unwrap()).unwrap()))
+        .collect();
+    assert_eq!(audited.len(), 2, "{audit}");
+    for ((actor, details), sql) in audited.iter().zip(["SELECT body FROM messages", "DELETE FROM audit"]) {
+        assert_eq!(actor, "os:operator7");
+        assert_eq!(details["sql"], sql);
+        assert_eq!(details["via"], "cli");
+        assert_eq!(details["sqlBytes"], sql.len());
+    }
+}
+
+/// Refused attempts leave a trace: a caller without the role, SQL over the
+/// size limit, a statement that would write. Each is audited before it is
+/// refused, long SQL cut with its length and hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_sql_attempts_are_audited_before_they_are_refused() {
+    let server = TestServer::start().await;
+    let admin = server.user("admin").await;
+    let carol = server.user("carol").await;
+    let mallory = server.user("mallory").await;
+    admin.post("/v1/admin/roles", json!({"userId": carol.user_id, "role": "compliance"})).await;
+    assert_error(&mallory.post("/v1/admin/sql", json!({"sql": "SELECT 'mallory-was-here'"})).await, 403, "forbidden");
+    let long = format!("SELECT '{}' AS padding", "x".repeat(70 * 1024));
+    let message = assert_error(&carol.post("/v1/admin/sql", json!({"sql": long})).await, 413, "too_large");
+    assert!(message.contains("sql_max_bytes"), "{message}");
+    let message = assert_error(&carol.post("/v1/admin/sql", json!({"sql": "SELECT 1 AS one INTO kept"})).await, 400, "bad_request");
+    assert!(message.contains("only queries"), "{message}");
+    let message = assert_error(&carol.post("/v1/admin/sql", json!({"sql": "SELECT * FROM kept"})).await, 400, "bad_request");
+    assert!(message.contains("kept"), "{message}");
+    // A result over the HTTP cap is stopped while it streams.
+    let message = assert_error(&carol.post("/v1/admin/sql", json!({"sql": "SELECT * FROM generate_series(1, 200000)"})).await, 413, "too_large");
+    assert!(message.contains("LIMIT"), "{message}");
+
+    let rows = crate::harness::poll_sql(&carol, "SELECT actor_id, details FROM audit WHERE action = 'sql.query' ORDER BY ts", |rows| {
+        let text = rows.to_string();
+        text.contains("mallory-was-here") && text.contains("too_long") && text.contains("INTO kept")
+    })
+    .await;
+    let rows = rows.as_array().unwrap();
+    let forbidden = rows.iter().find(|row| row[1].as_str().unwrap().contains("mallory-was-here")).unwrap();
+    assert_eq!(forbidden[0], mallory.user_id.as_str());
+    assert!(forbidden[1].as_str().unwrap().contains(r#""refused":"forbidden""#), "{forbidden}");
+    let cut = rows.iter().find(|row| row[1].as_str().unwrap().contains("too_long")).unwrap();
+    let details: serde_json::Value = serde_json::from_str(cut[1].as_str().unwrap()).unwrap();
+    assert_eq!(details["sqlBytes"], long.len());
+    assert_eq!(details["truncated"], true);
+    assert!(details["sql"].as_str().unwrap().len() <= 4096);
 }

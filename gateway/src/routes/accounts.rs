@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use crate::auth::ClientIp;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
+use crate::login::LoginCheck;
 use crate::rate_limit::Limit;
 use crate::AppState;
 
@@ -34,9 +35,7 @@ pub struct CreateSession {
 }
 
 fn check_username(username: &str) -> ApiResult<()> {
-    let valid = (3..=32).contains(&username.len())
-        && username.bytes().all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || matches!(byte, b'_' | b'.' | b'-'));
-    if !valid {
+    if !crate::login::is_username(username) {
         return Err(ApiError::bad_request("invalid `username`: use 3 to 32 of a-z 0-9 _ . -"));
     }
     Ok(())
@@ -78,21 +77,13 @@ pub async fn create_user(State(state): State<AppState>, ip: ClientIp, ApiJson(re
 }
 
 pub async fn create_session(State(state): State<AppState>, ip: ClientIp, ApiJson(request): ApiJson<CreateSession>) -> ApiResult<(StatusCode, Json<Value>)> {
-    limit(&state, Limit::LoginPerIp, &ip_key(&ip))?;
-    limit(&state, Limit::LoginPerAccount, &request.username)?;
     if request.password.len() > PASSWORD_MAX_BYTES {
         return Err(ApiError::new(ErrorCode::TooLarge, format!("`password` is over {PASSWORD_MAX_BYTES} bytes")));
     }
-    let user = state.ingest.user_by_username(&request.username)?;
-    let stored = user.as_ref().map(|user| user.password_hash.clone());
-    let password = request.password;
-    let passwords = state.passwords.clone();
-    let verified = tokio::task::spawn_blocking(move || passwords.verify(&password, stored.as_deref()))
-        .await
-        .map_err(|error| ApiError::internal("checking a password", error))?;
-    let user = match (verified, user) {
-        (true, Some(user)) => user,
-        _ => return Err(ApiError::unauthenticated("wrong username or password")),
+    let user = match crate::login::check_password(&state, &request.username, &request.password, ip.0).await? {
+        LoginCheck::Valid(user) => user,
+        LoginCheck::Wrong => return Err(ApiError::unauthenticated("wrong username or password")),
+        LoginCheck::Limited(retry_after) => return Err(ApiError::rate_limited(retry_after)),
     };
     let device_id = state.ingest.create_device(&user.user_id, request.device_name, request.platform).await?;
     let token = state.tokens.issue(&user.user_id, &device_id);

@@ -16,10 +16,10 @@ use crate::AppState;
 use confab_ingest::ComplianceScope;
 use confab_query::HoldTarget;
 
-/// Largest SQL text accepted.
-const SQL_MAX_BYTES: usize = 64 * 1024;
 /// Largest result returned over HTTP; bigger ones need a LIMIT (or `confab sql`).
-const RESULT_MAX_ROWS: usize = 100_000;
+const RESULT_MAX_ROWS: u64 = 100_000;
+/// Largest result returned over HTTP, as Arrow data while it streams.
+const RESULT_MAX_BYTES: u64 = 32 << 20;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -46,7 +46,13 @@ pub async fn grant_role(State(state): State<AppState>, Authenticated(caller): Au
 fn query_error(error: confab_query::Error) -> ApiError {
     use confab_query::Error;
     match error {
-        Error::NotAQuery { .. } | Error::StatementCount(_) | Error::Parse(_) | Error::Query(_) => ApiError::bad_request(error.to_string()),
+        Error::NotAQuery { .. } | Error::Writes(_) | Error::StatementCount(_) | Error::Parse(_) | Error::Query(_) | Error::Timeout(_) => {
+            ApiError::bad_request(error.to_string())
+        }
+        Error::MemoryExhausted(ref reason) if reason.contains("total_memory_mb") => ApiError::new(ErrorCode::Unavailable, error.to_string()),
+        Error::MemoryExhausted(_) => ApiError::bad_request(error.to_string()),
+        Error::TooLong { .. } | Error::ResultTooLarge(_) => ApiError::new(ErrorCode::TooLarge, error.to_string()),
+        Error::AuditUnavailable(_) => ApiError::new(ErrorCode::Unavailable, error.to_string()),
         Error::UnderHold { .. } => ApiError::new(ErrorCode::Conflict, error.to_string()),
         Error::HoldNotFound(_) => ApiError::new(ErrorCode::NotFound, error.to_string()),
         Error::HistoryBehind => ApiError::new(ErrorCode::Unavailable, error.to_string()),
@@ -65,21 +71,45 @@ fn require_compliance(state: &AppState, user_id: &str, what: &str) -> ApiResult<
     Err(ApiError::new(ErrorCode::Forbidden, format!("only compliance accounts may {what}; an administrator grants the role with POST /v1/admin/roles")))
 }
 
-/// Runs one read-only query for a compliance account. Every attempt,
-/// refused or not, is written to the audit log first.
+/// Runs one read-only query for a compliance account.
+///
+/// Every attempt is written to the audit log first, refused ones included
+/// (not a compliance account, SQL too long): if that write fails, nothing
+/// runs and the answer is 503. Then the statement gets a session of its
+/// own, is plan-checked, and runs on the SQL threads; its rows are counted
+/// as they stream, and a client that goes away stops it (dropping the
+/// rows aborts the work).
 pub async fn sql(State(state): State<AppState>, Authenticated(caller): Authenticated, ApiJson(request): ApiJson<SqlRequest>) -> ApiResult<Json<Value>> {
+    let compliance = state.ingest.has_role(&caller.user_id, AccountRole::Compliance)?;
+    let limit = state.history.config().sql_max_bytes;
+    let refused = if !compliance {
+        Some("forbidden")
+    } else if request.sql.len() > limit {
+        Some("too_long")
+    } else {
+        None
+    };
+    let extra: Vec<(&str, &str)> = refused.map(|reason| vec![("refused", reason)]).unwrap_or_default();
+    let details = confab_query::audit::sql_attempt(&request.sql, "http", &extra);
+    if let Err(error) = state.ingest.record_audit(&caller.user_id, "sql.query", details).await {
+        tracing::error!(%error, "could not audit a query, so it did not run");
+        return Err(query_error(confab_query::Error::AuditUnavailable(error.to_string())));
+    }
     require_compliance(&state, &caller.user_id, "query the history")?;
-    if request.sql.len() > SQL_MAX_BYTES {
-        return Err(ApiError::new(ErrorCode::TooLarge, format!("`sql` is {} bytes; the limit is {SQL_MAX_BYTES}", request.sql.len())));
+    if request.sql.len() > limit {
+        return Err(query_error(confab_query::Error::TooLong { bytes: request.sql.len(), limit }));
     }
-    state.ingest.record_audit(&caller.user_id, "sql.query", json!({"sql": request.sql, "via": "http"}).to_string()).await?;
-    confab_query::check_read_only(&request.sql).map_err(query_error)?;
-    let output = state.history.query(&request.sql).await.map_err(query_error)?;
-    let rows = confab_query::output::to_json_rows(&output).map_err(query_error)?;
-    if rows.len() > RESULT_MAX_ROWS {
-        return Err(ApiError::new(ErrorCode::TooLarge, format!("the result has {} rows; the limit is {RESULT_MAX_ROWS}: add a LIMIT", rows.len())));
+    let session = state.history.session().await.map_err(query_error)?;
+    let plan = session.plan(&request.sql).await.map_err(query_error)?;
+    let server = state.history.bounds();
+    let bounds = confab_query::Bounds { max_rows: server.max_rows.min(RESULT_MAX_ROWS), max_bytes: server.max_bytes.min(RESULT_MAX_BYTES), ..server };
+    let mut result = session.run(plan, bounds, None);
+    let mut rows = Vec::new();
+    while let Some(batch) = result.next_batch().await {
+        let batch = batch.map_err(query_error)?;
+        rows.extend(confab_query::output::batch_to_json_rows(&batch).map_err(query_error)?);
     }
-    Ok(Json(json!({"columns": output.columns, "rows": rows})))
+    Ok(Json(json!({"columns": result.columns, "rows": rows})))
 }
 
 #[derive(Deserialize)]
