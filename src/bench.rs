@@ -386,7 +386,9 @@ pub(crate) async fn post(client: &reqwest::Client, url: &str, token: Option<&str
     }
     let response = request.send().await?;
     let status = response.status();
-    let value: Value = response.json().await?;
+    let bytes = response.bytes().await?;
+    // 204 and the like have no body.
+    let value: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes)? };
     if !status.is_success() {
         bail!("{url} answered {status}: {value}");
     }

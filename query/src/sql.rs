@@ -19,7 +19,7 @@
 //!    it runs: DataFusion executes DDL in `execute_logical_plan`, which a
 //!    refused plan never reaches.
 //! 4. [`SqlSession::run`] executes the plan on the SQL threads (their own
-//!    runtime, at nice 10, so a heavy query cannot take the cores that
+//!    runtime, at nice 19, so a heavy query cannot take the cores that
 //!    serve chat) and hands back [`Rows`], a stream of batches. The rows
 //!    and bytes are counted as they stream and the statement is stopped at
 //!    the caps, at its deadline, when it is cancelled, or when the reader
@@ -91,7 +91,7 @@ pub struct SqlConfig {
     pub result_max_bytes: u64,
     /// Largest SQL text accepted.
     pub sql_max_bytes: usize,
-    /// Threads that run compliance SQL, at low priority (nice 10).
+    /// Threads that run compliance SQL, at low priority (nice 19).
     pub threads: usize,
     /// PostgreSQL-protocol connections open at once; more are refused
     /// with SQLSTATE 53300.
@@ -220,8 +220,8 @@ impl SqlEngine {
             .worker_threads(config.threads)
             .thread_name("confab-sql")
             .on_thread_start(|| {
-                // Below the chat's threads: a heavy query waits, sends do not.
-                let _ = rustix::process::setpriority_process(None, 10);
+                // Far below the chat's threads: a heavy query waits, sends do not.
+                let _ = rustix::process::setpriority_process(None, 19);
             })
             .enable_all()
             .build()
