@@ -53,9 +53,26 @@ enum Command {
     /// Work with pipeline definitions.
     #[command(subcommand)]
     Pipelines(PipelinesCommand),
+    /// Work with the log on disk (the server must be stopped).
+    #[command(subcommand)]
+    Log(LogCommand),
     /// Measure Confab; prints the figures of `docs/BENCHMARKS.md`.
     #[command(subcommand)]
     Bench(confab::bench::BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Cuts each partition's newest segment at its first damaged record, for
+    /// a log the server refused to open ("not a torn tail"). Every cut byte
+    /// is kept under `<data dir>/log/repair/`; the records after the damage
+    /// are no longer in the log.
+    Repair {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -84,6 +101,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve { data_dir, listen, config, sql_listen } => runtime.block_on(serve(data_dir, listen, config, sql_listen)),
         Command::Bench(command) => runtime.block_on(confab::bench::run(command)),
         Command::Pipelines(PipelinesCommand::Validate { files }) => validate_pipelines(files),
+        Command::Log(LogCommand::Repair { data_dir, config }) => repair_log(data_dir, config),
         Command::Sql { sql, data_dir, config, format } => runtime.block_on(run_sql(sql, data_dir, config, format)),
     }
 }
@@ -135,6 +153,33 @@ async fn run_sql(sql: String, data_dir: Option<PathBuf>, config_path: Option<Pat
     let engine = confab_query::SqlEngine::new(store, config.sql.clone(), config.data_dir.join("sql-spill"))?;
     let output = engine.query(&sql).await?;
     std::io::stdout().write_all(&confab_query::output::render(&output, format)?)?;
+    Ok(())
+}
+
+fn repair_log(data_dir: Option<PathBuf>, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut config = match config_path {
+        Some(path) => Config::load(&path)?,
+        None => Config::default(),
+    };
+    if let Some(data_dir) = data_dir {
+        config.data_dir = data_dir;
+    }
+    // The server's lock: a running server is never repaired under.
+    let _lock = confab::server::lock_data_dir(&config.data_dir)?;
+    let repaired = confab_log::FileLog::repair(config.data_dir.join("log"))?;
+    if repaired.is_empty() {
+        println!("no damage found in the newest segment of any partition; nothing was cut");
+    }
+    for cut in repaired {
+        println!(
+            "partition {}: cut `{}` at byte {} ({} bytes, kept in `{}`)",
+            cut.partition,
+            cut.segment.display(),
+            cut.cut_at,
+            cut.cut_bytes,
+            cut.kept_in.display()
+        );
+    }
     Ok(())
 }
 

@@ -94,6 +94,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     );
     let ingest_for_shutdown = ingest.clone();
     let state = AppState::new(ingest.clone(), hub, pipelines.clone(), history.clone(), Arc::new(maintenance), config.gateway.clone(), token_secret);
+    let readiness = crate::wiring::ReadinessView { log: log.clone(), sink: history_sink.as_ref().map(|sink| sink.handle()) };
+    let _ = state.readiness.set(Arc::new(readiness));
     let sql_server = match config.sql_listen {
         Some(address) => Some(start_pgwire(&config, address, (*history).clone(), state.clone()).await?),
         None => None,
@@ -108,17 +110,31 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         loop {
             ticks.tick().await;
             janitor_state.rate_limiter.forget_idle();
+            janitor_state.typing_sent.retain(|_, at| at.elapsed() < Duration::from_secs(60));
         }
     });
     let closing = state.closing.clone();
-    let app = confab_gateway::app(state).into_make_service_with_connect_info::<SocketAddr>();
+    let gateway = &config.gateway;
+    let tls = match &gateway.tls {
+        Some(files) => Some(
+            confab_query::pgwire::tls_acceptor(&files.cert_file, &files.key_file)
+                .context("could not set up TLS for the HTTP listener ([gateway.tls] cert_file, key_file)")?,
+        ),
+        None => None,
+    };
+    let doors = confab_gateway::serve::Doors {
+        max_connections: gateway.max_connections,
+        max_connections_per_ip: gateway.max_connections_per_ip,
+        header_read_timeout: Duration::from_millis(gateway.header_read_timeout_ms),
+        tls,
+    };
+    let app = confab_gateway::app(state);
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-                closing.send_replace(true);
-            })
-            .await;
+        let served = confab_gateway::serve::serve(listener, app, doors, async move {
+            let _ = stopped.await;
+            closing.send_replace(true);
+        })
+        .await;
         janitor.abort();
         if let Some(sql_server) = sql_server {
             sql_server.abort();
@@ -173,7 +189,7 @@ fn restrict_permissions(data_dir: &Path) -> anyhow::Result<()> {
 
 /// Holds an exclusive lock on the data directory for the life of the server,
 /// so that two servers never write one log.
-fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
+pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
     let path = data_dir.join("confab.lock");
     let file = File::create(&path).with_context(|| format!("could not create `{}`", path.display()))?;
     file.try_lock()

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::bail;
 use confab_ingest::Ingest;
-use confab_log::Offset;
+use confab_log::{FileLog, Offset};
 use confab_pipelines::definition;
 use confab_pipelines::runtime::BoxFuture;
 use confab_pipelines::{DeliveryView, DeviceReceipt, PipelineSpec, ReceiptSink, RecordEvent};
@@ -136,5 +136,31 @@ pub fn load_pipelines(dir: Option<&PathBuf>) -> anyhow::Result<Vec<PipelineSpec>
             let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
             bail!("invalid pipeline definitions; nothing was started:\n{}", lines.join("\n"))
         }
+    }
+}
+
+/// `/readyz` over the log and the history sink.
+pub struct ReadinessView {
+    pub log: Arc<FileLog>,
+    pub sink: Option<confab_query::SinkHandle>,
+}
+
+impl confab_gateway::Readiness for ReadinessView {
+    fn parts(&self) -> Vec<(&'static str, Option<String>)> {
+        let poisoned = self.log.poisoned_partitions();
+        let log = (!poisoned.is_empty())
+            .then(|| format!("log partitions {poisoned:?} refuse writes after a failed write to disk; fix the disk and restart the server"));
+        let sink = self.sink.as_ref().and_then(|sink| {
+            let failing = sink.failing();
+            (!failing.is_empty()).then(|| {
+                let listed: Vec<String> = failing.iter().map(|(partition, error)| format!("partition {partition}: {error}")).collect();
+                format!("the history sink is failing and restarting with backoff ({})", listed.join("; "))
+            })
+        });
+        vec![("log", log), ("history_sink", sink)]
+    }
+
+    fn sink_restarts(&self) -> u64 {
+        self.sink.as_ref().map_or(0, confab_query::SinkHandle::restarts)
     }
 }

@@ -118,6 +118,13 @@ impl TokenKeys {
         Ok((claims.sub, claims.did))
     }
 
+    /// When a token (already verified) expires, in seconds since the epoch.
+    pub fn expires_at(&self, token: &str) -> Option<u64> {
+        let payload = token.split('.').nth(1)?;
+        let claims: Claims = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+        Some(claims.exp)
+    }
+
     fn mac(&self, input: &str) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).expect("hmac takes any key length");
         mac.update(input.as_bytes());
@@ -125,7 +132,7 @@ impl TokenKeys {
     }
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs())
 }
 
@@ -153,7 +160,12 @@ pub fn authenticate(state: &AppState, token: &str) -> Result<Caller, ApiError> {
     let (user_id, device_id) = state.tokens.verify(token).map_err(ApiError::unauthenticated)?;
     let device_matches = state.ingest.device(&device_id)?.is_some_and(|device| device.user_id == user_id);
     if !device_matches {
-        return Err(ApiError::unauthenticated("the access token's device is unknown; log in again"));
+        return Err(ApiError::unauthenticated("the access token's device is unknown or logged out; log in again"));
+    }
+    // Refreshed at most once a minute per device: a read lock on the hot path.
+    let now = confab_schemas::ids::now_ms();
+    if state.device_seen.get(&device_id).is_none_or(|seen| now - *seen > 60_000) {
+        state.device_seen.insert(device_id.clone(), now);
     }
     Ok(Caller { user_id, device_id })
 }

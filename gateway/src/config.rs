@@ -34,6 +34,31 @@ pub struct GatewayConfig {
     /// answered); beyond that the server reads the socket's next frame only
     /// once one is answered.
     pub ws_sends_in_flight_max: usize,
+    /// A client must send a whole request head within this; an idle
+    /// keep-alive connection is closed after it too.
+    pub header_read_timeout_ms: u64,
+    /// Connections open at once, in all and from one address; more are
+    /// answered 503 without being read.
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// WebSockets open at once per account and per address (429 beyond).
+    pub ws_per_user_max: usize,
+    pub ws_per_ip_max: usize,
+    /// A socket that cannot take a frame within this is closed.
+    pub ws_write_timeout_ms: u64,
+    /// A user's last socket closing is announced as offline only after
+    /// this, so that a quick reconnect announces nothing.
+    pub presence_debounce_ms: u64,
+    /// TLS on the listener (PEM files); `wss://` works through it.
+    pub tls: Option<TlsFiles>,
+}
+
+/// A certificate chain and its private key, in PEM files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
 }
 
 impl Default for GatewayConfig {
@@ -50,6 +75,14 @@ impl Default for GatewayConfig {
             ws_frame_max_bytes: 64 * 1024,
             connection_queue_max_frames: 1_024,
             ws_sends_in_flight_max: 256,
+            header_read_timeout_ms: 15_000,
+            max_connections: 19_000,
+            max_connections_per_ip: 2_000,
+            ws_per_user_max: 32,
+            ws_per_ip_max: 2_000,
+            ws_write_timeout_ms: 10_000,
+            presence_debounce_ms: 5_000,
+            tls: None,
         }
     }
 }
@@ -57,6 +90,22 @@ impl Default for GatewayConfig {
 impl GatewayConfig {
     /// Every problem of the settings, each naming its field.
     pub fn problems(&self) -> Vec<String> {
-        crate::client_ip::trusted_proxies(&self.trusted_proxies, self.trust_forwarded_for).err().unwrap_or_default()
+        let mut problems = crate::client_ip::trusted_proxies(&self.trusted_proxies, self.trust_forwarded_for).err().unwrap_or_default();
+        for (value, name) in [(self.header_read_timeout_ms, "header_read_timeout_ms"), (self.ws_write_timeout_ms, "ws_write_timeout_ms")] {
+            if value == 0 {
+                problems.push(format!("[gateway] {name} must be over 0"));
+            }
+        }
+        for (value, name) in [
+            (self.max_connections, "max_connections"),
+            (self.max_connections_per_ip, "max_connections_per_ip"),
+            (self.ws_per_user_max, "ws_per_user_max"),
+            (self.ws_per_ip_max, "ws_per_ip_max"),
+        ] {
+            if value == 0 {
+                problems.push(format!("[gateway] {name} must be 1 or more"));
+            }
+        }
+        problems
     }
 }

@@ -27,6 +27,12 @@ impl ApiError {
         ApiError::new(ErrorCode::Unauthenticated, message)
     }
 
+    /// Adds a `Retry-After` (seconds) to the answer.
+    pub fn retry_after(mut self, seconds: u64) -> ApiError {
+        self.retry_after_secs = Some(seconds);
+        self
+    }
+
     pub fn rate_limited(retry_after_secs: u64) -> ApiError {
         ApiError {
             code: ErrorCode::RateLimited,

@@ -12,6 +12,7 @@ pub mod login;
 pub mod metrics;
 pub mod rate_limit;
 mod routes;
+pub mod serve;
 pub mod ws;
 
 use std::sync::Arc;
@@ -24,6 +25,15 @@ use confab_ingest::Ingest;
 use confab_pipelines::{Hub, Runtime};
 
 pub use config::GatewayConfig;
+
+/// What `/readyz` asks of the parts the gateway does not own (the log, the
+/// history sink); implemented in the binary's wiring.
+pub trait Readiness: Send + Sync {
+    /// Each part by name, with what is wrong with it (`None`: ready).
+    fn parts(&self) -> Vec<(&'static str, Option<String>)>;
+    /// Restarts of the history sink's tasks since the server started.
+    fn sink_restarts(&self) -> u64;
+}
 
 /// Everything a request handler needs; cloned per request, so one `Arc`.
 #[derive(Clone)]
@@ -39,6 +49,16 @@ pub struct Shared {
     pub maintenance: Arc<confab_query::HistoryMaintenance>,
     /// When each user was last seen online (presence).
     pub last_seen: dashmap::DashMap<String, i64>,
+    /// When each device last made a request or held a socket (ms; since
+    /// this server started: not kept across restarts).
+    pub device_seen: dashmap::DashMap<String, i64>,
+    /// When each user last announced typing in each conversation (shed
+    /// repeats; forgotten by the janitor).
+    pub typing_sent: dashmap::DashMap<(String, String), Instant>,
+    /// WebSockets open per client address.
+    pub sockets_per_ip: dashmap::DashMap<String, usize>,
+    /// Users announced online and not yet offline (presence debounce).
+    pub presence_announced: dashmap::DashSet<String>,
     /// Set when the server stops: WebSocket sessions close ("going away")
     /// so that graceful shutdown does not wait on them.
     pub closing: tokio::sync::watch::Sender<bool>,
@@ -50,6 +70,8 @@ pub struct Shared {
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<client_ip::Block>,
     pub started_at: Instant,
+    /// Set once by the binary when the parts are up.
+    pub readiness: std::sync::OnceLock<Arc<dyn Readiness>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -78,6 +100,10 @@ impl AppState {
             history,
             maintenance,
             last_seen: dashmap::DashMap::new(),
+            device_seen: dashmap::DashMap::new(),
+            typing_sent: dashmap::DashMap::new(),
+            sockets_per_ip: dashmap::DashMap::new(),
+            presence_announced: dashmap::DashSet::new(),
             closing: tokio::sync::watch::channel(false).0,
             tokens: auth::TokenKeys::new(token_secret, config.access_token_ttl_secs),
             passwords: Arc::new(auth::Passwords::new(&config.password_hash)),
@@ -87,6 +113,7 @@ impl AppState {
             trusted_proxies: client_ip::trusted_proxies(&config.trusted_proxies, config.trust_forwarded_for).unwrap_or_default(),
             config,
             started_at: Instant::now(),
+            readiness: std::sync::OnceLock::new(),
         }))
     }
 }
@@ -96,9 +123,15 @@ pub fn app(state: AppState) -> Router {
     let body_limit = state.config.request_body_max_bytes;
     Router::new()
         .route("/healthz", get(routes::ops::health))
+        .route("/readyz", get(routes::ops::ready))
         .route("/metrics", get(routes::ops::metrics))
         .route("/v1/users", post(routes::accounts::create_user))
         .route("/v1/sessions", post(routes::accounts::create_session))
+        .route("/v1/sessions/current", delete(routes::accounts::end_current_session))
+        .route("/v1/devices", get(routes::accounts::list_devices))
+        .route("/v1/me/blocks", get(routes::accounts::list_blocks))
+        .route("/v1/me/blocks/{user_id}", axum::routing::put(routes::accounts::block).delete(routes::accounts::unblock))
+        .route("/v1/devices/{id}", delete(routes::accounts::remove_device))
         .route("/v1/conversations", post(routes::conversations::create).get(routes::conversations::list))
         .route("/v1/conversations/{id}/members", post(routes::conversations::add_members).get(routes::conversations::members))
         .route("/v1/conversations/{id}/members/{user_id}", delete(routes::conversations::remove_member))
@@ -109,6 +142,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/sync", get(routes::messages::sync))
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/admin/roles", post(routes::admin::grant_role))
+        .route("/v1/admin/roles/{user_id}/{role}", delete(routes::admin::revoke_role))
         .route("/v1/admin/sql", post(routes::admin::sql))
         .route("/v1/admin/holds", post(routes::admin::place_hold).get(routes::admin::list_holds))
         .route("/v1/admin/holds/{id}", delete(routes::admin::release_hold))

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::request::Parts;
 use axum::response::Response;
 use confab_ingest::{Caller, NewMessage, SyncCursor, SYNC_PAGE_MAX};
@@ -55,7 +55,8 @@ use tokio::sync::mpsc;
 
 use crate::auth::{authenticate, bearer_token};
 use crate::error::{ApiError, ApiResult};
-use crate::rate_limit::Limit;
+use crate::extract::ApiQuery;
+use crate::rate_limit::{Limit, Write};
 use crate::AppState;
 
 /// Replies (acks, errors, pongs) queued for the send task; a client that
@@ -77,7 +78,7 @@ fn ready<'a>(frame: Option<ServerFrame>) -> Answer<'a> {
 pub async fn upgrade(
     State(state): State<AppState>,
     parts: Parts,
-    Query(params): Query<HashMap<String, String>>,
+    ApiQuery(params): ApiQuery<HashMap<String, String>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
     let token = bearer_token(&parts).map(str::to_string).or_else(|| params.get("accessToken").cloned());
@@ -91,21 +92,72 @@ pub async fn upgrade(
         None => None,
     };
     let upgrade = upgrade.map_err(|rejection| ApiError::bad_request(format!("`/v1/ws` needs a WebSocket upgrade: {rejection}")))?;
-    let ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map_or_else(|| "unknown".to_string(), |info| info.0.ip().to_string());
+    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
+    let forwarded = parts.headers.get("x-forwarded-for").and_then(|value| value.to_str().ok());
+    let ip = crate::client_ip::client_address(peer, forwarded, &state.trusted_proxies).map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
+    // Socket caps: per account, then per address (checked here, counted
+    // while the socket lives).
+    let user_max = state.config.ws_per_user_max;
+    if state.hub.connections_of(&caller.user_id) >= user_max {
+        return Err(ApiError::new(ErrorCode::RateLimited, format!("this account has {user_max} sockets open, the most it may; close one first")).retry_after(5));
+    }
+    let ip_max = state.config.ws_per_ip_max;
+    if state.sockets_per_ip.get(&ip).is_some_and(|open| *open >= ip_max) {
+        return Err(ApiError::new(ErrorCode::RateLimited, format!("this address has {ip_max} sockets open, the most it may; close some first")).retry_after(5));
+    }
+    let expires_at = state.tokens.expires_at(&token).unwrap_or(0);
     let frame_max = state.config.ws_frame_max_bytes;
     // Small buffers: most connections are idle, and memory per connection
     // is what bounds how many one server holds.
     let upgrade = upgrade.max_message_size(frame_max).max_frame_size(frame_max).read_buffer_size(SOCKET_BUFFER_BYTES).write_buffer_size(0);
-    Ok(upgrade.on_upgrade(move |socket| session(socket, state, caller, start, ip)))
+    Ok(upgrade.on_upgrade(move |socket| session(socket, state, caller, start, ip, expires_at)))
 }
 
-async fn session(socket: WebSocket, state: AppState, caller: Caller, start: Option<SyncCursor>, ip: String) {
+/// One socket counted against its address while it lives.
+struct CountedSocket<'a> {
+    state: &'a AppState,
+    ip: String,
+}
+
+impl<'a> CountedSocket<'a> {
+    fn open(state: &'a AppState, ip: &str) -> CountedSocket<'a> {
+        *state.sockets_per_ip.entry(ip.to_string()).or_insert(0) += 1;
+        CountedSocket { state, ip: ip.to_string() }
+    }
+}
+
+impl Drop for CountedSocket<'_> {
+    fn drop(&mut self) {
+        self.state.sockets_per_ip.remove_if_mut(&self.ip, |_, open| {
+            *open -= 1;
+            *open == 0
+        });
+    }
+}
+
+/// Sends one frame, or fails if the client does not take it in time.
+async fn send_within(sink: &mut futures_util::stream::SplitSink<WebSocket, Message>, message: Message, timeout: Duration) -> Result<(), axum::Error> {
+    match tokio::time::timeout(timeout, sink.send(message)).await {
+        Ok(sent) => sent,
+        Err(_) => Err(axum::Error::new(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client did not read in time"))),
+    }
+}
+
+/// The close code of a socket whose device was logged out (4401, after HTTP's 401).
+pub const LOGGED_OUT: u16 = 4401;
+
+async fn session(socket: WebSocket, state: AppState, caller: Caller, start: Option<SyncCursor>, ip: String, expires_at: u64) {
+    let _counted = CountedSocket::open(&state, &ip);
     let head = state.ingest.head_cursor();
     let stream_start = start.as_ref().unwrap_or(&head).positions.clone();
     let (connection, mut queue, first) = state.hub.register(&caller.user_id, &caller.device_id, stream_start);
-    if first {
+    // Debounced: a user who reconnects within `presence_debounce_ms` was
+    // never announced offline, so is not announced online again.
+    if first && state.presence_announced.insert(caller.user_id.clone()) {
         announce_presence(&state, &caller.user_id, PresenceStatus::Online);
     }
+    let write_timeout = Duration::from_millis(state.config.ws_write_timeout_ms);
+    let token_left = Duration::from_secs(expires_at.saturating_sub(crate::auth::unix_now()));
     let (mut sink, mut stream) = socket.split();
     let (replies, mut reply_queue) = mpsc::channel::<ServerFrame>(REPLY_QUEUE_MAX);
     let heartbeat = Duration::from_millis(state.config.heartbeat_ms);
@@ -118,11 +170,24 @@ async fn session(socket: WebSocket, state: AppState, caller: Caller, start: Opti
             Some(cursor) => replay(&state, &caller, cursor, &mut sink).await?,
             None => head,
         };
+        // One deadline for the socket's life, not one per frame.
+        let expiry = tokio::time::sleep(token_left);
+        tokio::pin!(expiry);
         loop {
             tokio::select! {
                 biased;
                 _ = async { let _ = closing.wait_for(|closing| *closing).await; } => {
                     let frame = axum::extract::ws::CloseFrame { code: axum::extract::ws::close_code::AWAY, reason: "the server is restarting; reconnect with your last cursor".into() };
+                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    return Ok(());
+                }
+                () = &mut expiry => {
+                    let frame = CloseFrame { code: LOGGED_OUT, reason: "the access token expired; log in again and reconnect with your cursor".into() };
+                    let _ = send_within(&mut sink, Message::Close(Some(frame)), write_timeout).await;
+                    return Ok(());
+                }
+                _ = connection.logged_out.notified() => {
+                    let frame = CloseFrame { code: LOGGED_OUT, reason: "this device was logged out; log in again".into() };
                     let _ = sink.send(Message::Close(Some(frame))).await;
                     return Ok(());
                 }
@@ -138,7 +203,7 @@ async fn session(socket: WebSocket, state: AppState, caller: Caller, start: Opti
                     break;
                 }
                 reply = reply_queue.recv() => match reply {
-                    Some(reply) => sink.send(Message::Text(reply.to_text().into())).await?,
+                    Some(reply) => send_within(&mut sink, Message::Text(reply.to_text().into()), write_timeout).await?,
                     None => break,
                 },
                 frame = queue.recv() => match frame {
@@ -150,9 +215,9 @@ async fn session(socket: WebSocket, state: AppState, caller: Caller, start: Opti
                         }
                         *current = after;
                         let text = format!("{{\"cursor\":\"{}\",{}", cursor.encode(), &json[1..]);
-                        sink.send(Message::Text(text.into())).await?;
+                        send_within(&mut sink, Message::Text(text.into()), write_timeout).await?;
                     }
-                    Some(Outbound::Ephemeral(frame)) => sink.send(Message::Text(frame.to_string().into())).await?,
+                    Some(Outbound::Ephemeral(frame)) => send_within(&mut sink, Message::Text(frame.to_string().into()), write_timeout).await?,
                     None => break,
                 },
             }
@@ -164,7 +229,6 @@ async fn session(socket: WebSocket, state: AppState, caller: Caller, start: Opti
     let receive_side = async {
         // What the socket is closed with when the receive side ends it.
         let mut close = None;
-        let mut typing_sent: HashMap<String, Instant> = HashMap::new();
         let in_flight_max = state.config.ws_sends_in_flight_max.max(1);
         // Answers in command order; see the module's notes.
         let mut answers: FuturesOrdered<Answer<'_>> = FuturesOrdered::new();
@@ -189,7 +253,7 @@ async fn session(socket: WebSocket, state: AppState, caller: Caller, start: Opti
                         Ok(Some(Ok(frame))) => frame,
                     };
                     let answer = match frame {
-                        Message::Text(text) => handle_command(&state, &caller, &ip, text.as_str(), &mut typing_sent).await,
+                        Message::Text(text) => handle_command(&state, &caller, &ip, text.as_str()).await,
                         Message::Binary(_) => ready(Some(ServerFrame::error(None, ErrorCode::BadRequest, "send JSON text frames, not binary"))),
                         Message::Close(_) => break,
                         Message::Ping(_) | Message::Pong(_) => continue,
@@ -209,7 +273,14 @@ async fn session(socket: WebSocket, state: AppState, caller: Caller, start: Opti
         let _ = sink.send(Message::Close(Some(frame))).await;
     }
     if state.hub.unregister(&connection) {
-        announce_presence(&state, &caller.user_id, PresenceStatus::Offline);
+        let (state, user_id) = (state.clone(), caller.user_id.clone());
+        let debounce = Duration::from_millis(state.config.presence_debounce_ms);
+        tokio::spawn(async move {
+            tokio::time::sleep(debounce).await;
+            if !state.hub.is_online(&user_id) && state.presence_announced.remove(&user_id).is_some() {
+                announce_presence(&state, &user_id, PresenceStatus::Offline);
+            }
+        });
     }
 }
 
@@ -263,7 +334,7 @@ fn api_error_frame(id: Option<Value>, error: ApiError) -> ServerFrame {
 /// send, validation and the append), and returns its answer, which may
 /// still wait (for a send, on durability). A bad frame gets an error answer
 /// and the connection stays usable.
-async fn handle_command<'a>(state: &'a AppState, caller: &'a Caller, ip: &str, text: &str, typing_sent: &mut HashMap<String, Instant>) -> Answer<'a> {
+async fn handle_command<'a>(state: &'a AppState, caller: &'a Caller, ip: &str, text: &str) -> Answer<'a> {
     let value: Value = match serde_json::from_str(text) {
         Ok(value) => value,
         Err(error) => return ready(Some(ServerFrame::error(None, ErrorCode::BadRequest, format!("the frame is not JSON: {error}")))),
@@ -303,6 +374,9 @@ async fn handle_command<'a>(state: &'a AppState, caller: &'a Caller, ip: &str, t
             }
         }
         ClientCommand::Delivered { conversation_id, seq } => {
+            if let Err(retry_after) = state.rate_limiter.check_write(Write::Receipt, &caller.user_id, ip, Some(&conversation_id)) {
+                return ready(Some(api_error_frame(id, ApiError::rate_limited(retry_after))));
+            }
             if let Err(error) = state.ingest.check_receipt(caller, &conversation_id, seq) {
                 return ready(Some(api_error_frame(id, error.into())));
             }
@@ -312,24 +386,31 @@ async fn handle_command<'a>(state: &'a AppState, caller: &'a Caller, ip: &str, t
         }
         // A read waits for durability too: queued like a send, so the
         // socket keeps reading meanwhile.
-        ClientCommand::Read { conversation_id, seq } => Box::pin(async move {
-            match state.ingest.mark_read_seq(caller, &conversation_id, seq).await {
-                Ok(()) => None,
-                Err(error) => Some(api_error_frame(id, error.into())),
+        ClientCommand::Read { conversation_id, seq } => {
+            if let Err(retry_after) = state.rate_limiter.check_write(Write::Read, &caller.user_id, ip, Some(&conversation_id)) {
+                return ready(Some(api_error_frame(id, ApiError::rate_limited(retry_after))));
             }
-        }),
+            Box::pin(async move {
+                match state.ingest.mark_read_seq(caller, &conversation_id, seq).await {
+                    Ok(()) => None,
+                    Err(error) => Some(api_error_frame(id, error.into())),
+                }
+            })
+        }
         ClientCommand::Typing { conversation_id } => {
             let members = match state.ingest.member_ids(caller, &conversation_id) {
                 Ok(members) => members,
                 Err(error) => return ready(Some(api_error_frame(id, error.into()))),
             };
             let now = Instant::now();
-            let recent = typing_sent.get(&conversation_id).is_some_and(|at| now.duration_since(*at) < TYPING_MIN_INTERVAL);
+            // Per user and conversation, whatever socket it comes from.
+            let key = (caller.user_id.clone(), conversation_id.clone());
+            let recent = state.typing_sent.get(&key).is_some_and(|at| now.duration_since(*at) < TYPING_MIN_INTERVAL);
             // Best effort: shed for large conversations and repeats.
             if recent || members.len() > state.pipelines.large_conversation_members() {
                 return ready(None);
             }
-            typing_sent.insert(conversation_id.clone(), now);
+            state.typing_sent.insert(key, now);
             let frame = ServerFrame::Typing { conversation_id, user_id: caller.user_id.clone() };
             let frame = Outbound::Ephemeral(std::sync::Arc::new(serde_json::to_value(frame).expect("frames serialize")));
             for member in members.iter().filter(|member| **member != caller.user_id) {

@@ -63,8 +63,12 @@ async fn run(store_kind: String, senders: usize, until: Until) -> anyhow::Result
         let friend = ingest.create_user(&format!("friend{index}"), None, "x".into()).await?;
         let device_id = ingest.create_device(&user.user_id, None, None).await?;
         let caller = Caller { user_id: user.user_id.clone(), device_id };
-        let request =
-            NewConversation { conversation_type: ConversationType::Group, member_ids: vec![friend.user_id.clone()], title: Some(format!("g{index}")) };
+        let request = NewConversation {
+            conversation_type: ConversationType::Group,
+            member_ids: vec![friend.user_id.clone()],
+            title: Some(format!("g{index}")),
+            history_visibility: None,
+        };
         let (conversation, _) = ingest.create_conversation(&caller, request).await?;
         callers.push((caller, conversation.conversation_id));
     }

@@ -56,6 +56,8 @@ pub(crate) struct Round<'a> {
     changed_messages: HashMap<(String, u64), MessageRow>,
     users: HashMap<String, Arc<User>>,
     devices: Vec<Arc<Device>>,
+    /// Devices logged out this round: dropped from the cache once it is durable.
+    ended_devices: Vec<String>,
     usernames: Vec<String>,
     dms: Vec<(String, String)>,
     sent_keys: Vec<(String, String)>,
@@ -78,6 +80,7 @@ impl State {
             changed_messages: HashMap::new(),
             users: HashMap::new(),
             devices: Vec::new(),
+            ended_devices: Vec::new(),
             usernames: Vec::new(),
             dms: Vec::new(),
             sent_keys: Vec::new(),
@@ -121,14 +124,40 @@ impl Round<'_> {
                 self.batch.put(Space::Users, rows::id_key(&user_id), changed.row().encode());
                 self.users.insert(user_id, Arc::new(changed));
             }
+            LogEvent::RoleRevoked { user_id, role, .. } => {
+                let current = match self.users.get(&user_id) {
+                    Some(user) => Some(user.clone()),
+                    None => self.state.user(&user_id)?,
+                };
+                let Some(current) = current else { return Ok(()) };
+                if !current.roles.contains(&role) {
+                    return Ok(());
+                }
+                let mut changed = (*current).clone();
+                changed.roles.retain(|held| *held != role);
+                self.batch.put(Space::Users, rows::id_key(&user_id), changed.row().encode());
+                self.users.insert(user_id, Arc::new(changed));
+            }
+            LogEvent::BlockChanged { user_id, blocked_id, blocked, .. } => match blocked {
+                true => self.batch.put(Space::Users, rows::block_key(&user_id, &blocked_id), Vec::new()),
+                false => self.batch.remove(Space::Users, rows::block_key(&user_id, &blocked_id)),
+            },
             LogEvent::Audited { .. } => {}
             LogEvent::SessionCreated { user_id, device_id, device_name, platform, ts } => {
                 let row = DeviceRow { user_id: user_id.clone(), name: device_name.clone(), platform: platform.clone(), created_at: ts };
                 self.batch.put(Space::Devices, rows::id_key(&device_id), row.encode());
+                self.batch.put(Space::Devices, rows::user_device_key(&user_id, &device_id), Vec::new());
                 self.devices.push(Arc::new(Device { device_id, user_id, name: device_name, platform, created_at: ts }));
             }
-            LogEvent::ConversationCreated { conversation_id, conversation_type, title, creator_id, member_ids, ts } => {
-                self.create_conversation(offset, conversation_id, conversation_type, title, creator_id, member_ids, ts)?;
+            LogEvent::SessionEnded { user_id, device_id, .. } => {
+                self.batch.remove(Space::Devices, rows::id_key(&device_id));
+                self.batch.remove(Space::Devices, rows::user_device_key(&user_id, &device_id));
+                self.devices.retain(|device| device.device_id != device_id);
+                self.ended_devices.push(device_id);
+            }
+            LogEvent::ConversationCreated { conversation_id, conversation_type, title, creator_id, member_ids, ts, history_visibility } => {
+                let visibility = history_visibility.unwrap_or_else(|| confab_schemas::events::HistoryVisibility::default_for(conversation_type));
+                self.create_conversation(offset, conversation_id, (conversation_type, visibility), title, creator_id, member_ids, ts)?;
             }
             LogEvent::MembersAdded { conversation_id, user_ids, ts, .. } => {
                 let Some(handle) = self.touch(&conversation_id)? else { return Ok(()) };
@@ -305,7 +334,7 @@ impl Round<'_> {
         &mut self,
         offset: u64,
         conversation_id: String,
-        conversation_type: ConversationType,
+        (conversation_type, history_visibility): (ConversationType, confab_schemas::events::HistoryVisibility),
         title: Option<String>,
         creator_id: String,
         member_ids: Vec<String>,
@@ -314,13 +343,14 @@ impl Round<'_> {
         if self.touch(&conversation_id)?.is_some() {
             return Ok(()); // Applied already: the log holds one creation per id.
         }
-        let row = ConversationRow { conversation_type, title: title.clone(), created_at: ts };
+        let row = ConversationRow { conversation_type, title: title.clone(), created_at: ts, history_visibility };
         self.batch.put(Space::Conversations, rows::id_key(&conversation_id), row.encode());
         let mut conversation = ConversationState {
             conversation_id: conversation_id.clone(),
             conversation_type,
             title,
             created_at: ts,
+            history_visibility,
             last_seq: 0,
             members: HashMap::new(),
             member_count: 0,
@@ -489,6 +519,9 @@ impl Round<'_> {
         }
         for device in self.devices.drain(..) {
             self.state.devices.insert(device.device_id.clone(), device);
+        }
+        for device_id in self.ended_devices.drain(..) {
+            self.state.devices.remove(&device_id);
         }
         for username in &self.usernames {
             self.state.pending_usernames.remove(username);

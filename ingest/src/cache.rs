@@ -120,6 +120,11 @@ impl<V: Cacheable> Cache<V> {
         self.insert_then(key, value, |_| {});
     }
 
+    /// Forgets an object that no longer exists in the store.
+    pub fn remove(&self, key: &str) {
+        self.entries.remove(key);
+    }
+
     fn evict_if_over(&self) {
         let high_water = self.capacity + (self.capacity / 8).max(1);
         if self.entries.len() <= high_water || self.evicting.swap(true, Ordering::AcqRel) {

@@ -41,6 +41,8 @@ pub struct NewConversation {
     pub conversation_type: confab_schemas::events::ConversationType,
     pub member_ids: Vec<String>,
     pub title: Option<String>,
+    /// `None`: the type's default.
+    pub history_visibility: Option<confab_schemas::events::HistoryVisibility>,
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +133,11 @@ impl Ingest {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Whether the state store failed (nothing more is applied until a restart).
+    pub fn store_failed(&self) -> bool {
+        self.state.failed.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn partition_count(&self) -> u32 {

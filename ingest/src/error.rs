@@ -24,6 +24,12 @@ pub enum Error {
     MemberNotFound { conversation_id: String, user_id: String },
     #[error("only administrators may do this; ask one to grant you the role")]
     NotAdmin,
+    #[error("device `{0}` is not one of yours; list yours with GET /v1/devices")]
+    DeviceNotFound(String),
+    #[error("user `{0}` not found")]
+    UserNotFound(String),
+    #[error("{0}")]
+    Blocked(String),
     #[error("username `{0}` is taken; choose another")]
     UsernameTaken(String),
     #[error("message `{0}` was deleted and can no longer be edited")]
@@ -58,8 +64,10 @@ impl Error {
         match self {
             Error::Invalid { .. } => ErrorCode::BadRequest,
             Error::TooLarge { .. } | Error::TooManyMembers { .. } => ErrorCode::TooLarge,
-            Error::NotMember(_) | Error::NotAllowed { .. } | Error::NotAdmin => ErrorCode::Forbidden,
-            Error::ConversationNotFound(_) | Error::MessageNotFound(_) | Error::MemberNotFound { .. } => ErrorCode::NotFound,
+            Error::NotMember(_) | Error::NotAllowed { .. } | Error::NotAdmin | Error::Blocked(_) => ErrorCode::Forbidden,
+            Error::ConversationNotFound(_) | Error::MessageNotFound(_) | Error::MemberNotFound { .. } | Error::DeviceNotFound(_) | Error::UserNotFound(_) => {
+                ErrorCode::NotFound
+            }
             Error::UsernameTaken(_) | Error::MessageDeleted(_) | Error::ClientMsgIdReused { .. } => ErrorCode::Conflict,
             Error::OriginalSendFailed(_) | Error::Log(_) | Error::Store(_) | Error::StateFailed | Error::UnreadableEvent { .. } => ErrorCode::Unavailable,
             Error::StateBehindLog { .. } => ErrorCode::Internal,

@@ -14,6 +14,7 @@ use std::collections::BinaryHeap;
 
 use confab_schemas::api::{self, ClientEvent, CursoredEvent};
 use confab_schemas::cursor::{Position, SyncCursor};
+use confab_schemas::events::HistoryVisibility;
 
 use crate::apply::render_receipt;
 use crate::commands::{Caller, Ingest};
@@ -39,8 +40,50 @@ pub const SYNC_PAGE_MAX: usize = 1_000;
 impl Ingest {
     /// Up to `limit` messages with `seq < before` (the newest when `before`
     /// is absent), ascending, and whether older ones exist.
+    ///
+    /// In a `joined` conversation the caller reads only messages sent since
+    /// they last joined: a member who was removed and added back reads none
+    /// from before (those pages would show messages in their current state,
+    /// edits made while they were away included).
     pub fn history(&self, caller: &Caller, conversation_id: &str, before: Option<u64>, limit: usize) -> Result<(Vec<api::Message>, bool)> {
         let handle = self.member_conversation(caller, conversation_id)?;
+        let joined = {
+            let conversation = handle.state.read();
+            match conversation.history_visibility {
+                HistoryVisibility::Shared => None,
+                HistoryVisibility::Joined => conversation.members.get(&caller.user_id).map(|member| (member.intervals.clone(), conversation.last_seq)),
+            }
+        };
+        let (mut messages, mut has_more) = self.history_page(&handle, conversation_id, before, limit)?;
+        if let Some((intervals, last_seq)) = joined {
+            let visible = self.visible_seqs(conversation_id, &intervals, last_seq)?;
+            let page_low = messages.first().map(|message| message.seq);
+            messages.retain(|message| visible.iter().any(|&(low, high)| message.seq >= low && message.seq <= high));
+            has_more = has_more && page_low.is_some_and(|page_low| visible.iter().any(|&(low, _)| low < page_low));
+        }
+        Ok((messages, has_more))
+    }
+
+    /// The seqs sent during the current membership interval, inclusive.
+    fn visible_seqs(&self, conversation_id: &str, intervals: &rows::Intervals, last_seq: u64) -> Result<Vec<(u64, u64)>> {
+        let Some(&(from, None)) = intervals.last() else { return Ok(Vec::new()) };
+        let (start, stop) = key_range(rows::position_key(conversation_id, from, 0), rows::position_key(conversation_id, u64::MAX, 0));
+        Ok(self.first_message_new(self.state.store.range(Space::Events, start, stop, false))?.map(|first| (first, last_seq)).into_iter().collect())
+    }
+
+    /// The seq of the first `message.new` among `rows` (events rows).
+    fn first_message_new(&self, rows: RangeIter<'_>) -> Result<Option<u64>> {
+        for entry in rows {
+            let (_, value) = entry?;
+            let row = EventRow::decode(&value).ok_or_else(|| rows::corrupt(Space::Events, "event"))?;
+            if let EventKind::MessageNew { seq } = row.kind {
+                return Ok(Some(seq));
+            }
+        }
+        Ok(None)
+    }
+
+    fn history_page(&self, handle: &ConversationHandle, conversation_id: &str, before: Option<u64>, limit: usize) -> Result<(Vec<api::Message>, bool)> {
         let (end, mut messages) = {
             let conversation = handle.state.read();
             let end = before.map_or(conversation.last_seq, |before| before.saturating_sub(1).min(conversation.last_seq));
@@ -72,7 +115,7 @@ impl Ingest {
                 continue;
             }
             let Some(handle) = self.state.conversation(&conversation_id)? else { continue };
-            let (last_seq, last_read_seq, conversation_type, title, created_at) = {
+            let (last_seq, last_read_seq, conversation_type, title, created_at, history_visibility) = {
                 let conversation = handle.state.read();
                 let Some(member) = conversation.member(&caller.user_id) else { continue };
                 (
@@ -81,6 +124,7 @@ impl Ingest {
                     conversation.conversation_type,
                     conversation.title.clone(),
                     conversation.created_at,
+                    conversation.history_visibility,
                 )
             };
             let deleted_unread = self.deleted_between(&conversation_id, last_read_seq, last_seq)?;
@@ -92,6 +136,7 @@ impl Ingest {
                     conversation_id,
                     conversation_type,
                     title,
+                    history_visibility,
                     last_seq,
                     last_read_seq,
                     unread_count: (last_seq - last_read_seq).saturating_sub(deleted_unread),
@@ -156,13 +201,19 @@ impl Ingest {
         let mut streams = Vec::with_capacity(partition_count as usize);
         for (partition, conversations) in by_partition.into_iter().enumerate() {
             let window = (start.positions[partition], applied_ends[partition]);
-            streams.push(self.partition_stream(conversations, window, limit + 1)?);
+            streams.push(self.partition_stream(partition as u32, conversations, window, limit + 1)?);
         }
         Ok(merge_streams(streams, start, &applied_ends, limit))
     }
 
     /// Up to `max` events of one partition in `[from, until)`, ascending.
-    fn partition_stream(&self, conversations: Vec<(String, UserConversationRow)>, (from, until): (Position, u64), max: usize) -> Result<Vec<StreamEvent>> {
+    fn partition_stream(
+        &self,
+        partition: u32,
+        conversations: Vec<(String, UserConversationRow)>,
+        (from, until): (Position, u64),
+        max: usize,
+    ) -> Result<Vec<StreamEvent>> {
         let mut sources: Vec<Source<'_>> = Vec::new();
         for (conversation_id, row) in conversations {
             // Only the part of the window the caller was a member in.
@@ -191,13 +242,59 @@ impl Ingest {
             let Some(Reverse((_, index))) = heap.pop() else { break };
             let source = &mut sources[index];
             let (offset, event_index, value) = source.next.take().expect("a source in the heap holds its next row");
-            let (ts, event) = self.render_row(&source.conversation_id, source.space, &value)?;
-            stream.push(StreamEvent { offset, index: event_index, ts, event });
+            // In a membership that has ended, a message is shown as it was
+            // then (from its own record), never in its current state: a
+            // later edit is after the member left.
+            let rendered = if source.space == Space::Events && rows::within_closed(&source.intervals, offset) {
+                self.render_as_it_was(&source.conversation_id, partition, offset, &value)?
+            } else {
+                Some(self.render_row(&source.conversation_id, source.space, &value)?)
+            };
+            if let Some((ts, event)) = rendered {
+                stream.push(StreamEvent { offset, index: event_index, ts, event });
+            }
             if let Some(position) = source.advance()? {
                 heap.push(Reverse((position, index)));
             }
         }
         Ok(stream)
+    }
+
+    /// A message event of an ended membership as it was at its own record:
+    /// the body it was sent or edited with, read back from the log. `None`
+    /// when the log no longer holds the record (retention): then the event
+    /// is left out rather than shown in a later state.
+    fn render_as_it_was(&self, conversation_id: &str, partition: u32, offset: u64, value: &[u8]) -> Result<Option<(i64, ClientEvent)>> {
+        let row = EventRow::decode(value).ok_or_else(|| rows::corrupt(Space::Events, "event"))?;
+        let seq = match &row.kind {
+            EventKind::MessageNew { seq } | EventKind::MessageEdit { seq } => *seq,
+            EventKind::MessageDelete { .. } | EventKind::Member { .. } => return self.render_row(conversation_id, Space::Events, value).map(Some),
+        };
+        let record = match self.log.read(partition, offset, 1, usize::MAX) {
+            Ok(records) => records.into_iter().next().filter(|record| record.offset == offset),
+            Err(_) => None,
+        };
+        let Some(record) = record else { return Ok(None) };
+        let Ok(event) = confab_schemas::events::LogEvent::decode(&record.payload) else { return Ok(None) };
+        let handle = self.state.conversation(conversation_id)?.ok_or(Error::StateFailed)?;
+        let Some(current) = self.state.message(&handle, seq)? else { return Ok(None) };
+        let mut then = current.clone();
+        then.deleted = false;
+        let event = match (&row.kind, event) {
+            (EventKind::MessageNew { .. }, confab_schemas::events::LogEvent::MessageCreated { body, attachments, .. }) => {
+                then.body = body;
+                then.attachments = attachments;
+                then.edited = false;
+                ClientEvent::MessageNew { message: render_message(conversation_id, seq, &then) }
+            }
+            (EventKind::MessageEdit { .. }, confab_schemas::events::LogEvent::MessageEdited { body, .. }) => {
+                then.body = body;
+                then.edited = true;
+                ClientEvent::MessageEdit { message: render_message(conversation_id, seq, &then) }
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some((row.ts, event)))
     }
 
     fn render_row(&self, conversation_id: &str, space: Space, value: &[u8]) -> Result<(i64, ClientEvent)> {

@@ -42,7 +42,16 @@ impl Ingest {
     /// for fanout. Call only once the record is applied. Served from the
     /// partition's kept outcomes; a fanout further behind reads the store.
     pub fn events_at(&self, partition: u32, offset: Offset, event: &LogEvent) -> Result<Vec<EventAt>> {
-        if matches!(event, LogEvent::UserCreated { .. } | LogEvent::SessionCreated { .. } | LogEvent::RoleGranted { .. } | LogEvent::Audited { .. }) {
+        if matches!(
+            event,
+            LogEvent::UserCreated { .. }
+                | LogEvent::SessionCreated { .. }
+                | LogEvent::SessionEnded { .. }
+                | LogEvent::RoleGranted { .. }
+                | LogEvent::RoleRevoked { .. }
+                | LogEvent::BlockChanged { .. }
+                | LogEvent::Audited { .. }
+        ) {
             return Ok(Vec::new());
         }
         let writer = &self.partitions[partition as usize];

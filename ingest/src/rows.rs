@@ -3,9 +3,9 @@
 //! | space | key | row |
 //! | --- | --- | --- |
 //! | meta | `applied` p, `admin`, `format` | applied offset of partition p; an admin exists; format |
-//! | users | user | [`UserRow`] (username, password hash, roles) |
+//! | users | user | [`UserRow`] (username, password hash, roles); and blocker, blocked: nothing (a block) |
 //! | usernames | username | user |
-//! | devices | device | [`DeviceRow`] |
+//! | devices | device | [`DeviceRow`]; and user, device: nothing (a user's devices) |
 //! | conversations | conversation | [`ConversationRow`] (type, title, creation) |
 //! | dm_pairs | user, user (sorted) | conversation |
 //! | members | conversation, user | [`MemberRow`]: role (none once left), membership intervals, read and delivered positions per device, where their receipt events are |
@@ -18,7 +18,7 @@
 //! | idempotency | sender, clientMsgId | [`IdempotencyRow`], its time first (the compaction filter reads it) |
 
 use confab_schemas::api::MemberChange;
-use confab_schemas::events::{AccountRole, ConversationType, MemberRole};
+use confab_schemas::events::{AccountRole, ConversationType, HistoryVisibility, MemberRole};
 use serde_json::Value;
 
 use crate::codec::{Decoder, Encoder};
@@ -38,6 +38,18 @@ pub(crate) const ADMIN_KEY: &[u8] = b"admin";
 
 pub(crate) fn id_key(id: &str) -> Vec<u8> {
     Encoder::new().id(id).finish()
+}
+
+/// In `users`, beside each user's row: blocker, blocked (nothing).
+pub(crate) fn block_key(blocker: &str, blocked: &str) -> Vec<u8> {
+    Encoder::new().id(blocker).id(blocked).finish()
+}
+
+/// In `devices`, beside each device's row: user, device (nothing), so a
+/// user's devices can be listed. User and device IDs differ in their first
+/// letter, so these keys never meet a device's own.
+pub(crate) fn user_device_key(user_id: &str, device_id: &str) -> Vec<u8> {
+    Encoder::new().id(user_id).id(device_id).finish()
 }
 
 pub(crate) fn pair_key(first: &str, second: &str) -> Vec<u8> {
@@ -191,16 +203,29 @@ pub(crate) struct ConversationRow {
     pub conversation_type: ConversationType,
     pub title: Option<String>,
     pub created_at: i64,
+    pub history_visibility: HistoryVisibility,
 }
 
 impl ConversationRow {
     pub fn encode(&self) -> Vec<u8> {
-        Encoder::new().u8(type_code(self.conversation_type)).opt_str(self.title.as_deref()).i64(self.created_at).finish()
+        let visibility = match self.history_visibility {
+            HistoryVisibility::Shared => 0,
+            HistoryVisibility::Joined => 1,
+        };
+        Encoder::new().u8(type_code(self.conversation_type)).opt_str(self.title.as_deref()).i64(self.created_at).u8(visibility).finish()
     }
 
     pub fn decode(bytes: &[u8]) -> Option<ConversationRow> {
         let mut decoder = Decoder::new(bytes);
-        Some(ConversationRow { conversation_type: type_of(decoder.u8()?)?, title: decoder.opt_str()?, created_at: decoder.i64()? })
+        let conversation_type = type_of(decoder.u8()?)?;
+        let (title, created_at) = (decoder.opt_str()?, decoder.i64()?);
+        // Rows written before the field: the type's default.
+        let history_visibility = match decoder.u8() {
+            Some(1) => HistoryVisibility::Joined,
+            Some(_) => HistoryVisibility::Shared,
+            None => HistoryVisibility::default_for(conversation_type),
+        };
+        Some(ConversationRow { conversation_type, title, created_at, history_visibility })
     }
 }
 
@@ -218,6 +243,11 @@ fn encode_intervals(mut encoder: Encoder, intervals: &Intervals) -> Encoder {
 fn decode_intervals(decoder: &mut Decoder<'_>) -> Option<Intervals> {
     let count = decoder.u32()?;
     (0..count).map(|_| Some((decoder.u64()?, decoder.opt_u64()?))).collect()
+}
+
+/// Whether `offset` falls in a membership interval that has ended.
+pub(crate) fn within_closed(intervals: &Intervals, offset: u64) -> bool {
+    intervals.iter().any(|&(from, until)| until.is_some_and(|until| offset >= from && offset <= until))
 }
 
 /// Whether `offset` falls in one of the intervals.

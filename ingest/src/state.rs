@@ -75,6 +75,7 @@ pub(crate) struct ConversationState {
     pub conversation_type: ConversationType,
     pub title: Option<String>,
     pub created_at: i64,
+    pub history_visibility: confab_schemas::events::HistoryVisibility,
     pub last_seq: u64,
     /// Everyone who is or was a member (`role` is `None` once they left),
     /// with their positions and membership intervals.
@@ -323,6 +324,7 @@ impl State {
             conversation_type: row.conversation_type,
             title: row.title,
             created_at: row.created_at,
+            history_visibility: row.history_visibility,
             last_seq,
             members,
             member_count,
@@ -373,6 +375,41 @@ impl State {
         let Some(bytes) = self.store.get(Space::Idempotency, &rows::idempotency_key(sender_id, client_msg_id))? else { return Ok(None) };
         let row = IdempotencyRow::decode(&bytes).ok_or_else(|| rows::corrupt(Space::Idempotency, "idempotency"))?;
         Ok((row.ts >= now_ms - self.config.idempotency_window_ms()).then_some(row))
+    }
+
+    /// Whether `blocker` blocked `blocked`.
+    pub fn is_blocked(&self, blocker: &str, blocked: &str) -> StoreResult<bool> {
+        Ok(self.store.get(Space::Users, &rows::block_key(blocker, blocked))?.is_some())
+    }
+
+    /// The users `blocker` blocked.
+    pub fn blocks_of(&self, blocker: &str) -> StoreResult<Vec<String>> {
+        let prefix = rows::user_prefix(blocker);
+        let (start, end) = prefix_range(&prefix);
+        let mut blocked = Vec::new();
+        for entry in self.store.range(Space::Users, start, end, false) {
+            let (key, _) = entry?;
+            if key.len() == prefix.len() {
+                continue; // The user's own row.
+            }
+            blocked.push(rows::second_str(&key).ok_or_else(|| rows::corrupt(Space::Users, "block key"))?);
+        }
+        Ok(blocked)
+    }
+
+    /// A user's devices, oldest first.
+    pub fn devices_of(&self, user_id: &str) -> StoreResult<Vec<Arc<Device>>> {
+        let (start, end) = prefix_range(&rows::user_prefix(user_id));
+        let mut devices = Vec::new();
+        for entry in self.store.range(Space::Devices, start, end, false) {
+            let (key, _) = entry?;
+            let device_id = rows::second_str(&key).ok_or_else(|| rows::corrupt(Space::Devices, "user device key"))?;
+            if let Some(device) = self.device(&device_id)? {
+                devices.push(device);
+            }
+        }
+        devices.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.device_id.cmp(&b.device_id)));
+        Ok(devices)
     }
 
     /// The conversations a user is or was in, with their membership intervals.

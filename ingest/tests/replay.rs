@@ -149,7 +149,7 @@ async fn prelude(ingest: &Ingest) -> World {
     ];
     let mut conversations = Vec::new();
     for (conversation_type, member_ids) in kinds {
-        let request = NewConversation { conversation_type, member_ids, title: None };
+        let request = NewConversation { conversation_type, member_ids, title: None, history_visibility: None };
         conversations.push(ingest.create_conversation(&callers[0], request).await.unwrap().0.conversation_id);
     }
     World { callers, conversations, sent: Vec::new() }

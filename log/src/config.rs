@@ -10,7 +10,10 @@ const DAY_SECS: u64 = 24 * 60 * MINUTE_SECS;
 const GIB: u64 = 1024 * 1024 * 1024;
 /// The frame's length field is 32 bits; a quarter of that is already far
 /// more than one chat event needs.
-const RECORD_MAX_BYTES_LIMIT: usize = 1 << 30;
+/// The largest record any configuration may allow. Reads and recovery
+/// accept records up to this, whatever `record_max_bytes` is now: lowering
+/// the limit refuses new records, never old ones.
+pub const RECORD_MAX_BYTES_LIMIT: usize = 1 << 30;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -9,6 +9,7 @@
 //! thread (rounds, rolls, retention).
 
 mod recover;
+pub use recover::Repaired;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -175,6 +176,18 @@ impl FileLog {
         Ok(FileLog { root, config, partitions, enqueues, sender: Mutex::new(Some(sender)), writer: Mutex::new(Some(handle)), consumers })
     }
 
+    /// Cuts each partition's newest segment at its first damaged record,
+    /// keeping a copy of what it cuts under `<root>/repair/`. Run with the
+    /// server stopped, when opening refused damage with valid records after it.
+    pub fn repair(root: impl AsRef<Path>) -> Result<Vec<Repaired>> {
+        recover::repair(root.as_ref())
+    }
+
+    /// Partitions that refuse appends after a failed write (a restart clears it).
+    pub fn poisoned_partitions(&self) -> Vec<u32> {
+        self.partitions.iter().filter(|partition| partition.poisoned.load(Ordering::Acquire)).map(|partition| partition.id).collect()
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -281,7 +294,7 @@ impl Log for FileLog {
                 break;
             };
             let more = segment
-                .read(cursor, max_records - records.len(), budget, records.is_empty(), self.config.record_max_bytes)
+                .read(cursor, max_records - records.len(), budget, records.is_empty(), crate::config::RECORD_MAX_BYTES_LIMIT)
                 .map_err(|error| partition.explain_read_error(error, cursor))?;
             let Some(last) = more.last() else {
                 break;

@@ -70,4 +70,41 @@ mod tests {
         assert_eq!(decode(&flipped, 1024), Decoded::Invalid("checksum mismatch"));
         assert_eq!(decode(&[0u8; 32], 1024), Decoded::Invalid("zero-filled bytes"));
     }
+
+    // Property-based fuzzing of the frame decoder. Briefly in CI; longer:
+    // `PROPTEST_CASES=200000 cargo nextest run -p confab-log -E 'test(fuzz)'`.
+    proptest::proptest! {
+        /// Any bytes: a frame inside them, incomplete, or invalid; never a
+        /// panic, and a frame never claims more bytes than there are.
+        #[test]
+        fn fuzz_any_bytes_decode_without_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256), limit in 0usize..512) {
+            match decode(&bytes, limit) {
+                Decoded::Frame { payload, frame_bytes, .. } => {
+                    proptest::prop_assert!(frame_bytes <= bytes.len());
+                    proptest::prop_assert_eq!(frame_bytes, HEADER_BYTES + payload.len());
+                    proptest::prop_assert!(payload.len() <= limit);
+                }
+                Decoded::Incomplete | Decoded::Invalid(_) => {}
+            }
+        }
+
+        /// What is encoded decodes to itself, and any one flipped bit is
+        /// caught: never read back as another record.
+        #[test]
+        fn fuzz_frames_round_trip_and_a_flipped_bit_is_caught(
+            offset in proptest::num::u64::ANY,
+            payload in proptest::collection::vec(proptest::num::u8::ANY, 1..200),
+            bit in proptest::num::usize::ANY,
+        ) {
+            let mut bytes = Vec::new();
+            encode(offset, &payload, &mut bytes);
+            proptest::prop_assert_eq!(decode(&bytes, 1024), Decoded::Frame { offset, payload: &payload, frame_bytes: bytes.len() });
+            let bit = bit % (bytes.len() * 8);
+            let mut damaged = bytes.clone();
+            damaged[bit / 8] ^= 1 << (bit % 8);
+            if let Decoded::Frame { offset: read_offset, payload: read_payload, .. } = decode(&damaged, 1024) {
+                proptest::prop_assert!(false, "a damaged frame was read as offset {read_offset} with {} bytes", read_payload.len());
+            }
+        }
+    }
 }

@@ -20,7 +20,7 @@ mod tail;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::LogConfig;
 pub use error::{Error, Result};
-pub use file_log::{FileLog, SegmentInfo};
+pub use file_log::{FileLog, Repaired, SegmentInfo};
 pub use tail::{StartAt, TailReader};
 
 /// A record's position inside its partition: dense, starting at 0.

@@ -16,6 +16,7 @@ use std::time::SystemTime;
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::config::RECORD_MAX_BYTES_LIMIT;
 use crate::frame::{self, Decoded};
 use crate::{Error, Offset, Record, Result};
 
@@ -116,6 +117,30 @@ pub fn scan(file: &File, path: &Path, base_offset: Offset, length: u64, max_payl
         }
     };
     Ok(Scan { index, valid_bytes: position, end_offset: expected_offset, damage })
+}
+
+/// The first position after `from` where a valid record with an offset
+/// at or after `expected` starts, if any: damage followed by valid records
+/// is not a torn tail. Reads the rest of the segment once.
+pub fn valid_frame_after(file: &File, path: &Path, from: u64, length: u64, expected: Offset) -> Result<Option<u64>> {
+    if from + 1 >= length {
+        return Ok(None);
+    }
+    let mut rest = vec![0u8; (length - from) as usize];
+    file.read_exact_at(&mut rest, from).map_err(Error::io(path))?;
+    for start in 1..rest.len().saturating_sub(frame::HEADER_BYTES - 1) {
+        let bytes = &rest[start..];
+        let length_field = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes")) as usize;
+        let offset = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+        // Cheap filters before the checksum: it fits, and its offset is plausible.
+        if length_field + frame::HEADER_BYTES > bytes.len() || offset < expected || offset - expected > rest.len() as u64 {
+            continue;
+        }
+        if let Decoded::Frame { .. } = frame::decode(bytes, RECORD_MAX_BYTES_LIMIT) {
+            return Ok(Some(from + start as u64));
+        }
+    }
+    Ok(None)
 }
 
 impl Segment {

@@ -211,3 +211,55 @@ fn bad_settings_are_refused_at_open_naming_each() {
         "invalid log settings: `partitions` is 0; use at least 1; `segment_max_bytes` is 0; use at least 1; fix them in the `[log]` section of the config file"
     );
 }
+
+/// Damage in the middle of the newest segment, with good records after
+/// it, is not a torn tail: the open refuses and cuts nothing; `repair`
+/// cuts there and keeps a copy of every byte it cut.
+#[test]
+fn damage_before_valid_records_stops_the_open_until_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig { segment_max_bytes: 1 << 20, ..config() };
+    let log = FileLog::open(dir.path(), config.clone()).unwrap();
+    fill(&log, 40);
+    let newest = log.segments(0).unwrap().last().unwrap().clone();
+    drop(log);
+    let path = segment_path(dir.path(), 0, newest.base_offset);
+    let original = std::fs::read(&path).unwrap();
+    let mut damaged = original.clone();
+    let middle = original.len() / 2;
+    damaged[middle] ^= 0x40;
+    std::fs::write(&path, &damaged).unwrap();
+
+    let error = FileLog::open(dir.path(), config.clone()).unwrap_err();
+    assert!(matches!(error, Error::Corrupt { .. }), "{error}");
+    assert!(error.to_string().contains("not a torn tail") && error.to_string().contains("confab log repair"), "{error}");
+    assert_eq!(std::fs::read(&path).unwrap(), damaged, "nothing was cut");
+
+    let repaired = FileLog::repair(dir.path()).unwrap();
+    assert_eq!(repaired.len(), 1, "{repaired:?}");
+    let cut = &repaired[0];
+    assert!(cut.cut_at as usize <= middle);
+    let kept = std::fs::read(&cut.kept_in).unwrap();
+    assert_eq!(kept, damaged[cut.cut_at as usize..], "every cut byte is kept");
+    let log = FileLog::open(dir.path(), config).unwrap();
+    let end = log.durable_end(0).unwrap();
+    assert!(end > 0 && end < 40, "the records before the damage remain ({end})");
+    check_records(&log.read(0, 0, 100, usize::MAX).unwrap(), 0);
+}
+
+/// Lowering `record_max_bytes` refuses new large records, never old ones.
+#[test]
+fn lowering_the_record_limit_keeps_the_old_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let large = LogConfig { record_max_bytes: 64 * 1024, ..config() };
+    let log = FileLog::open(dir.path(), large).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    runtime.block_on(log.append(0, vec![vec![b'x'; 20_000], vec![b'y'; 30_000]]).unwrap().durable()).unwrap();
+    drop(log);
+    let small = LogConfig { record_max_bytes: 1_024, ..config() };
+    let log = FileLog::open(dir.path(), small).unwrap();
+    assert_eq!(log.durable_end(0).unwrap(), 2);
+    let records = log.read(0, 0, 10, usize::MAX).unwrap();
+    assert_eq!(records.iter().map(|record| record.payload.len()).collect::<Vec<_>>(), vec![20_000, 30_000]);
+    assert!(matches!(log.append(0, vec![vec![b'z'; 2_000]]), Err(Error::RecordTooLarge { .. })));
+}

@@ -32,6 +32,8 @@ pub struct Connection {
     overflowed: AtomicBool,
     /// Woken when the connection must resync (its queue overflowed).
     pub resync: Notify,
+    /// Woken when its device is logged out: the socket must close.
+    pub logged_out: Notify,
 }
 
 impl Connection {
@@ -97,6 +99,7 @@ impl Hub {
             sender,
             overflowed: AtomicBool::new(false),
             resync: Notify::new(),
+            logged_out: Notify::new(),
         });
         let mut entry = self.connections.entry(user_id.to_string()).or_default();
         let first = entry.is_empty();
@@ -113,6 +116,23 @@ impl Hub {
             last
         });
         last
+    }
+
+    /// Tells every connection of a logged-out device to close; returns how many.
+    pub fn end_device(&self, user_id: &str, device_id: &str) -> usize {
+        let Some(list) = self.connections.get(user_id) else { return 0 };
+        let mut ended = 0;
+        for connection in list.iter().filter(|connection| connection.device_id == device_id) {
+            // A stored permit: a connection not yet waiting still sees it.
+            connection.logged_out.notify_one();
+            ended += 1;
+        }
+        ended
+    }
+
+    /// How many connections a user has open.
+    pub fn connections_of(&self, user_id: &str) -> usize {
+        self.connections.get(user_id).map_or(0, |list| list.len())
     }
 
     pub fn is_online(&self, user_id: &str) -> bool {

@@ -65,7 +65,7 @@ use pgwire::messages::response::ErrorResponse;
 use pgwire::messages::startup::{Authentication, ParameterStatus};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::tokio::tokio_rustls::rustls;
-use pgwire::tokio::TlsAcceptor;
+pub use pgwire::tokio::TlsAcceptor;
 use pgwire::types::format::FormatOptions;
 use tokio::sync::OnceCell;
 

@@ -94,7 +94,7 @@ pub fn rows_of(event: &LogEvent) -> Vec<(Table, i64, Vec<Cell>)> {
             let change = Change { message_id, conversation_id, seq: *seq, sender_id: sender_id.as_deref().unwrap_or(by), device_id, ts: *ts, by };
             vec![change.row("deleted", None)]
         }
-        LogEvent::ConversationCreated { conversation_id, conversation_type, title, creator_id, member_ids, ts } => {
+        LogEvent::ConversationCreated { conversation_id, conversation_type, title, creator_id, member_ids, ts, .. } => {
             let kind = match conversation_type {
                 ConversationType::Dm => "dm",
                 ConversationType::Group => "group",
@@ -142,7 +142,12 @@ pub fn rows_of(event: &LogEvent) -> Vec<(Table, i64, Vec<Cell>)> {
         LogEvent::UserCreated { user_id, username, display_name, ts, .. } => {
             vec![(Table::Users, *ts, vec![text(user_id), text(username), Cell::Text(display_name.clone()), Cell::Time(*ts)])]
         }
-        LogEvent::SessionCreated { .. } | LogEvent::RoleGranted { .. } => Vec::new(),
+        // Audited separately (`role.revoke`, `session.end` rows in `audit`).
+        LogEvent::SessionCreated { .. }
+        | LogEvent::SessionEnded { .. }
+        | LogEvent::RoleGranted { .. }
+        | LogEvent::RoleRevoked { .. }
+        | LogEvent::BlockChanged { .. } => Vec::new(),
     }
 }
 

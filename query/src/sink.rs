@@ -126,6 +126,41 @@ pub struct SinkHandle {
     pub(crate) writers: Arc<tokio::sync::RwLock<()>>,
     /// Bumped after history was rewritten: the tasks reopen their tables.
     pub(crate) rewrites: Arc<AtomicU64>,
+    /// How the partition tasks are doing (for `/readyz` and metrics).
+    pub(crate) health: Arc<SinkHealth>,
+}
+
+/// The sink's tasks' failures and restarts.
+#[derive(Debug, Default)]
+pub struct SinkHealth {
+    /// Per partition: the last failure, current until a run of that
+    /// partition has written or caught up since.
+    failures: std::sync::Mutex<HashMap<u32, String>>,
+    /// Whether any failure is recorded (so the hot path skips the lock).
+    any_failing: std::sync::atomic::AtomicBool,
+    restarts: AtomicU64,
+}
+
+impl SinkHealth {
+    fn failed(&self, partition: u32, error: String) {
+        self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(partition, error);
+        self.any_failing.store(true, Ordering::Release);
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A run of `partition` wrote, or has nothing left to write.
+    fn working(&self, partition: u32) {
+        if self.any_failing.load(Ordering::Acquire) {
+            let mut failures = self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            failures.remove(&partition);
+            self.any_failing.store(!failures.is_empty(), Ordering::Release);
+        }
+    }
+}
+
+/// Waits before the `attempt`-th restart: 1 s, doubling, at most a minute.
+fn restart_backoff(attempt: u32) -> std::time::Duration {
+    std::time::Duration::from_secs(1u64 << attempt.min(6)).min(std::time::Duration::from_secs(60))
 }
 
 impl std::fmt::Debug for HistorySink {
@@ -164,32 +199,52 @@ impl HistorySink {
         drop(open_tables(&store).await?);
         let mut tasks = Vec::new();
         let mut written = Vec::new();
+        let health = Arc::new(SinkHealth::default());
         for partition in 0..log.partition_count() {
             let (progress, progress_seen) = watch::channel(0);
+            let progress = Arc::new(progress);
             written.push(progress_seen);
-            let task = PartitionSink {
-                partition,
-                log: log.clone(),
-                store: store.clone(),
-                // Opened by the task itself, on the sink's runtime: Delta's
-                // engine runs its work on the runtime a table was opened on.
-                tables: HashMap::new(),
-                config: config.clone(),
-                commits: HashMap::new(),
-                progress,
-                writers: writers.clone(),
-                rewrites: rewrites.clone(),
-                rewrites_seen: 0,
-            };
-            let stopped = stopped.clone();
-            let flush_requested = flush_requests.subscribe();
+            let (log, store, config, writers, rewrites, health) =
+                (log.clone(), store.clone(), config.clone(), writers.clone(), rewrites.clone(), health.clone());
+            let mut stopped = stopped.clone();
+            let flush_requests = flush_requests.clone();
             tasks.push(spawner.spawn(async move {
-                if let Err(error) = task.run(stopped, flush_requested).await {
-                    tracing::error!(%error, partition, "the history sink stopped; restart the server to resume it");
+                // A task that fails (the object store down, a disk full) is
+                // started again with backoff; it resumes from what the
+                // tables say, so nothing is written twice or lost.
+                let mut attempt = 0u32;
+                loop {
+                    let task = PartitionSink {
+                        partition,
+                        log: log.clone(),
+                        store: store.clone(),
+                        // Opened by the task itself, on the sink's runtime: Delta's
+                        // engine runs its work on the runtime a table was opened on.
+                        tables: HashMap::new(),
+                        config: config.clone(),
+                        commits: HashMap::new(),
+                        progress: progress.clone(),
+                        health: health.clone(),
+                        writers: writers.clone(),
+                        rewrites: rewrites.clone(),
+                        rewrites_seen: 0,
+                    };
+                    let error = match task.run(stopped.clone(), flush_requests.subscribe()).await {
+                        Ok(()) => break,
+                        Err(error) => error,
+                    };
+                    let wait = restart_backoff(attempt);
+                    tracing::error!(%error, partition, retry_in_secs = wait.as_secs(), "the history sink failed; restarting it");
+                    health.failed(partition, error.to_string());
+                    attempt += 1;
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        _ = stopped.wait_for(|stopped| *stopped) => break,
+                    }
                 }
             }));
         }
-        let handle = SinkHandle { written, flush_requests, writers, rewrites };
+        let handle = SinkHandle { written, flush_requests, writers, rewrites, health };
         Ok(HistorySink { tasks, stop, handle, runtime: None })
     }
 
@@ -216,6 +271,19 @@ impl Drop for HistorySink {
 }
 
 impl SinkHandle {
+    /// Partitions whose task failed and has not written since, with the error.
+    pub fn failing(&self) -> Vec<(u32, String)> {
+        let failures = self.health.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut failing: Vec<(u32, String)> = failures.iter().map(|(partition, error)| (*partition, error.clone())).collect();
+        failing.sort();
+        failing
+    }
+
+    /// How many times a partition task was started again after failing.
+    pub fn restarts(&self) -> u64 {
+        self.health.restarts.load(Ordering::Relaxed)
+    }
+
     /// Every record of `partition` below this offset is in the tables.
     pub fn written_up_to(&self, partition: u32) -> u64 {
         self.written.get(partition as usize).map_or(0, |written| *written.borrow())
@@ -237,7 +305,8 @@ struct PartitionSink {
     tables: HashMap<Table, DeltaTable>,
     config: SinkConfig,
     commits: HashMap<Table, u64>,
-    progress: watch::Sender<u64>,
+    progress: Arc<watch::Sender<u64>>,
+    health: Arc<SinkHealth>,
     writers: Arc<tokio::sync::RwLock<()>>,
     rewrites: Arc<AtomicU64>,
     rewrites_seen: u64,
@@ -294,6 +363,7 @@ impl PartitionSink {
             let due = rows.count >= self.config.flush_rows || oldest_waiting.is_some_and(|since| since.elapsed() >= flush_after);
             if due || (asked && rows.count > 0) {
                 self.flush(&mut rows, next, &mut written).await?;
+                self.health.working(self.partition);
                 committed = reader_commit(&reader, next, committed);
                 oldest_waiting = None;
                 continue;
@@ -302,6 +372,7 @@ impl PartitionSink {
             if rows.count == 0 {
                 // Nothing read is waiting: everything below `next` is written.
                 self.progress.send_replace(next);
+                self.health.working(self.partition);
                 committed = reader_commit(&reader, next, committed);
             }
             let wait = oldest_waiting.map_or(Duration::from_secs(3_600), |since| flush_after.saturating_sub(since.elapsed()));

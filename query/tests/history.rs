@@ -69,6 +69,7 @@ async fn the_tables_match_the_log_exactly_once() {
                 creator_id: "u_alice".into(),
                 member_ids: vec!["u_bob".into()],
                 ts: day,
+                history_visibility: None,
             },
             message(1, "hello bob", day + 1),
             message(2, "secret plan", day + 2),

@@ -30,6 +30,7 @@ pub struct Conversation {
     pub title: Option<String>,
     pub member_ids: Vec<String>,
     pub created_at: i64,
+    pub history_visibility: crate::events::HistoryVisibility,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,6 +40,7 @@ pub struct ConversationSummary {
     #[serde(rename = "type")]
     pub conversation_type: ConversationType,
     pub title: Option<String>,
+    pub history_visibility: crate::events::HistoryVisibility,
     pub last_seq: u64,
     pub last_read_seq: u64,
     pub unread_count: u64,

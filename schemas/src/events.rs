@@ -26,6 +26,35 @@ impl ConversationType {
     }
 }
 
+/// Who reads a conversation's older messages: every member (`shared`, as in
+/// a Slack channel), or each member only what was sent while they were one
+/// (`joined`, as in a WhatsApp group).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HistoryVisibility {
+    Shared,
+    Joined,
+}
+
+impl HistoryVisibility {
+    pub fn parse(text: &str) -> Option<HistoryVisibility> {
+        match text {
+            "shared" => Some(HistoryVisibility::Shared),
+            "joined" => Some(HistoryVisibility::Joined),
+            _ => None,
+        }
+    }
+
+    /// The default of each type: `shared` for channels (and dms, whose two
+    /// members are there from the start), `joined` for groups.
+    pub fn default_for(conversation_type: ConversationType) -> HistoryVisibility {
+        match conversation_type {
+            ConversationType::Group => HistoryVisibility::Joined,
+            ConversationType::Dm | ConversationType::Channel => HistoryVisibility::Shared,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MemberRole {
@@ -67,6 +96,9 @@ pub enum LogEvent {
         creator_id: UserId,
         member_ids: Vec<UserId>,
         ts: i64,
+        /// Absent in records from before it was chosen: the type's default.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        history_visibility: Option<HistoryVisibility>,
     },
     MembersAdded {
         conversation_id: ConversationId,
@@ -130,6 +162,29 @@ pub enum LogEvent {
         by: UserId,
         ts: i64,
     },
+    /// An administrator took a role back.
+    RoleRevoked {
+        user_id: UserId,
+        role: AccountRole,
+        by: UserId,
+        ts: i64,
+    },
+    /// A device was logged out (by itself, or by another device of its user):
+    /// its tokens stop working and its sockets close.
+    SessionEnded {
+        user_id: UserId,
+        device_id: DeviceId,
+        by_device: DeviceId,
+        ts: i64,
+    },
+    /// A user blocked (or unblocked) another: the blocked one cannot open a
+    /// dm with them, add them anywhere, or write in their dm.
+    BlockChanged {
+        user_id: UserId,
+        blocked_id: UserId,
+        blocked: bool,
+        ts: i64,
+    },
     /// An administrative or compliance action, for the audit table.
     Audited {
         actor_id: UserId,
@@ -158,7 +213,12 @@ impl LogEvent {
     /// share one partition, so they stay in order.
     pub fn partition_key(&self) -> &str {
         match self {
-            LogEvent::UserCreated { user_id, .. } | LogEvent::SessionCreated { user_id, .. } | LogEvent::RoleGranted { user_id, .. } => user_id,
+            LogEvent::UserCreated { user_id, .. }
+            | LogEvent::SessionCreated { user_id, .. }
+            | LogEvent::SessionEnded { user_id, .. }
+            | LogEvent::RoleGranted { user_id, .. }
+            | LogEvent::RoleRevoked { user_id, .. }
+            | LogEvent::BlockChanged { user_id, .. } => user_id,
             LogEvent::Audited { actor_id, .. } => actor_id,
             LogEvent::ConversationCreated { conversation_id, .. }
             | LogEvent::MembersAdded { conversation_id, .. }

@@ -77,6 +77,7 @@ async fn load(options: &HistoryOptions, dir: &std::path::Path, store: HistorySto
             creator_id: format!("u_{}", conversation % options.users),
             member_ids: Vec::new(),
             ts: first_ts,
+            history_visibility: None,
         };
         batch.push(event.encode());
     }

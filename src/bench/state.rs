@@ -563,6 +563,7 @@ async fn load_setup(loader: &mut Loader<'_>, mix: &Mix) -> anyhow::Result<()> {
             creator_id: user_id(members[0]),
             member_ids: members[1..].iter().map(|&member| user_id(member)).collect(),
             ts,
+            history_visibility: None,
         };
         loader.push(&created).await?;
     }

@@ -173,3 +173,27 @@ async fn refused_sql_attempts_are_audited_before_they_are_refused() {
     assert_eq!(details["truncated"], true);
     assert!(details["sql"].as_str().unwrap().len() <= 4096);
 }
+
+/// A role can be taken back, by an administrator only, and the taking is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_are_revoked_by_administrators_and_audited() {
+    let server = TestServer::start().await;
+    let admin = server.user("admin").await;
+    let carol = server.user("carol").await;
+    let mallory = server.user("mallory").await;
+    admin.post("/v1/admin/roles", json!({"userId": carol.user_id, "role": "compliance"})).await;
+    let (status, _) = carol.post("/v1/admin/sql", json!({"sql": "SELECT 1"})).await;
+    assert_eq!(status, 200);
+    assert_error(&mallory.delete(&format!("/v1/admin/roles/{}/compliance", carol.user_id)).await, 403, "forbidden");
+    assert_error(&admin.delete(&format!("/v1/admin/roles/{}/root", carol.user_id)).await, 400, "bad_request");
+    let message = assert_error(&admin.delete(&format!("/v1/admin/roles/{}/admin", admin.user_id)).await, 400, "bad_request");
+    assert!(message.contains("own admin role"), "{message}");
+    let (status, body) = admin.delete(&format!("/v1/admin/roles/{}/compliance", carol.user_id)).await;
+    assert_eq!(status, 204, "{body}");
+    assert_error(&carol.post("/v1/admin/sql", json!({"sql": "SELECT 1"})).await, 403, "forbidden");
+    // Given back, the analyst finds the revocation in the audit log.
+    admin.post("/v1/admin/roles", json!({"userId": carol.user_id, "role": "compliance"})).await;
+    let rows = query_until(&carol, "SELECT actor_id, details FROM audit WHERE action = 'role.revoke'", 1).await;
+    assert_eq!(rows[0][0], admin.user_id.as_str());
+    assert!(rows[0][1].as_str().unwrap().contains(carol.user_id.as_str()), "{rows}");
+}

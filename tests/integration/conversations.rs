@@ -127,3 +127,35 @@ async fn the_conversation_list_counts_unread_without_deleted_messages() {
     let message = assert_error(&bob.post(&format!("/v1/conversations/{group}/read"), json!({"lastReadMessageId": "m_nope"})).await, 400, "bad_request");
     assert!(message.contains("`lastReadMessageId`"));
 }
+
+/// Blocks: a blocked user cannot open a dm with the blocker, add them to a
+/// conversation, or write in their dm; shared groups go on as usual.
+#[tokio::test]
+async fn a_blocked_user_cannot_reach_the_blocker() {
+    let server = TestServer::start().await;
+    let alice = server.user("alice").await;
+    let mallory = server.user("mallory").await;
+    let bob = server.user("bob").await;
+    let dm = mallory.conversation("dm", &[&alice]).await;
+    let group = bob.conversation("group", &[&alice, &mallory]).await;
+    let (status, _) = alice.client_put(&format!("/v1/me/blocks/{}", mallory.user_id)).await;
+    assert_eq!(status, 204);
+    let (_, blocks) = alice.get("/v1/me/blocks").await;
+    assert_eq!(blocks["userIds"], serde_json::json!([mallory.user_id]));
+    crate::harness::assert_error(&alice.client_put("/v1/me/blocks/u_nobody").await, 404, "not_found");
+
+    let refused = mallory.post("/v1/messages", serde_json::json!({"conversationId": dm, "clientMsgId": "x1", "body": "hey"})).await;
+    crate::harness::assert_error(&refused, 403, "forbidden");
+    let refused = mallory.post("/v1/conversations", serde_json::json!({"type": "group", "memberIds": [alice.user_id]})).await;
+    crate::harness::assert_error(&refused, 403, "forbidden");
+    let other = mallory.conversation("group", &[]).await;
+    let refused = mallory.post(&format!("/v1/conversations/{other}/members"), serde_json::json!({"userIds": [alice.user_id]})).await;
+    crate::harness::assert_error(&refused, 403, "forbidden");
+    // In a group they share, messages go on as usual.
+    mallory.say(&group, "g1", "still in the group").await;
+    // The blocker may still write; unblocking lifts it all.
+    alice.say(&dm, "a1", "I can still write").await;
+    let (status, _) = alice.delete(&format!("/v1/me/blocks/{}", mallory.user_id)).await;
+    assert_eq!(status, 204);
+    mallory.say(&dm, "x2", "unblocked").await;
+}

@@ -29,6 +29,8 @@ pub fn test_config(data_dir: &Path) -> Config {
     config.state.devices_cached_max = 8;
     config.state.cache_max_bytes = 8 * 1024 * 1024;
     config.state.memtable_max_bytes = 4 * 1024 * 1024;
+    // Presence changes announced soon after the last socket closes.
+    config.gateway.presence_debounce_ms = 200;
     config
 }
 
@@ -54,6 +56,11 @@ impl TestServer {
         let server = confab::server::start(test_config(&self.data_dir)).await.expect("server restarts");
         self.base = format!("http://{}", server.address);
         self.server = Some(server);
+    }
+
+    /// Stops the server gracefully, leaving its data.
+    pub async fn stop(mut self) {
+        self.server.take().unwrap().shutdown().await.unwrap();
     }
 
     pub fn client(&self) -> Client {
@@ -125,6 +132,11 @@ impl Client {
 
     pub async fn patch(&self, path: &str, body: Value) -> (u16, Value) {
         self.send(self.http.patch(format!("{}{path}", self.base)).json(&body)).await
+    }
+
+    /// A PUT without a body.
+    pub async fn client_put(&self, path: &str) -> (u16, Value) {
+        self.send(self.http.put(format!("{}{path}", self.base))).await
     }
 
     pub async fn delete(&self, path: &str) -> (u16, Value) {

@@ -221,3 +221,31 @@ async fn connections_are_capped_and_wrong_passwords_limited() {
     let (ok, text) = tokio::task::spawn_blocking(move || psql(port, "carol", "wrong-password", "SELECT 1")).await.unwrap();
     assert!(!ok && text.contains("too many login attempts"), "{text}");
 }
+
+/// With a certificate, passwords are taken only over TLS: psql with
+/// `sslmode=require` gets in, a plain connection is refused before it
+/// sends its password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_passwords_are_taken_only_over_tls() {
+    let certificates = tempfile::tempdir().unwrap();
+    let (cert, key) = crate::doors::certificate(certificates.path());
+    let (_server, _carol, port, _temporary) = sql_server(|config| {
+        config.sql.tls_cert_file = Some(cert);
+        config.sql.tls_key_file = Some(key);
+    })
+    .await;
+    let run = move |mode: &'static str| {
+        let output = Command::new("psql")
+            .arg(format!("host=127.0.0.1 port={port} user=carol dbname=confab sslmode={mode}"))
+            .args(["-At", "-c", "SELECT 40 + 2"])
+            .env("PGPASSWORD", "password123")
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .unwrap();
+        (output.status.success(), format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)))
+    };
+    let (ok, text) = tokio::task::spawn_blocking(move || run("require")).await.unwrap();
+    assert!(ok && text.trim() == "42", "{text}");
+    let (ok, text) = tokio::task::spawn_blocking(move || run("disable")).await.unwrap();
+    assert!(!ok && text.contains("only over TLS"), "{text}");
+}

@@ -34,3 +34,43 @@ async fn a_retry_after_a_restart_returns_the_original_message() {
     let next = alice.say(&group, "after-restart", "still here").await;
     assert_eq!(next["seq"], 22);
 }
+
+/// A log damaged in the middle (not a torn tail) stops the start with a
+/// clear error; `confab log repair` cuts it, keeping a copy, and the server
+/// starts again with everything before the damage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_log_stops_the_start_until_repaired() {
+    let temporary = tempfile::tempdir().unwrap();
+    let mut config = crate::harness::test_config(temporary.path());
+    config.log.partitions = 1;
+    let server = TestServer::start_with(config.clone()).await;
+    let alice = server.user("alice").await;
+    let group = alice.conversation("group", &[]).await;
+    for index in 0..20 {
+        alice.say(&group, &format!("m{index}"), "a message worth keeping").await;
+    }
+    drop(alice);
+    server.stop().await;
+
+    let partition = temporary.path().join("log").join("p-0000");
+    let segment = std::fs::read_dir(&partition).unwrap().filter_map(Result::ok).map(|entry| entry.path()).filter(|path| path.extension().is_some_and(|ext| ext == "seg")).max().unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let error = match confab::server::start(config.clone()).await {
+        Ok(_) => panic!("a log damaged in the middle must not open"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(error.contains("not a torn tail") && error.contains("confab log repair"), "{error}");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_confab")).args(["log", "repair", "--data-dir"]).arg(temporary.path()).output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(text.contains("partition 0: cut") && text.contains("kept in"), "{text}");
+    assert!(std::fs::read_dir(temporary.path().join("log").join("repair")).unwrap().count() == 1);
+    let server = TestServer::start_with(config).await;
+    let alice = server.client().login("alice", "password123").await;
+    let (status, _) = alice.get("/v1/conversations").await;
+    assert_eq!(status, 200);
+}

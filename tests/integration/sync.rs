@@ -217,3 +217,97 @@ async fn sync_is_the_same_whatever_the_fanout_threshold() {
         assert_eq!(paged.iter().map(describe).collect::<Vec<_>>(), described, "page size {limit}");
     }
 }
+
+/// `historyVisibility`: in a `joined` group a new member reads only what
+/// was sent since they joined; in a `shared` channel, everything. Groups
+/// default to joined, channels to shared, and the objects say which.
+#[tokio::test]
+async fn history_visibility_decides_what_a_new_member_reads() {
+    let server = TestServer::start().await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let carol = server.user("carol").await;
+    let (status, group) = alice.post("/v1/conversations", json!({"type": "group", "memberIds": [bob.user_id], "title": "g"})).await;
+    assert_eq!(status, 201);
+    assert_eq!(group["historyVisibility"], "joined");
+    let group = group["conversationId"].as_str().unwrap().to_string();
+    let (_, channel) = alice.post("/v1/conversations", json!({"type": "channel", "memberIds": [], "title": "c"})).await;
+    assert_eq!(channel["historyVisibility"], "shared");
+    let channel = channel["conversationId"].as_str().unwrap().to_string();
+    let (status, body) = alice.post("/v1/conversations", json!({"type": "group", "memberIds": [], "historyVisibility": "everyone"})).await;
+    assert_eq!(status, 400, "{body}");
+    for conversation in [&group, &channel] {
+        alice.say(conversation, &format!("{conversation}-1"), "before carol").await;
+        alice.say(conversation, &format!("{conversation}-2"), "before carol too").await;
+        alice.post(&format!("/v1/conversations/{conversation}/members"), json!({"userIds": [carol.user_id]})).await;
+        alice.say(conversation, &format!("{conversation}-3"), "with carol").await;
+    }
+    let bodies =
+        |messages: &Value| messages["messages"].as_array().unwrap().iter().map(|message| message["body"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    let (_, page) = carol.get(&format!("/v1/conversations/{group}/messages")).await;
+    assert_eq!(bodies(&page), vec!["with carol"]);
+    assert_eq!(page["hasMore"], false);
+    let (_, page) = bob.get(&format!("/v1/conversations/{group}/messages")).await;
+    assert_eq!(bodies(&page), vec!["before carol", "before carol too", "with carol"]);
+    let (_, page) = carol.get(&format!("/v1/conversations/{channel}/messages")).await;
+    assert_eq!(bodies(&page), vec!["before carol", "before carol too", "with carol"]);
+    let (_, list) = carol.get("/v1/conversations").await;
+    let kinds: Vec<&str> = list["conversations"].as_array().unwrap().iter().map(|summary| summary["historyVisibility"].as_str().unwrap()).collect();
+    assert_eq!(kinds.len(), 2);
+    assert!(kinds.contains(&"joined") && kinds.contains(&"shared"), "{list}");
+}
+
+/// A member who was removed reads nothing after their `left` event, and
+/// what they read from before is shown as it was then: an edit made after
+/// they left never reaches them, through sync or WebSocket replay. Added
+/// back, they read again from then on.
+#[tokio::test]
+async fn former_members_see_nothing_after_they_left_not_even_later_edits() {
+    let server = TestServer::start().await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let group = alice.conversation("group", &[&bob]).await;
+    let before = alice.say(&group, "b1", "the plan as it was").await;
+    let message_id = before["messageId"].as_str().unwrap().to_string();
+    alice.delete(&format!("/v1/conversations/{group}/members/{}", bob.user_id)).await;
+    let (status, _) = alice.patch(&format!("/v1/messages/{message_id}"), json!({"body": "the secret new plan"})).await;
+    assert_eq!(status, 200);
+    alice.say(&group, "b2", "said after bob left").await;
+
+    crate::harness::assert_error(&bob.get(&format!("/v1/conversations/{group}/messages")).await, 403, "forbidden");
+    let (events, _) = sync_all(&bob, None, 100).await;
+    let text = serde_json::to_string(&events).unwrap();
+    assert!(text.contains("the plan as it was"), "{text}");
+    assert!(!text.contains("secret new plan") && !text.contains("said after bob left"), "{text}");
+    assert!(!text.contains("message.edit"), "{text}");
+    let new = events.iter().find(|event| event["type"] == "message.new").unwrap();
+    assert_eq!(new["message"]["edited"], false);
+    assert_eq!(events.last().unwrap()["type"], "conversation.member", "sync stops at the left event");
+    assert_eq!(events.last().unwrap()["change"], "left");
+
+    // WebSocket replay from the start says the same.
+    let start = confab_schemas::cursor::SyncCursor::start(3).encode();
+    let mut ws = crate::ws::Ws::connect(&bob, Some(&start)).await;
+    ws.send(json!({"type": "ping", "id": "end"})).await;
+    let mut replayed = Vec::new();
+    loop {
+        let frame = ws.next_frame().await;
+        if frame["type"] == "pong" {
+            break;
+        }
+        replayed.push(frame);
+    }
+    let text = serde_json::to_string(&replayed).unwrap();
+    assert!(text.contains("the plan as it was") && !text.contains("secret new plan") && !text.contains("said after bob left"), "{text}");
+
+    // Added back: he reads what is sent from then on.
+    alice.post(&format!("/v1/conversations/{group}/members"), json!({"userIds": [bob.user_id]})).await;
+    alice.say(&group, "b3", "welcome back").await;
+    let (events, _) = sync_all(&bob, None, 100).await;
+    let text = serde_json::to_string(&events).unwrap();
+    assert!(text.contains("welcome back") && text.contains("the plan as it was"), "{text}");
+    assert!(!text.contains("said after bob left") && !text.contains("secret new plan"), "{text}");
+    let (_, page) = bob.get(&format!("/v1/conversations/{group}/messages")).await;
+    let bodies: Vec<&str> = page["messages"].as_array().unwrap().iter().map(|message| message["body"].as_str().unwrap()).collect();
+    assert_eq!(bodies, vec!["welcome back"], "a joined group's pages start at the latest join");
+}

@@ -88,6 +88,11 @@ impl Ws {
         }
     }
 
+    /// The underlying stream, for tests that read close frames.
+    pub fn into_stream(self) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
+        self.stream
+    }
+
     pub async fn send(&mut self, frame: Value) {
         self.stream.send(Message::Text(frame.to_string().into())).await.unwrap();
     }
@@ -606,4 +611,58 @@ async fn an_operators_pipeline_folder_replaces_the_shipped_one_and_errors_stop_t
     config.pipelines_dir = Some(definitions.path().to_path_buf());
     let error = confab::server::start(config).await.err().expect("a broken definition stops the start").to_string();
     assert!(error.contains("broken.toml: pipeline `x`: `source`: `nowhere` is not one of log, device_receipts"), "{error}");
+}
+
+/// Logging out ends a device: its token answers 401, its open socket is
+/// closed with 4401, the user's other devices go on; a device of someone
+/// else is not found.
+#[tokio::test]
+async fn a_logged_out_device_loses_its_token_and_its_socket() {
+    let server = TestServer::start().await;
+    let phone = server.user("alice").await;
+    let laptop = server.client().login("alice", "password123").await;
+    let bob = server.user("bob").await;
+
+    let (status, listed) = laptop.get("/v1/devices").await;
+    assert_eq!(status, 200, "{listed}");
+    let devices = listed["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 2, "{listed}");
+    assert_eq!(devices[0]["deviceId"], phone.device_id.as_str(), "oldest first");
+    assert_eq!(devices[0]["current"], false);
+    assert_eq!(devices[1]["deviceId"], laptop.device_id.as_str());
+    assert_eq!(devices[1]["current"], true);
+    assert!(devices[1]["lastSeen"].as_i64().is_some(), "{listed}");
+
+    let Ws { stream, .. } = Ws::connect(&phone, None).await;
+    let (_writer, mut reader) = stream.split();
+    crate::harness::assert_error(&bob.delete(&format!("/v1/devices/{}", phone.device_id)).await, 404, "not_found");
+    let (status, body) = laptop.delete(&format!("/v1/devices/{}", phone.device_id)).await;
+    assert_eq!(status, 204, "{body}");
+    let close = loop {
+        match tokio::time::timeout(ARRIVAL, reader.next()).await.expect("the socket is closed in time") {
+            Some(Ok(Message::Close(frame))) => break frame.expect("a close frame with a code"),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(close.code), 4401, "{close:?}");
+    crate::harness::assert_error(&phone.get("/v1/conversations").await, 401, "unauthenticated");
+    let upgrade = tokio_tungstenite::connect_async({
+        let mut request = format!("{}/v1/ws", phone.base.replace("http://", "ws://")).into_client_request().unwrap();
+        request.headers_mut().insert("authorization", format!("Bearer {}", phone.token.as_ref().unwrap()).parse().unwrap());
+        request
+    })
+    .await;
+    assert!(upgrade.is_err(), "a logged-out token cannot open a socket");
+
+    let (status, listed) = laptop.get("/v1/devices").await;
+    assert_eq!(status, 200);
+    assert_eq!(listed["devices"].as_array().unwrap().len(), 1, "{listed}");
+    // The laptop logs itself out; then it is out too.
+    let (status, _) = laptop.delete("/v1/sessions/current").await;
+    assert_eq!(status, 204);
+    crate::harness::assert_error(&laptop.get("/v1/devices").await, 401, "unauthenticated");
+    // The account itself is fine: a new login works.
+    let again = server.client().login("alice", "password123").await;
+    assert_eq!(again.user_id, phone.user_id);
 }

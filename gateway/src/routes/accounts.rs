@@ -1,4 +1,5 @@
-//! `POST /v1/users` (sign up) and `POST /v1/sessions` (log in as a device).
+//! `POST /v1/users` (sign up), `POST /v1/sessions` (log in as a device),
+//! logging out, and a user's devices.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -7,9 +8,9 @@ use confab_schemas::ErrorCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::auth::ClientIp;
+use crate::auth::{Authenticated, ClientIp};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, ApiPath};
 use crate::login::LoginCheck;
 use crate::rate_limit::Limit;
 use crate::AppState;
@@ -55,6 +56,11 @@ pub fn limit(state: &AppState, limit: Limit, key: &str) -> ApiResult<()> {
     state.rate_limiter.check(limit, key).map_err(ApiError::rate_limited)
 }
 
+/// Takes a write's tokens (see [`crate::rate_limit::RateLimiter::check_write`]), or 429.
+pub fn limit_write(state: &AppState, write: crate::rate_limit::Write, user_id: &str, ip: &str, conversation_id: Option<&str>) -> ApiResult<()> {
+    state.rate_limiter.check_write(write, user_id, ip, conversation_id).map_err(ApiError::rate_limited)
+}
+
 pub fn ip_key(ip: &ClientIp) -> String {
     ip.0.map_or_else(|| "unknown".to_string(), |ip| ip.to_string())
 }
@@ -89,4 +95,62 @@ pub async fn create_session(State(state): State<AppState>, ip: ClientIp, ApiJson
     let token = state.tokens.issue(&user.user_id, &device_id);
     let body = json!({"accessToken": token, "userId": user.user_id, "deviceId": device_id, "expiresIn": state.tokens.ttl_secs()});
     Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// `DELETE /v1/sessions/current`: logs the calling device out.
+pub async fn end_current_session(State(state): State<AppState>, Authenticated(caller): Authenticated) -> ApiResult<StatusCode> {
+    let device_id = caller.device_id.clone();
+    log_out(&state, &caller, &device_id).await
+}
+
+/// `DELETE /v1/devices/{deviceId}`: logs one of the caller's devices out.
+pub async fn remove_device(State(state): State<AppState>, Authenticated(caller): Authenticated, ApiPath(device_id): ApiPath<String>) -> ApiResult<StatusCode> {
+    log_out(&state, &caller, &device_id).await
+}
+
+/// Ends the device's session in the state (its tokens answer 401 from the
+/// moment this returns), then closes its open sockets (close code 4401).
+async fn log_out(state: &AppState, caller: &confab_ingest::Caller, device_id: &str) -> ApiResult<StatusCode> {
+    state.ingest.end_session(&caller.user_id, device_id, &caller.device_id).await?;
+    state.hub.end_device(&caller.user_id, device_id);
+    state.device_seen.remove(device_id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/devices`: the caller's devices, oldest first.
+pub async fn list_devices(State(state): State<AppState>, Authenticated(caller): Authenticated) -> ApiResult<Json<Value>> {
+    let devices: Vec<Value> = state
+        .ingest
+        .devices(&caller.user_id)?
+        .iter()
+        .map(|device| {
+            json!({
+                "deviceId": device.device_id,
+                "deviceName": device.name,
+                "platform": device.platform,
+                "createdAt": device.created_at,
+                "lastSeen": state.device_seen.get(&device.device_id).map(|seen| *seen),
+                "current": device.device_id == caller.device_id,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"devices": devices})))
+}
+
+/// `PUT /v1/me/blocks/{userId}`: the user can no longer open a dm with the
+/// caller, add them anywhere, or write in their dm.
+pub async fn block(State(state): State<AppState>, Authenticated(caller): Authenticated, ApiPath(user_id): ApiPath<String>) -> ApiResult<StatusCode> {
+    state.ingest.set_block(&caller, &user_id, true).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /v1/me/blocks/{userId}`.
+pub async fn unblock(State(state): State<AppState>, Authenticated(caller): Authenticated, ApiPath(user_id): ApiPath<String>) -> ApiResult<StatusCode> {
+    state.ingest.set_block(&caller, &user_id, false).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/me/blocks` -> `{userIds}`.
+pub async fn list_blocks(State(state): State<AppState>, Authenticated(caller): Authenticated) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({"userIds": state.ingest.blocks(&caller)?})))
 }

@@ -1,7 +1,7 @@
 //! Administration and compliance: roles, read-only SQL over the history,
 //! legal holds, and the retention and erasure of history.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use confab_schemas::events::AccountRole;
@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::auth::Authenticated;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, ApiPath};
 use crate::AppState;
 use confab_ingest::ComplianceScope;
 use confab_query::HoldTarget;
@@ -40,6 +40,22 @@ pub async fn grant_role(State(state): State<AppState>, Authenticated(caller): Au
         other => return Err(ApiError::bad_request(format!("invalid `role`: `{other}` is not one of admin, compliance"))),
     };
     state.ingest.grant_role(&caller, &request.user_id, role).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /v1/admin/roles/{userId}/{role}`: takes a role back
+/// (administrators only; audited before it is done).
+pub async fn revoke_role(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    ApiPath((user_id, role)): ApiPath<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let role = match role.as_str() {
+        "admin" => AccountRole::Admin,
+        "compliance" => AccountRole::Compliance,
+        other => return Err(ApiError::bad_request(format!("invalid role `{other}` in the path: use admin or compliance"))),
+    };
+    state.ingest.revoke_role(&caller, &user_id, role).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -152,7 +168,7 @@ pub async fn list_holds(State(state): State<AppState>, Authenticated(caller): Au
     Ok(Json(json!({"holds": state.maintenance.active_holds().await})))
 }
 
-pub async fn release_hold(State(state): State<AppState>, Authenticated(caller): Authenticated, Path(hold_id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn release_hold(State(state): State<AppState>, Authenticated(caller): Authenticated, ApiPath(hold_id): ApiPath<String>) -> ApiResult<StatusCode> {
     require_compliance(&state, &caller.user_id, "release legal holds")?;
     state.ingest.record_audit(&caller.user_id, "hold.release", json!({"holdId": hold_id}).to_string()).await?;
     state.maintenance.release_hold(&hold_id, &caller.user_id).await.map_err(query_error)?;

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use confab_ingest::{NewMessage, PAGE_DEFAULT, PAGE_MAX, SYNC_PAGE_MAX};
@@ -11,9 +11,9 @@ use serde_json::{json, Value};
 
 use crate::auth::{Authenticated, ClientIp};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::ApiJson;
-use crate::rate_limit::Limit;
-use crate::routes::accounts::{ip_key, limit};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::rate_limit::{Limit, Write};
+use crate::routes::accounts::{ip_key, limit, limit_write};
 use crate::AppState;
 
 #[derive(Deserialize)]
@@ -71,8 +71,8 @@ fn page_limit(params: &HashMap<String, String>, default: usize, max: usize) -> A
 pub async fn history(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
-    Path(conversation_id): Path<String>,
-    Query(params): Query<HashMap<String, String>>,
+    ApiPath(conversation_id): ApiPath<String>,
+    ApiQuery(params): ApiQuery<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     let before = number_param(&params, "before")?;
     let limit = page_limit(&params, PAGE_DEFAULT, PAGE_MAX)?;
@@ -83,14 +83,24 @@ pub async fn history(
 pub async fn edit(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
-    Path(message_id): Path<String>,
+    ip: ClientIp,
+    ApiPath(message_id): ApiPath<String>,
     ApiJson(request): ApiJson<EditMessage>,
 ) -> ApiResult<Json<confab_schemas::api::Message>> {
+    let conversation_id = state.ingest.message_conversation(&caller, &message_id)?;
+    limit_write(&state, Write::Edit, &caller.user_id, &ip_key(&ip), Some(&conversation_id))?;
     let message = state.ingest.edit_message(&caller, &message_id, request.body).await?;
     Ok(Json(message))
 }
 
-pub async fn delete(State(state): State<AppState>, Authenticated(caller): Authenticated, Path(message_id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    ip: ClientIp,
+    ApiPath(message_id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    let conversation_id = state.ingest.message_conversation(&caller, &message_id)?;
+    limit_write(&state, Write::Delete, &caller.user_id, &ip_key(&ip), Some(&conversation_id))?;
     state.ingest.delete_message(&caller, &message_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -98,9 +108,11 @@ pub async fn delete(State(state): State<AppState>, Authenticated(caller): Authen
 pub async fn mark_read(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
-    Path(conversation_id): Path<String>,
+    ip: ClientIp,
+    ApiPath(conversation_id): ApiPath<String>,
     ApiJson(request): ApiJson<MarkRead>,
 ) -> ApiResult<StatusCode> {
+    limit_write(&state, Write::Read, &caller.user_id, &ip_key(&ip), Some(&conversation_id))?;
     state.ingest.mark_read(&caller, &conversation_id, &request.last_read_message_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -108,7 +120,7 @@ pub async fn mark_read(
 pub async fn sync(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
-    Query(params): Query<HashMap<String, String>>,
+    ApiQuery(params): ApiQuery<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     let limit = page_limit(&params, PAGE_MAX, SYNC_PAGE_MAX)?;
     let page = state.ingest.sync(&caller, params.get("cursor").map(String::as_str), limit)?;

@@ -11,8 +11,36 @@ use crate::auth::{authenticate, bearer_token};
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 
+/// Liveness: the process answers. Whether it can do its work is `/readyz`.
 pub async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Every part and what is wrong with it: the state store, the log, the
+/// history sink. No token (a load balancer asks), and nothing secret: the
+/// error texts name parts and files, not data.
+pub fn readiness(state: &AppState) -> Vec<(&'static str, Option<String>)> {
+    let mut parts = vec![("store", state.ingest.store_failed().then(|| "the state store failed; restart the server after fixing the disk".to_string()))];
+    if let Some(readiness) = state.readiness.get() {
+        parts.extend(readiness.parts());
+    }
+    parts
+}
+
+/// Readiness: 200 when every part works, else 503 naming the ones that do not.
+pub async fn ready(State(state): State<AppState>) -> axum::response::Response {
+    let parts = readiness(&state);
+    let failing: Vec<serde_json::Value> =
+        parts.iter().filter_map(|(part, problem)| problem.as_ref().map(|problem| serde_json::json!({"part": part, "problem": problem}))).collect();
+    if failing.is_empty() {
+        return Json(serde_json::json!({"status": "ready"})).into_response();
+    }
+    let names: Vec<&str> = parts.iter().filter(|(_, problem)| problem.is_some()).map(|(part, _)| *part).collect();
+    let mut response = ApiError::new(ErrorCode::Unavailable, format!("not ready: {}", names.join(", "))).into_response();
+    // The error shape, with every failing part.
+    let body = serde_json::json!({"error": {"code": "unavailable", "message": format!("not ready: {}", names.join(", ")), "parts": failing}});
+    *response.body_mut() = axum::body::Body::from(body.to_string());
+    response
 }
 
 /// Prometheus text; needs an access token, or the configured scraper token.

@@ -8,7 +8,7 @@ use confab_schemas::events::{AccountRole, LogEvent};
 use confab_schemas::ids::{new_id, now_ms};
 use dashmap::mapref::entry::Entry;
 
-use crate::commands::{check_chars, Ingest};
+use crate::commands::{check_chars, Caller, Ingest};
 use crate::state::{Device, User};
 use crate::{Error, Result};
 
@@ -57,6 +57,53 @@ impl Ingest {
         let event = LogEvent::SessionCreated { user_id: user_id.to_string(), device_id: device_id.clone(), device_name, platform, ts: now_ms() };
         self.commit(self.partition_of(user_id), vec![event], None).await?;
         Ok(device_id)
+    }
+
+    /// Logs a device of `user_id` out (`by_device` is the one asking): once
+    /// this returns, its tokens answer 401. Only the user's own devices;
+    /// another's, or one already gone, is `DeviceNotFound`.
+    pub async fn end_session(&self, user_id: &str, device_id: &str, by_device: &str) -> Result<()> {
+        let owned = self.state.device(device_id)?.is_some_and(|device| device.user_id == user_id);
+        if !owned {
+            return Err(Error::DeviceNotFound(device_id.to_string()));
+        }
+        let event = LogEvent::SessionEnded { user_id: user_id.to_string(), device_id: device_id.to_string(), by_device: by_device.to_string(), ts: now_ms() };
+        self.commit(self.partition_of(user_id), vec![event], None).await
+    }
+
+    /// Blocks (or unblocks) `user_id` for the caller.
+    pub async fn set_block(&self, caller: &Caller, user_id: &str, blocked: bool) -> Result<()> {
+        if user_id == caller.user_id {
+            return Err(Error::invalid("userId", "you cannot block yourself".to_string()));
+        }
+        if self.state.user(user_id)?.is_none() {
+            return Err(Error::UserNotFound(user_id.to_string()));
+        }
+        let event = LogEvent::BlockChanged { user_id: caller.user_id.clone(), blocked_id: user_id.to_string(), blocked, ts: now_ms() };
+        self.commit(self.partition_of(&caller.user_id), vec![event], None).await
+    }
+
+    /// The users the caller blocked.
+    pub fn blocks(&self, caller: &Caller) -> Result<Vec<String>> {
+        let mut blocked = self.state.blocks_of(&caller.user_id)?;
+        blocked.sort();
+        Ok(blocked)
+    }
+
+    /// Refuses when one of `user_ids` blocked the caller: nobody is put in
+    /// a conversation (or a dm) by someone they blocked.
+    pub(crate) fn check_not_blocked_by(&self, caller: &Caller, user_ids: &[String]) -> Result<()> {
+        for user_id in user_ids {
+            if self.state.is_blocked(user_id, &caller.user_id)? {
+                return Err(Error::Blocked(format!("user `{user_id}` blocked you: you cannot add them to a conversation or open a dm with them")));
+            }
+        }
+        Ok(())
+    }
+
+    /// A user's devices, oldest first.
+    pub fn devices(&self, user_id: &str) -> Result<Vec<Arc<Device>>> {
+        Ok(self.state.devices_of(user_id)?)
     }
 
     pub fn user_by_username(&self, username: &str) -> Result<Option<Arc<User>>> {

@@ -54,6 +54,29 @@ impl Ingest {
         self.record_audit(&caller.user_id, "role.grant", details).await
     }
 
+    /// Takes a role back; administrators only. Audited before it is done.
+    /// An administrator cannot take their own `admin` role (someone must
+    /// keep it); revoking a role the user does not hold is a no-op.
+    pub async fn revoke_role(&self, caller: &Caller, user_id: &str, role: AccountRole) -> Result<()> {
+        if !self.has_role(&caller.user_id, AccountRole::Admin)? {
+            return Err(Error::NotAdmin);
+        }
+        if self.user(user_id)?.is_none() {
+            return Err(Error::invalid("userId", format!("user `{user_id}` does not exist")));
+        }
+        if role == AccountRole::Admin && user_id == caller.user_id {
+            return Err(Error::invalid("role", "an administrator cannot revoke their own admin role; another administrator can".to_string()));
+        }
+        let role_name = match role {
+            AccountRole::Admin => "admin",
+            AccountRole::Compliance => "compliance",
+        };
+        let details = serde_json::json!({"userId": user_id, "role": role_name}).to_string();
+        self.record_audit(&caller.user_id, "role.revoke", details).await?;
+        let event = LogEvent::RoleRevoked { user_id: user_id.to_string(), role, by: caller.user_id.clone(), ts: now_ms() };
+        self.commit(self.partition_of(user_id), vec![event], None).await
+    }
+
     /// Writes an administrative or compliance action to the log, and so to
     /// the audit table.
     pub async fn record_audit(&self, actor_id: &str, action: &str, details: String) -> Result<()> {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use confab_schemas::api;
-use confab_schemas::events::{ConversationType, LogEvent, MemberRole};
+use confab_schemas::events::{ConversationType, HistoryVisibility, LogEvent, MemberRole};
 use confab_schemas::ids::{new_id, now_ms};
 use dashmap::mapref::entry::Entry;
 
@@ -31,6 +31,7 @@ impl Ingest {
                 return Err(Error::invalid("memberIds", format!("user `{member_id}` does not exist")));
             }
         }
+        self.check_not_blocked_by(caller, &member_ids)?;
         let title = match request.conversation_type {
             ConversationType::Dm => None,
             _ => request.title,
@@ -70,6 +71,7 @@ impl Ingest {
             creator_id: caller.user_id.clone(),
             member_ids,
             ts: now_ms(),
+            history_visibility: Some(request.history_visibility.unwrap_or_else(|| HistoryVisibility::default_for(request.conversation_type))),
         };
         let partition = self.partition_of(&conversation_id);
         let outcome = self.commit(partition, vec![event], None).await;
@@ -105,6 +107,7 @@ impl Ingest {
         if user_ids.len() > self.limits.members_per_request_max {
             return Err(Error::invalid("userIds", format!("at most {} users per request", self.limits.members_per_request_max)));
         }
+        self.check_not_blocked_by(caller, &user_ids)?;
         for user_id in &user_ids {
             if self.state.user(user_id)?.is_none() {
                 return Err(Error::invalid("userIds", format!("user `{user_id}` does not exist")));
@@ -189,5 +192,6 @@ pub(crate) fn conversation_view(handle: &ConversationHandle) -> api::Conversatio
         title: conversation.title.clone(),
         member_ids,
         created_at: conversation.created_at,
+        history_visibility: conversation.history_visibility,
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use confab_log::AppendTicket;
 use confab_schemas::api;
-use confab_schemas::events::{LogEvent, MemberRole};
+use confab_schemas::events::{ConversationType, LogEvent, MemberRole};
 use confab_schemas::ids::{new_id, now_ms};
 use dashmap::mapref::entry::Entry;
 use serde_json::Value;
@@ -68,8 +68,21 @@ impl Ingest {
         let _writer = partition.writer.lock().await;
         self.check_writable()?;
         let pin = self.pinned_conversation(&request.conversation_id)?;
-        if !pin.0.state.read().is_member(&caller.user_id) {
-            return Err(Error::NotMember(request.conversation_id.clone()));
+        let dm_peer = {
+            let conversation = pin.0.state.read();
+            if !conversation.is_member(&caller.user_id) {
+                return Err(Error::NotMember(request.conversation_id.clone()));
+            }
+            match conversation.conversation_type {
+                ConversationType::Dm => conversation.current_members().map(|(user_id, _)| user_id.clone()).find(|user_id| *user_id != caller.user_id),
+                _ => None,
+            }
+        };
+        // In a dm, someone the other member blocked cannot write.
+        if let Some(peer) = dm_peer {
+            if self.state.is_blocked(&peer, &caller.user_id)? {
+                return Err(Error::Blocked(format!("user `{peer}` blocked you: your messages in this dm are refused")));
+            }
         }
         let key = (caller.user_id.clone(), request.client_msg_id.clone());
         let seq = pin.0.assigned_seq.load(std::sync::atomic::Ordering::Acquire) + 1;
@@ -229,6 +242,12 @@ impl Ingest {
     }
 
     /// A message the caller may see: its conversation and seq.
+    /// The conversation of a message the caller can see (for per-conversation
+    /// limits, before an edit or delete); `MessageNotFound` otherwise.
+    pub fn message_conversation(&self, caller: &Caller, message_id: &str) -> Result<String> {
+        self.member_message(caller, message_id).map(|(conversation_id, _)| conversation_id)
+    }
+
     fn member_message(&self, caller: &Caller, message_id: &str) -> Result<(String, u64)> {
         let Some(message_ref) = self.state.message_ref(message_id)? else {
             return Err(Error::MessageNotFound(message_id.to_string()));

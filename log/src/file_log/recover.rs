@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::config::RECORD_MAX_BYTES_LIMIT;
 use crate::fs::{create_private_dir, create_segment_file, sync_dir};
 use crate::segment::{self, Segment};
 use crate::{Error, LogConfig, Offset, Result};
@@ -49,8 +50,22 @@ fn recover_newest(dir: &Path, base: Offset, config: &LogConfig, now: SystemTime)
     let path = dir.join(segment::file_name(base));
     let handle = File::open(&path).map_err(Error::io(&path))?;
     let metadata = handle.metadata().map_err(Error::io(&path))?;
-    let mut scanned = segment::scan(&handle, &path, base, metadata.len(), config.record_max_bytes)?;
+    let _ = config;
+    let mut scanned = segment::scan(&handle, &path, base, metadata.len(), RECORD_MAX_BYTES_LIMIT)?;
     if let Some(damage) = scanned.damage.take() {
+        // A torn tail is an unfinished last write: nothing valid after it.
+        // Valid records after the damage mean the file was damaged in the
+        // middle; cutting there would drop acknowledged records.
+        if let Some(valid_at) = segment::valid_frame_after(&handle, &path, damage.position, metadata.len(), scanned.end_offset)? {
+            return Err(Error::Corrupt {
+                path: path.clone(),
+                position: damage.position,
+                reason: format!(
+                    "{} at byte {}, with valid records after it (from byte {valid_at}): this is not a torn tail, so nothing was cut. Stop the server and run `confab log repair --data-dir <data dir>`, which cuts the segment there and keeps a copy of what it cuts",
+                    damage.reason, damage.position
+                ),
+            });
+        }
         tracing::warn!(path = %path.display(), damaged_at = damage.position, reason = damage.reason, "cutting off a torn tail left by a crash");
         let file = OpenOptions::new().write(true).open(&path).map_err(Error::io(&path))?;
         file.set_len(damage.position).map_err(Error::io(&path))?;
@@ -63,4 +78,61 @@ fn recover_newest(dir: &Path, base: Offset, config: &LogConfig, now: SystemTime)
     let first_write = (scanned.end_offset > base).then(|| metadata.created().unwrap_or(last_write));
     let active_file = OpenOptions::new().append(true).open(&path).map_err(Error::io(&path))?;
     Ok((Segment::active(base, path, handle, scanned, first_write, last_write), active_file))
+}
+
+/// What `confab log repair` cut from one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repaired {
+    pub partition: u32,
+    pub segment: std::path::PathBuf,
+    /// Where the segment now ends.
+    pub cut_at: u64,
+    /// The bytes that were cut, kept here.
+    pub kept_in: std::path::PathBuf,
+    pub cut_bytes: u64,
+}
+
+/// Cuts each partition's newest segment at its first damaged record,
+/// copying what it cuts to `<root>/repair/` first. For a log that refused
+/// to open because of damage with valid records after it; the server must
+/// not be running. Records after the damage are lost to the log (they are
+/// in the copy).
+pub fn repair(root: &Path) -> Result<Vec<Repaired>> {
+    let mut repaired = Vec::new();
+    let mut partitions: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir(root)
+        .map_err(Error::io(root))?
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| {
+            let name = entry.file_name().to_str()?.to_string();
+            Some((name.strip_prefix("p-")?.parse().ok()?, entry.path()))
+        })
+        .collect();
+    partitions.sort();
+    for (partition, dir) in partitions {
+        let mut bases: Vec<Offset> = std::fs::read_dir(&dir)
+            .map_err(Error::io(&dir))?
+            .filter_map(|entry| entry.ok())
+            .filter_map(|entry| entry.file_name().to_str().and_then(segment::parse_file_name))
+            .collect();
+        bases.sort_unstable();
+        let Some(&base) = bases.last() else { continue };
+        let path = dir.join(segment::file_name(base));
+        let handle = File::open(&path).map_err(Error::io(&path))?;
+        let length = handle.metadata().map_err(Error::io(&path))?.len();
+        let scanned = segment::scan(&handle, &path, base, length, RECORD_MAX_BYTES_LIMIT)?;
+        let Some(damage) = scanned.damage else { continue };
+        let keep_dir = root.join("repair");
+        create_private_dir(&keep_dir)?;
+        let kept_in = keep_dir.join(format!("p-{partition:04}-{}-at-{}.cut", segment::file_name(base), damage.position));
+        let mut cut = vec![0u8; (length - damage.position) as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&handle, &mut cut, damage.position).map_err(Error::io(&path))?;
+        std::fs::write(&kept_in, &cut).map_err(Error::io(&kept_in))?;
+        File::open(&kept_in).and_then(|kept| kept.sync_all()).map_err(Error::io(&kept_in))?;
+        sync_dir(&keep_dir)?;
+        let file = OpenOptions::new().write(true).open(&path).map_err(Error::io(&path))?;
+        file.set_len(damage.position).map_err(Error::io(&path))?;
+        file.sync_all().map_err(Error::io(&path))?;
+        repaired.push(Repaired { partition, segment: path, cut_at: damage.position, kept_in, cut_bytes: cut.len() as u64 });
+    }
+    Ok(repaired)
 }
