@@ -63,10 +63,10 @@ enum Command {
 
 #[derive(Subcommand)]
 enum LogCommand {
-    /// Cuts each partition's newest segment at its first damaged record, for
-    /// a log the server refused to open ("not a torn tail"). Every cut byte
-    /// is kept under `<data dir>/log/repair/`; the records after the damage
-    /// are no longer in the log.
+    /// Repairs a log the server refused to open ("not a torn tail"): each
+    /// unreadable record of a partition's newest segment becomes a
+    /// placeholder at the same offset (the records after it stay), and the
+    /// damaged bytes are kept under `<data dir>/log/repair/`.
     Repair {
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -166,18 +166,23 @@ fn repair_log(data_dir: Option<PathBuf>, config_path: Option<PathBuf>) -> anyhow
     }
     // The server's lock: a running server is never repaired under.
     let _lock = confab::server::lock_data_dir(&config.data_dir)?;
-    let repaired = confab_log::FileLog::repair(config.data_dir.join("log"))?;
+    let placeholder = confab_schemas::events::LogEvent::Lost {}.encode();
+    let repaired = confab_log::FileLog::repair(config.data_dir.join("log"), &placeholder)?;
     if repaired.is_empty() {
-        println!("no damage found in the newest segment of any partition; nothing was cut");
+        println!("no damage found in the newest segment of any partition; nothing was changed");
     }
-    for cut in repaired {
+    for repair in repaired {
+        let what = match repair.cut {
+            true => "cut a torn tail".to_string(),
+            false => format!("replaced {} unreadable records with placeholders (their offsets are kept)", repair.lost_records),
+        };
         println!(
-            "partition {}: cut `{}` at byte {} ({} bytes, kept in `{}`)",
-            cut.partition,
-            cut.segment.display(),
-            cut.cut_at,
-            cut.cut_bytes,
-            cut.kept_in.display()
+            "partition {}: {what} in `{}` at byte {}; the {} damaged bytes are kept in `{}`",
+            repair.partition,
+            repair.segment.display(),
+            repair.damaged_at,
+            repair.kept_bytes,
+            repair.kept_in.display()
         );
     }
     Ok(())

@@ -142,7 +142,7 @@ impl Round<'_> {
                 true => self.batch.put(Space::Users, rows::block_key(&user_id, &blocked_id), Vec::new()),
                 false => self.batch.remove(Space::Users, rows::block_key(&user_id, &blocked_id)),
             },
-            LogEvent::Audited { .. } => {}
+            LogEvent::Audited { .. } | LogEvent::Lost {} => {}
             LogEvent::SessionCreated { user_id, device_id, device_name, platform, ts } => {
                 let row = DeviceRow { user_id: user_id.clone(), name: device_name.clone(), platform: platform.clone(), created_at: ts };
                 self.batch.put(Space::Devices, rows::id_key(&device_id), row.encode());

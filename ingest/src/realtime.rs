@@ -50,6 +50,7 @@ impl Ingest {
                 | LogEvent::RoleGranted { .. }
                 | LogEvent::RoleRevoked { .. }
                 | LogEvent::BlockChanged { .. }
+                | LogEvent::Lost {}
                 | LogEvent::Audited { .. }
         ) {
             return Ok(Vec::new());

@@ -176,11 +176,13 @@ impl FileLog {
         Ok(FileLog { root, config, partitions, enqueues, sender: Mutex::new(Some(sender)), writer: Mutex::new(Some(handle)), consumers })
     }
 
-    /// Cuts each partition's newest segment at its first damaged record,
-    /// keeping a copy of what it cuts under `<root>/repair/`. Run with the
-    /// server stopped, when opening refused damage with valid records after it.
-    pub fn repair(root: impl AsRef<Path>) -> Result<Vec<Repaired>> {
-        recover::repair(root.as_ref())
+    /// Repairs each partition's newest segment: damaged records become
+    /// placeholders carrying `placeholder` at the same offsets, a torn tail
+    /// is cut, and every byte taken out is kept under `<root>/repair/`
+    /// (see `recover::repair`). Run with the server stopped, when opening
+    /// refused damage with valid records after it.
+    pub fn repair(root: impl AsRef<Path>, placeholder: &[u8]) -> Result<Vec<Repaired>> {
+        recover::repair(root.as_ref(), placeholder)
     }
 
     /// Partitions that refuse appends after a failed write (a restart clears it).

@@ -122,7 +122,7 @@ pub fn scan(file: &File, path: &Path, base_offset: Offset, length: u64, max_payl
 /// The first position after `from` where a valid record with an offset
 /// at or after `expected` starts, if any: damage followed by valid records
 /// is not a torn tail. Reads the rest of the segment once.
-pub fn valid_frame_after(file: &File, path: &Path, from: u64, length: u64, expected: Offset) -> Result<Option<u64>> {
+pub fn valid_frame_after(file: &File, path: &Path, from: u64, length: u64, expected: Offset) -> Result<Option<(u64, Offset)>> {
     if from + 1 >= length {
         return Ok(None);
     }
@@ -137,7 +137,7 @@ pub fn valid_frame_after(file: &File, path: &Path, from: u64, length: u64, expec
             continue;
         }
         if let Decoded::Frame { .. } = frame::decode(bytes, RECORD_MAX_BYTES_LIMIT) {
-            return Ok(Some(from + start as u64));
+            return Ok(Some((from + start as u64, offset)));
         }
     }
     Ok(None)

@@ -213,8 +213,9 @@ fn bad_settings_are_refused_at_open_naming_each() {
 }
 
 /// Damage in the middle of the newest segment, with good records after
-/// it, is not a torn tail: the open refuses and cuts nothing; `repair`
-/// cuts there and keeps a copy of every byte it cut.
+/// it, is not a torn tail: the open refuses and changes nothing; `repair`
+/// puts a placeholder where each record is unreadable (same offsets, so
+/// nothing after moves) and keeps the damaged bytes.
 #[test]
 fn damage_before_valid_records_stops_the_open_until_repaired() {
     let dir = tempfile::tempdir().unwrap();
@@ -233,18 +234,27 @@ fn damage_before_valid_records_stops_the_open_until_repaired() {
     let error = FileLog::open(dir.path(), config.clone()).unwrap_err();
     assert!(matches!(error, Error::Corrupt { .. }), "{error}");
     assert!(error.to_string().contains("not a torn tail") && error.to_string().contains("confab log repair"), "{error}");
-    assert_eq!(std::fs::read(&path).unwrap(), damaged, "nothing was cut");
+    assert_eq!(std::fs::read(&path).unwrap(), damaged, "nothing was changed");
 
-    let repaired = FileLog::repair(dir.path()).unwrap();
+    let repaired = FileLog::repair(dir.path(), b"{\"lost\":true}").unwrap();
     assert_eq!(repaired.len(), 1, "{repaired:?}");
-    let cut = &repaired[0];
-    assert!(cut.cut_at as usize <= middle);
-    let kept = std::fs::read(&cut.kept_in).unwrap();
-    assert_eq!(kept, damaged[cut.cut_at as usize..], "every cut byte is kept");
+    let repair = &repaired[0];
+    assert!(!repair.cut && repair.lost_records == 1, "{repair:?}");
+    assert!(repair.damaged_at as usize <= middle);
+    let kept = std::fs::read(&repair.kept_in).unwrap();
+    assert_eq!(kept.len() as u64, repair.kept_bytes);
+    assert_eq!(kept[..], damaged[repair.damaged_at as usize..repair.damaged_at as usize + kept.len()], "the damaged bytes are kept");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), original.len() as u64, "the placeholder fills the same bytes");
+
     let log = FileLog::open(dir.path(), config).unwrap();
-    let end = log.durable_end(0).unwrap();
-    assert!(end > 0 && end < 40, "the records before the damage remain ({end})");
-    check_records(&log.read(0, 0, 100, usize::MAX).unwrap(), 0);
+    assert_eq!(log.durable_end(0).unwrap(), 40, "every offset is still there");
+    let records = log.read(0, 0, 100, usize::MAX).unwrap();
+    assert_eq!(records.len(), 40);
+    let lost: Vec<&Record> = records.iter().filter(|record| record.payload != payload_of(record.offset)).collect();
+    assert_eq!(lost.len(), 1, "one record was lost");
+    assert!(lost[0].payload.starts_with(b"{\"lost\":true}") && lost[0].payload[14..].iter().all(|byte| *byte == b' '));
+    fill(&log, 45);
+    check_records(&log.read(0, 40, 100, usize::MAX).unwrap(), 40);
 }
 
 /// Lowering `record_max_bytes` refuses new large records, never old ones.

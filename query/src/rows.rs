@@ -147,7 +147,8 @@ pub fn rows_of(event: &LogEvent) -> Vec<(Table, i64, Vec<Cell>)> {
         | LogEvent::SessionEnded { .. }
         | LogEvent::RoleGranted { .. }
         | LogEvent::RoleRevoked { .. }
-        | LogEvent::BlockChanged { .. } => Vec::new(),
+        | LogEvent::BlockChanged { .. }
+        | LogEvent::Lost {} => Vec::new(),
     }
 }
 

@@ -192,6 +192,10 @@ pub enum LogEvent {
         details: String,
         ts: i64,
     },
+    /// A record lost to damage on disk: `confab log repair` put this in its
+    /// place, at the same offset, so that positions after it still hold.
+    /// Every reader skips it.
+    Lost {},
     /// Delivery receipts of many devices, coalesced by the receipts pipeline.
     DeliveryReceipts {
         conversation_id: ConversationId,
@@ -228,6 +232,7 @@ impl LogEvent {
             | LogEvent::MessageDeleted { conversation_id, .. }
             | LogEvent::ReadCursorMoved { conversation_id, .. }
             | LogEvent::DeliveryReceipts { conversation_id, .. } => conversation_id,
+            LogEvent::Lost {} => "",
         }
     }
 

@@ -56,12 +56,12 @@ fn recover_newest(dir: &Path, base: Offset, config: &LogConfig, now: SystemTime)
         // A torn tail is an unfinished last write: nothing valid after it.
         // Valid records after the damage mean the file was damaged in the
         // middle; cutting there would drop acknowledged records.
-        if let Some(valid_at) = segment::valid_frame_after(&handle, &path, damage.position, metadata.len(), scanned.end_offset)? {
+        if let Some((valid_at, _)) = segment::valid_frame_after(&handle, &path, damage.position, metadata.len(), scanned.end_offset)? {
             return Err(Error::Corrupt {
                 path: path.clone(),
                 position: damage.position,
                 reason: format!(
-                    "{} at byte {}, with valid records after it (from byte {valid_at}): this is not a torn tail, so nothing was cut. Stop the server and run `confab log repair --data-dir <data dir>`, which cuts the segment there and keeps a copy of what it cuts",
+                    "{} at byte {}, with valid records after it (from byte {valid_at}): this is not a torn tail, so nothing was cut. Stop the server and run `confab log repair --data-dir <data dir>`, which puts placeholders where records are unreadable and keeps a copy of the damaged bytes",
                     damage.reason, damage.position
                 ),
             });
@@ -80,24 +80,34 @@ fn recover_newest(dir: &Path, base: Offset, config: &LogConfig, now: SystemTime)
     Ok((Segment::active(base, path, handle, scanned, first_write, last_write), active_file))
 }
 
-/// What `confab log repair` cut from one partition.
+/// What `confab log repair` did to one partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Repaired {
     pub partition: u32,
     pub segment: std::path::PathBuf,
-    /// Where the segment now ends.
-    pub cut_at: u64,
-    /// The bytes that were cut, kept here.
+    /// Where the first damaged bytes started.
+    pub damaged_at: u64,
+    /// The damaged bytes (and, for a torn tail, all after them), kept here.
     pub kept_in: std::path::PathBuf,
-    pub cut_bytes: u64,
+    pub kept_bytes: u64,
+    /// Records that were unreadable, now placeholders at the same offsets.
+    pub lost_records: u64,
+    /// Whether the segment was cut at the damage (nothing valid after it).
+    pub cut: bool,
 }
 
-/// Cuts each partition's newest segment at its first damaged record,
-/// copying what it cuts to `<root>/repair/` first. For a log that refused
-/// to open because of damage with valid records after it; the server must
-/// not be running. Records after the damage are lost to the log (they are
-/// in the copy).
-pub fn repair(root: &Path) -> Result<Vec<Repaired>> {
+/// Repairs each partition's newest segment, keeping a copy of every byte
+/// it takes out under `<root>/repair/` first. The server must not be
+/// running.
+///
+/// Damage followed by valid records: the damaged bytes are replaced by one
+/// placeholder record per offset they held (`placeholder` as payload,
+/// padded with spaces to fill the bytes exactly), so offsets stay dense and
+/// every consumer's position stays meaningful: the state, the history and
+/// the pipelines read a placeholder where a record was lost, and nothing
+/// after it moves. Damage with nothing valid after it is a torn tail, and
+/// is cut. Repeats until the segment scans clean.
+pub fn repair(root: &Path, placeholder: &[u8]) -> Result<Vec<Repaired>> {
     let mut repaired = Vec::new();
     let mut partitions: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir(root)
         .map_err(Error::io(root))?
@@ -117,22 +127,77 @@ pub fn repair(root: &Path) -> Result<Vec<Repaired>> {
         bases.sort_unstable();
         let Some(&base) = bases.last() else { continue };
         let path = dir.join(segment::file_name(base));
-        let handle = File::open(&path).map_err(Error::io(&path))?;
-        let length = handle.metadata().map_err(Error::io(&path))?.len();
-        let scanned = segment::scan(&handle, &path, base, length, RECORD_MAX_BYTES_LIMIT)?;
-        let Some(damage) = scanned.damage else { continue };
-        let keep_dir = root.join("repair");
-        create_private_dir(&keep_dir)?;
-        let kept_in = keep_dir.join(format!("p-{partition:04}-{}-at-{}.cut", segment::file_name(base), damage.position));
-        let mut cut = vec![0u8; (length - damage.position) as usize];
-        std::os::unix::fs::FileExt::read_exact_at(&handle, &mut cut, damage.position).map_err(Error::io(&path))?;
-        std::fs::write(&kept_in, &cut).map_err(Error::io(&kept_in))?;
-        File::open(&kept_in).and_then(|kept| kept.sync_all()).map_err(Error::io(&kept_in))?;
-        sync_dir(&keep_dir)?;
-        let file = OpenOptions::new().write(true).open(&path).map_err(Error::io(&path))?;
-        file.set_len(damage.position).map_err(Error::io(&path))?;
-        file.sync_all().map_err(Error::io(&path))?;
-        repaired.push(Repaired { partition, segment: path, cut_at: damage.position, kept_in, cut_bytes: cut.len() as u64 });
+        loop {
+            let handle = File::open(&path).map_err(Error::io(&path))?;
+            let length = handle.metadata().map_err(Error::io(&path))?.len();
+            let scanned = segment::scan(&handle, &path, base, length, RECORD_MAX_BYTES_LIMIT)?;
+            let Some(damage) = scanned.damage else { break };
+            let bytes = std::fs::read(&path).map_err(Error::io(&path))?;
+            let at = damage.position as usize;
+            let valid_after = segment::valid_frame_after(&handle, &path, damage.position, length, scanned.end_offset)?;
+            let (kept, rebuilt, lost_records, cut) = match valid_after {
+                None => (&bytes[at..], bytes[..at].to_vec(), 0, true),
+                Some((valid_at, valid_offset)) => {
+                    let lost = valid_offset - scanned.end_offset;
+                    let hole = &bytes[at..valid_at as usize];
+                    let filler = placeholders(scanned.end_offset, lost, hole.len(), placeholder).ok_or_else(|| Error::Corrupt {
+                        path: path.clone(),
+                        position: damage.position,
+                        reason: format!("{lost} lost records do not fit the {} damaged bytes; restore this segment from a backup", hole.len()),
+                    })?;
+                    let mut rebuilt = bytes[..at].to_vec();
+                    rebuilt.extend_from_slice(&filler);
+                    rebuilt.extend_from_slice(&bytes[valid_at as usize..]);
+                    (hole, rebuilt, lost, false)
+                }
+            };
+            let keep_dir = root.join("repair");
+            create_private_dir(&keep_dir)?;
+            let kept_in = keep_dir.join(format!("p-{partition:04}-{}-at-{}.damaged", segment::file_name(base), damage.position));
+            std::fs::write(&kept_in, kept).map_err(Error::io(&kept_in))?;
+            File::open(&kept_in).and_then(|file| file.sync_all()).map_err(Error::io(&kept_in))?;
+            sync_dir(&keep_dir)?;
+            // The new segment replaces the old one whole (written aside, then renamed).
+            let fresh = path.with_extension("repairing");
+            std::fs::write(&fresh, &rebuilt).map_err(Error::io(&fresh))?;
+            File::open(&fresh).and_then(|file| file.sync_all()).map_err(Error::io(&fresh))?;
+            std::fs::rename(&fresh, &path).map_err(Error::io(&path))?;
+            sync_dir(&dir)?;
+            repaired.push(Repaired {
+                partition,
+                segment: path.clone(),
+                damaged_at: damage.position,
+                kept_in,
+                kept_bytes: kept.len() as u64,
+                lost_records,
+                cut,
+            });
+            if cut {
+                break;
+            }
+        }
     }
     Ok(repaired)
+}
+
+/// `count` placeholder frames from offset `first`, exactly `bytes` long in
+/// all (the last one padded), or `None` if they cannot fit.
+fn placeholders(first: Offset, count: u64, bytes: usize, payload: &[u8]) -> Option<Vec<u8>> {
+    let smallest = crate::frame::HEADER_BYTES + payload.len();
+    if count == 0 {
+        // Garbage between two records, no offset lost: the bytes just go.
+        return Some(Vec::new());
+    }
+    if (count as usize).checked_mul(smallest)? > bytes {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes);
+    for index in 0..count {
+        let mut padded = payload.to_vec();
+        if index == count - 1 {
+            padded.resize(bytes - out.len() - crate::frame::HEADER_BYTES, b' ');
+        }
+        crate::frame::encode(first + index, &padded, &mut out);
+    }
+    Some(out)
 }
