@@ -92,6 +92,8 @@ impl Metrics {
             let _ = writeln!(out, "confab_http_request_duration_seconds_count{{route=\"{route}\"}} {count}");
         }
         let _ = writeln!(out, "# TYPE confab_gateway_uptime_seconds gauge\nconfab_gateway_uptime_seconds {}", state.started_at.elapsed().as_secs());
+        let _ = writeln!(out, "# TYPE confab_sql_statements_running gauge\nconfab_sql_statements_running {}", state.history.statements_running());
+        let _ = writeln!(out, "# TYPE confab_sql_memory_bytes gauge\nconfab_sql_memory_bytes {}", state.history.memory_in_use());
         out.push_str("# HELP confab_ready Whether each part works (1) or not (0); /readyz says why.\n# TYPE confab_ready gauge\n");
         for (part, problem) in crate::routes::ops::readiness(state) {
             let _ = writeln!(out, "confab_ready{{part=\"{part}\"}} {}", u8::from(problem.is_none()));

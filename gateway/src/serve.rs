@@ -118,6 +118,12 @@ pub async fn serve(listener: TcpListener, app: Router, doors: Doors, stop: impl 
                 Ok(admitted) => admitted,
                 Err(reason) => return refuse(socket, reason).await,
             };
+            // A second handle on the socket, to notice a client that goes
+            // away while its request runs: hyper does not read then.
+            let (socket, watch) = match duplicate(socket) {
+                Ok(pair) => pair,
+                Err(_) => return,
+            };
             let io: Box<dyn Io> = match &doors.tls {
                 Some(acceptor) => match tokio::time::timeout(doors.header_read_timeout, acceptor.accept(socket)).await {
                     Ok(Ok(stream)) => Box::new(stream),
@@ -136,6 +142,9 @@ pub async fn serve(listener: TcpListener, app: Router, doors: Doors, stop: impl 
             tokio::pin!(connection);
             tokio::select! {
                 _ = connection.as_mut() => {}
+                // The client closed: drop the connection, and with it the
+                // request in flight (a running SQL statement stops).
+                () = peer_closed(watch) => {}
                 () = async { let _ = closed.wait_for(|closing| *closing).await; } => {
                     connection.as_mut().graceful_shutdown();
                     let _ = connection.await;
@@ -151,6 +160,27 @@ pub async fn serve(listener: TcpListener, app: Router, doors: Doors, stop: impl 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
+}
+
+/// The socket, and a second handle on it for [`peer_closed`].
+fn duplicate(socket: tokio::net::TcpStream) -> std::io::Result<(tokio::net::TcpStream, tokio::net::TcpStream)> {
+    let socket = socket.into_std()?;
+    let watch = socket.try_clone()?;
+    Ok((tokio::net::TcpStream::from_std(socket)?, tokio::net::TcpStream::from_std(watch)?))
+}
+
+/// Resolves when the client has closed (or reset) the connection. Bytes
+/// waiting unread (a body being read, a pipelined request) are left to
+/// hyper; the check comes back a moment later. A TLS client's close is
+/// noticed only when its TCP connection ends.
+async fn peer_closed(watch: tokio::net::TcpStream) {
+    let mut probe = [0u8; 1];
+    loop {
+        match watch.peek(&mut probe).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
 }
 
 /// Answers an over-cap connection in the API's error shape and closes it,

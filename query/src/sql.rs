@@ -192,6 +192,8 @@ struct Inner {
     spill_dir: PathBuf,
     /// What all sessions hold together.
     all_memory: Arc<Budget>,
+    /// Statements running now (dropped or finished ones are not).
+    running: Arc<AtomicUsize>,
     threads: SqlThreads,
 }
 
@@ -227,7 +229,8 @@ impl SqlEngine {
             .build()
             .map_err(|error| Error::Runtime(error.to_string()))?;
         let all_memory = Arc::new(Budget { limit: config.total_memory_mb << 20, used: AtomicUsize::new(0) });
-        Ok(SqlEngine { inner: Arc::new(Inner { store, config, spill_dir, all_memory, threads: SqlThreads(Some(runtime)) }) })
+        let running = Arc::new(AtomicUsize::new(0));
+        Ok(SqlEngine { inner: Arc::new(Inner { store, config, spill_dir, all_memory, running, threads: SqlThreads(Some(runtime)) }) })
     }
 
     pub fn config(&self) -> &SqlConfig {
@@ -238,6 +241,11 @@ impl SqlEngine {
     pub fn bounds(&self) -> Bounds {
         let config = &self.inner.config;
         Bounds { timeout: config.statement_timeout(), max_rows: config.result_max_rows, max_bytes: config.result_max_bytes }
+    }
+
+    /// Statements running now.
+    pub fn statements_running(&self) -> usize {
+        self.inner.running.load(Ordering::Relaxed)
     }
 
     /// Memory all compliance SQL holds now, in bytes.
@@ -335,7 +343,9 @@ impl SqlSession {
         let (sender, receiver) = mpsc::channel(2);
         let context = self.context.clone();
         let threads = self.engine.inner.threads.0.as_ref().expect("the SQL threads run while the engine lives");
+        let running = Running::start(self.engine.inner.running.clone());
         let task = threads.spawn(async move {
+            let _running = running;
             let stream = stream_within(context, plan, bounds, sender.clone());
             let stopped = async {
                 match cancel {
@@ -352,6 +362,22 @@ impl SqlSession {
             }
         });
         Rows { columns, schema, receiver, running: task.abort_handle() }
+    }
+}
+
+/// One running statement, counted until its task ends or is aborted.
+struct Running(Arc<AtomicUsize>);
+
+impl Running {
+    fn start(counter: Arc<AtomicUsize>) -> Running {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Running(counter)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -197,3 +197,46 @@ async fn roles_are_revoked_by_administrators_and_audited() {
     assert_eq!(rows[0][0], admin.user_id.as_str());
     assert!(rows[0][1].as_str().unwrap().contains(carol.user_id.as_str()), "{rows}");
 }
+
+/// A heavy query over HTTP stops when its client goes away (it would
+/// otherwise run to its 60 s timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_stops_when_its_http_client_goes_away() {
+    let server = TestServer::start().await;
+    let admin = server.user("admin").await;
+    admin.post("/v1/admin/roles", json!({"userId": admin.user_id, "role": "compliance"})).await;
+    let running = || async {
+        let (_, metrics) = admin.get("/metrics").await;
+        let metrics = metrics.as_str().unwrap().to_string();
+        metrics.lines().find_map(|line| line.strip_prefix("confab_sql_statements_running ")).unwrap().trim().parse::<u64>().unwrap()
+    };
+    // A client on raw TCP: it sends the request, then hangs up without waiting.
+    let body = json!({"sql": "SELECT count(*) FROM generate_series(1, 10000000) a, generate_series(1, 10000000) b"}).to_string();
+    let address = admin.base.trim_start_matches("http://").to_string();
+    let request = format!(
+        "POST /v1/admin/sql HTTP/1.1\r\nHost: confab\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        admin.token.as_ref().unwrap(),
+        body.len()
+    );
+    let mut client = std::net::TcpStream::connect(&address).unwrap();
+    std::io::Write::write_all(&mut client, request.as_bytes()).unwrap();
+    let mut seen_running = false;
+    for _ in 0..40 {
+        if running().await == 1 {
+            seen_running = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(seen_running, "the query runs");
+    drop(client);
+    let mut stopped = false;
+    for _ in 0..100 {
+        if running().await == 0 {
+            stopped = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(stopped, "the statement stops within seconds of its client leaving, not at its timeout");
+}

@@ -666,3 +666,62 @@ async fn a_logged_out_device_loses_its_token_and_its_socket() {
     let again = server.client().login("alice", "password123").await;
     assert_eq!(again.user_id, phone.user_id);
 }
+
+/// Presence is debounced: a reconnect within `presence_debounce_ms` is
+/// announced to nobody; a real disconnect is, once the time has passed.
+/// Typing is shed per user and conversation, whichever socket it comes from.
+#[tokio::test]
+async fn presence_is_debounced_and_typing_is_limited_per_user() {
+    let temporary = tempfile::tempdir().unwrap();
+    let mut config = test_config(temporary.path());
+    config.gateway.presence_debounce_ms = 1_500;
+    let server = TestServer::start_with(config).await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let dm = alice.conversation("dm", &[&bob]).await;
+    let mut alice_ws = Ws::connect(&alice, None).await;
+    let bob_ws = Ws::connect(&bob, None).await;
+    assert_eq!(alice_ws.next_of("presence").await["status"], "online");
+    // Bob's connection drops and comes back at once: nothing to tell.
+    drop(bob_ws);
+    let mut bob_ws = Ws::connect(&bob, None).await;
+    let bob_on_phone = server.client().login("bob", "password123").await;
+    let mut bob_phone = Ws::connect(&bob_on_phone, None).await;
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    // Two sockets, one user: one typing notice reaches alice.
+    bob_ws.send(json!({"type": "typing", "conversationId": dm})).await;
+    bob_phone.send(json!({"type": "typing", "conversationId": dm})).await;
+    bob_ws.send(json!({"type": "message.send", "id": "s", "conversationId": dm, "clientMsgId": "after-typing", "body": "hi"})).await;
+    let mut seen = Vec::new();
+    loop {
+        let frame = alice_ws.next_frame().await;
+        let kind = frame["type"].as_str().unwrap().to_string();
+        seen.push(kind.clone());
+        if kind == "message.new" {
+            break;
+        }
+    }
+    assert_eq!(seen, vec!["typing", "message.new"], "no presence for the reconnect, one typing notice");
+    // Now bob really goes: after the debounce alice hears he is offline.
+    drop(bob_ws);
+    drop(bob_phone);
+    let offline = alice_ws.next_of("presence").await;
+    assert_eq!((offline["userId"].as_str().unwrap(), offline["status"].as_str().unwrap()), (bob.user_id.as_str(), "offline"));
+}
+
+/// Sockets are capped per address too.
+#[tokio::test]
+async fn sockets_are_capped_per_address() {
+    let temporary = tempfile::tempdir().unwrap();
+    let mut config = test_config(temporary.path());
+    config.gateway.ws_per_ip_max = 2;
+    let server = TestServer::start_with(config).await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let _first = Ws::connect(&alice, None).await;
+    let _second = Ws::connect(&bob, None).await;
+    let mut request = format!("{}/v1/ws", bob.base.replace("http://", "ws://")).into_client_request().unwrap();
+    request.headers_mut().insert("authorization", format!("Bearer {}", bob.token.as_ref().unwrap()).parse().unwrap());
+    let refused = tokio_tungstenite::connect_async(request).await.unwrap_err();
+    assert!(refused.to_string().contains("429"), "{refused}");
+}
