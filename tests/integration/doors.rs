@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::harness::{assert_error, test_config, TestServer};
 use crate::ws::Ws;
@@ -209,13 +208,7 @@ async fn sockets_are_capped_per_account_and_close_when_the_token_expires() {
     assert!(refused.to_string().contains("429"), "{refused}");
 
     let (_writer, mut reader) = first.into_stream().split();
-    let close = loop {
-        match tokio::time::timeout(Duration::from_secs(10), reader.next()).await.expect("the socket closes when its token expires") {
-            Some(Ok(Message::Close(frame))) => break frame.expect("a close frame with a code"),
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
+    let close = crate::ws::close_frame(&mut reader).await;
     assert_eq!(u16::from(close.code), 4401, "{close:?}");
     assert!(close.reason.contains("expired"), "{close:?}");
 }

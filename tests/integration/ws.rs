@@ -17,6 +17,21 @@ use crate::harness::{test_config, Client, TestServer};
 /// Long enough for anything already decided to arrive.
 const ARRIVAL: Duration = Duration::from_secs(10);
 
+/// Reads until the server's close frame, skipping other frames; panics if
+/// none comes in time or the socket breaks without one.
+pub async fn close_frame<S>(reader: &mut S) -> tokio_tungstenite::tungstenite::protocol::CloseFrame
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        match tokio::time::timeout(ARRIVAL, reader.next()).await.expect("the server closes the socket in time") {
+            Some(Ok(Message::Close(frame))) => return frame.expect("a close frame with a code"),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
 pub struct Ws {
     stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
     pub hello: Value,
@@ -402,13 +417,7 @@ async fn a_frame_over_the_limit_is_closed_with_1009_and_the_server_serves_the_re
         let _ = writer.send(Message::Text(huge.into())).await;
         writer
     });
-    let close = loop {
-        match tokio::time::timeout(ARRIVAL, reader.next()).await.expect("the server answers in time") {
-            Some(Ok(Message::Close(frame))) => break frame.expect("a close frame with a code"),
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
+    let close = close_frame(&mut reader).await;
     assert_eq!(u16::from(close.code), 1009, "{close:?}");
     assert!(close.reason.contains("65536 bytes"), "{close:?}");
     drop(writing.await);
@@ -638,13 +647,7 @@ async fn a_logged_out_device_loses_its_token_and_its_socket() {
     crate::harness::assert_error(&bob.delete(&format!("/v1/devices/{}", phone.device_id)).await, 404, "not_found");
     let (status, body) = laptop.delete(&format!("/v1/devices/{}", phone.device_id)).await;
     assert_eq!(status, 204, "{body}");
-    let close = loop {
-        match tokio::time::timeout(ARRIVAL, reader.next()).await.expect("the socket is closed in time") {
-            Some(Ok(Message::Close(frame))) => break frame.expect("a close frame with a code"),
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
+    let close = close_frame(&mut reader).await;
     assert_eq!(u16::from(close.code), 4401, "{close:?}");
     crate::harness::assert_error(&phone.get("/v1/conversations").await, 401, "unauthenticated");
     let upgrade = tokio_tungstenite::connect_async({
