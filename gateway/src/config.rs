@@ -41,7 +41,9 @@ pub struct GatewayConfig {
     /// answered 503 without being read.
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
-    /// WebSockets open at once per account and per address (429 beyond).
+    /// WebSockets open at once in all (503 beyond), per account and per
+    /// address (429 beyond).
+    pub ws_max: usize,
     pub ws_per_user_max: usize,
     pub ws_per_ip_max: usize,
     /// A socket that cannot take a frame within this is closed.
@@ -78,6 +80,7 @@ impl Default for GatewayConfig {
             header_read_timeout_ms: 15_000,
             max_connections: 19_000,
             max_connections_per_ip: 2_000,
+            ws_max: 19_000,
             ws_per_user_max: 32,
             ws_per_ip_max: 2_000,
             ws_write_timeout_ms: 10_000,
@@ -99,6 +102,7 @@ impl GatewayConfig {
         for (value, name) in [
             (self.max_connections, "max_connections"),
             (self.max_connections_per_ip, "max_connections_per_ip"),
+            (self.ws_max, "ws_max"),
             (self.ws_per_user_max, "ws_per_user_max"),
             (self.ws_per_ip_max, "ws_per_ip_max"),
         ] {

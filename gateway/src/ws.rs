@@ -97,6 +97,10 @@ pub async fn upgrade(
     let ip = crate::client_ip::client_address(peer, forwarded, &state.trusted_proxies).map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
     // Socket caps: per account, then per address (checked here, counted
     // while the socket lives).
+    let total_max = state.config.ws_max;
+    if state.hub.open_connections() >= total_max as u64 {
+        return Err(ApiError::new(ErrorCode::Unavailable, format!("the server holds {total_max} sockets, the most it takes; retry shortly")).retry_after(5));
+    }
     let user_max = state.config.ws_per_user_max;
     if state.hub.connections_of(&caller.user_id) >= user_max {
         return Err(ApiError::new(ErrorCode::RateLimited, format!("this account has {user_max} sockets open, the most it may; close one first")).retry_after(5));

@@ -712,12 +712,19 @@ async fn presence_is_debounced_and_typing_is_limited_per_user() {
     assert_eq!((offline["userId"].as_str().unwrap(), offline["status"].as_str().unwrap()), (bob.user_id.as_str(), "offline"));
 }
 
-/// Sockets are capped per address too.
+/// Sockets are capped per address too, and in all.
 #[tokio::test]
-async fn sockets_are_capped_per_address() {
+async fn sockets_are_capped_per_address_and_in_all() {
+    for (per_ip, total, refused) in [(2, 100, "429"), (100, 2, "503")] {
+        sockets_over_a_cap(per_ip, total, refused).await;
+    }
+}
+
+async fn sockets_over_a_cap(per_ip: usize, total: usize, refused_with: &str) {
     let temporary = tempfile::tempdir().unwrap();
     let mut config = test_config(temporary.path());
-    config.gateway.ws_per_ip_max = 2;
+    config.gateway.ws_per_ip_max = per_ip;
+    config.gateway.ws_max = total;
     let server = TestServer::start_with(config).await;
     let alice = server.user("alice").await;
     let bob = server.user("bob").await;
@@ -726,5 +733,5 @@ async fn sockets_are_capped_per_address() {
     let mut request = format!("{}/v1/ws", bob.base.replace("http://", "ws://")).into_client_request().unwrap();
     request.headers_mut().insert("authorization", format!("Bearer {}", bob.token.as_ref().unwrap()).parse().unwrap());
     let refused = tokio_tungstenite::connect_async(request).await.unwrap_err();
-    assert!(refused.to_string().contains("429"), "{refused}");
+    assert!(refused.to_string().contains(refused_with), "{refused}");
 }
