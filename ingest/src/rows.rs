@@ -2,7 +2,7 @@
 //!
 //! | space | key | row |
 //! | --- | --- | --- |
-//! | meta | `applied` p, `admin`, `format` | applied offset of partition p; an admin exists; format |
+//! | meta | `applied` p, `admin`, `format`, `devices_indexed` | applied offset of partition p; an admin exists; format; users' devices are indexed |
 //! | users | user | [`UserRow`] (username, password hash, roles); and blocker, blocked: nothing (a block) |
 //! | usernames | username | user |
 //! | devices | device | [`DeviceRow`]; and user, device: nothing (a user's devices) |
@@ -35,6 +35,8 @@ pub(crate) fn applied_key(partition: u32) -> Vec<u8> {
     Encoder::new().str("applied").u32(partition).finish()
 }
 pub(crate) const ADMIN_KEY: &[u8] = b"admin";
+/// Set once users' devices are indexed (`user_device_key`).
+pub(crate) const DEVICES_INDEXED_KEY: &[u8] = b"devices_indexed";
 
 pub(crate) fn id_key(id: &str) -> Vec<u8> {
     Encoder::new().id(id).finish()

@@ -209,6 +209,27 @@ impl std::fmt::Debug for dyn Store {
     }
 }
 
+/// A store written before users' devices were indexed gets the index once,
+/// at open (one pass over the devices); later sessions index themselves.
+fn index_devices(store: &dyn Store) -> StoreResult<()> {
+    if store.get(Space::Meta, rows::DEVICES_INDEXED_KEY)?.is_some() {
+        return Ok(());
+    }
+    let mut batch = crate::store::WriteBatch::default();
+    for entry in store.range(Space::Devices, std::ops::Bound::Unbounded, std::ops::Bound::Unbounded, false) {
+        let (key, value) = entry?;
+        // Index rows (user, device) are empty; a device's own row is not.
+        if value.is_empty() {
+            continue;
+        }
+        let device_id = crate::codec::Decoder::new(&key).id().ok_or_else(|| rows::corrupt(Space::Devices, "device key"))?;
+        let row = DeviceRow::decode(&value).ok_or_else(|| rows::corrupt(Space::Devices, "device"))?;
+        batch.put(Space::Devices, rows::user_device_key(&row.user_id, &device_id), Vec::new());
+    }
+    batch.put(Space::Meta, rows::DEVICES_INDEXED_KEY.to_vec(), vec![1]);
+    store.write(batch)
+}
+
 pub(crate) fn dm_pair(first: &str, second: &str) -> (String, String) {
     if first <= second {
         (first.to_string(), second.to_string())
@@ -220,6 +241,7 @@ pub(crate) fn dm_pair(first: &str, second: &str) -> (String, String) {
 impl State {
     pub fn new(store: Arc<dyn Store>, config: StateConfig, partition_count: u32) -> StoreResult<State> {
         let admin_assigned = store.get(Space::Meta, rows::ADMIN_KEY)?.is_some();
+        index_devices(&*store)?;
         Ok(State {
             conversations: Cache::new(config.conversations_cached_max),
             users: Cache::new(config.users_cached_max),
@@ -434,5 +456,35 @@ impl State {
         if !self.failed.swap(true, Ordering::AcqRel) {
             tracing::error!(%error, "the state store failed; refusing writes until the server restarts");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+    use crate::store::WriteBatch;
+
+    /// A store from before the device index: its devices are listed once opened.
+    #[test]
+    fn devices_stored_before_the_index_are_indexed_at_open() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let mut batch = WriteBatch::default();
+        for (device, created_at) in [("d_phone", 2), ("d_laptop", 1)] {
+            let row = DeviceRow { user_id: "u_alice".into(), name: None, platform: None, created_at };
+            batch.put(Space::Devices, rows::id_key(device), row.encode());
+        }
+        let row = DeviceRow { user_id: "u_bob".into(), name: None, platform: None, created_at: 3 };
+        batch.put(Space::Devices, rows::id_key("d_bobs"), row.encode());
+        store.write(batch).unwrap();
+        let state = State::new(store.clone(), StateConfig::default(), 1).unwrap();
+        let listed: Vec<String> = state.devices_of("u_alice").unwrap().iter().map(|device| device.device_id.clone()).collect();
+        assert_eq!(listed, vec!["d_laptop", "d_phone"], "oldest first");
+        assert_eq!(state.devices_of("u_bob").unwrap().len(), 1);
+        // Once: a second open finds the mark and does not scan again.
+        assert!(store.get(Space::Meta, rows::DEVICES_INDEXED_KEY).unwrap().is_some());
+        drop(state);
+        let again = State::new(store, StateConfig::default(), 1).unwrap();
+        assert_eq!(again.devices_of("u_alice").unwrap().len(), 2);
     }
 }
