@@ -93,7 +93,9 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         confab_query::SqlEngine::new(store, config.sql.clone(), config.data_dir.join("sql-spill")).context("could not start the compliance SQL threads")?,
     );
     let ingest_for_shutdown = ingest.clone();
-    let state = AppState::new(ingest.clone(), hub, pipelines.clone(), history.clone(), Arc::new(maintenance), config.gateway.clone(), token_secret);
+    let live = Arc::new(crate::wiring::LiveMessagesView { ingest: ingest.clone() });
+    let compliance = Arc::new(confab_query::Compliance::new(Arc::new(maintenance), live));
+    let state = AppState::new(ingest.clone(), hub, pipelines.clone(), history.clone(), compliance, config.gateway.clone(), token_secret);
     let readiness = crate::wiring::ReadinessView { log: log.clone(), sink: history_sink.as_ref().map(|sink| sink.handle()) };
     let _ = state.readiness.set(Arc::new(readiness));
     let sql_server = match config.sql_listen {

@@ -164,3 +164,27 @@ impl confab_gateway::Readiness for ReadinessView {
         self.sink.as_ref().map_or(0, confab_query::SinkHandle::restarts)
     }
 }
+
+/// Retention and erasure's view of the state: deletions as a sender's
+/// deletes, and the audit log.
+pub struct LiveMessagesView {
+    pub ingest: Arc<Ingest>,
+}
+
+#[async_trait::async_trait]
+impl confab_query::LiveMessages for LiveMessagesView {
+    async fn delete(&self, actor: &confab_query::Actor, scope: confab_query::Scope<'_>) -> Result<u64, String> {
+        let caller = confab_ingest::Caller { user_id: actor.user_id.clone(), device_id: actor.device_id.clone() };
+        let scope = match scope {
+            confab_query::Scope::SentBy(user_id) => confab_ingest::ComplianceScope::SentBy(user_id),
+            confab_query::Scope::ConversationBefore { conversation_id, before_ms } => {
+                confab_ingest::ComplianceScope::ConversationBefore { conversation_id, before_ms }
+            }
+        };
+        self.ingest.delete_for_compliance(&caller, scope).await.map_err(|error| error.to_string())
+    }
+
+    async fn audit(&self, actor_id: &str, action: &str, details: String) -> Result<(), String> {
+        self.ingest.record_audit(actor_id, action, details).await.map_err(|error| error.to_string())
+    }
+}

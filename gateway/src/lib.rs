@@ -45,8 +45,8 @@ pub struct Shared {
     pub pipelines: Arc<Runtime>,
     /// Read-only SQL over the history.
     pub history: Arc<confab_query::SqlEngine>,
-    /// Legal holds, retention and erasure of the history.
-    pub maintenance: Arc<confab_query::HistoryMaintenance>,
+    /// Legal holds (`compliance.maintenance()`), retention and erasure.
+    pub compliance: Arc<confab_query::Compliance>,
     /// When each user was last seen online (presence).
     pub last_seen: dashmap::DashMap<String, i64>,
     /// When each device last made a request or held a socket (ms; since
@@ -89,7 +89,7 @@ impl AppState {
         hub: Arc<Hub>,
         pipelines: Arc<Runtime>,
         history: Arc<confab_query::SqlEngine>,
-        maintenance: Arc<confab_query::HistoryMaintenance>,
+        compliance: Arc<confab_query::Compliance>,
         config: GatewayConfig,
         token_secret: Vec<u8>,
     ) -> AppState {
@@ -98,7 +98,7 @@ impl AppState {
             hub,
             pipelines,
             history,
-            maintenance,
+            compliance,
             last_seen: dashmap::DashMap::new(),
             device_seen: dashmap::DashMap::new(),
             typing_sent: dashmap::DashMap::new(),

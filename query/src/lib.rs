@@ -5,6 +5,7 @@
 //! and one query through the checks, then each failure mode.
 
 pub mod audit;
+pub mod compliance;
 pub mod error;
 pub mod holds;
 pub mod maintenance;
@@ -15,6 +16,7 @@ pub mod sink;
 pub mod sql;
 pub mod tables;
 
+pub use compliance::{Actor, Compliance, LiveMessages, Scope};
 pub use error::{Error, Result};
 pub use holds::{Hold, HoldTarget};
 pub use maintenance::{HistoryMaintenance, Outcome};

@@ -13,7 +13,6 @@ use crate::auth::Authenticated;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath};
 use crate::AppState;
-use confab_ingest::ComplianceScope;
 use confab_query::HoldTarget;
 
 /// Largest result returned over HTTP; bigger ones need a LIMIT (or `confab sql`).
@@ -159,19 +158,19 @@ pub async fn place_hold(
         HoldTarget::Conversation(conversation_id) => json!({"conversationId": conversation_id, "reason": reason}),
     };
     state.ingest.record_audit(&caller.user_id, "hold.place", details.to_string()).await?;
-    let hold = state.maintenance.place_hold(target, reason, &caller.user_id).await.map_err(query_error)?;
+    let hold = state.compliance.maintenance().place_hold(target, reason, &caller.user_id).await.map_err(query_error)?;
     Ok((StatusCode::CREATED, Json(json!(hold))))
 }
 
 pub async fn list_holds(State(state): State<AppState>, Authenticated(caller): Authenticated) -> ApiResult<Json<Value>> {
     require_compliance(&state, &caller.user_id, "see legal holds")?;
-    Ok(Json(json!({"holds": state.maintenance.active_holds().await})))
+    Ok(Json(json!({"holds": state.compliance.maintenance().active_holds().await})))
 }
 
 pub async fn release_hold(State(state): State<AppState>, Authenticated(caller): Authenticated, ApiPath(hold_id): ApiPath<String>) -> ApiResult<StatusCode> {
     require_compliance(&state, &caller.user_id, "release legal holds")?;
     state.ingest.record_audit(&caller.user_id, "hold.release", json!({"holdId": hold_id}).to_string()).await?;
-    state.maintenance.release_hold(&hold_id, &caller.user_id).await.map_err(query_error)?;
+    state.compliance.maintenance().release_hold(&hold_id, &caller.user_id).await.map_err(query_error)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -198,13 +197,8 @@ pub async fn delete_history(
     if request.before <= 0 || request.before > confab_schemas::ids::now_ms() {
         return Err(ApiError::bad_request("invalid `before`: a time in milliseconds since the epoch, not in the future"));
     }
-    let details = json!({"conversationId": request.conversation_id, "before": request.before});
-    state.ingest.record_audit(&caller.user_id, "retention.delete", details.to_string()).await?;
-    let scope = ComplianceScope::ConversationBefore { conversation_id: &request.conversation_id, before_ms: request.before };
-    let live = async { state.ingest.delete_for_compliance(&caller, scope).await.map_err(|error| error.to_string()) };
-    let outcome = state.maintenance.delete_conversation_before(&request.conversation_id, request.before, live).await.map_err(query_error)?;
-    let done = json!({"conversationId": request.conversation_id, "before": request.before, "outcome": outcome});
-    state.ingest.record_audit(&caller.user_id, "retention.deleted", done.to_string()).await?;
+    let actor = confab_query::Actor { user_id: caller.user_id.clone(), device_id: caller.device_id.clone() };
+    let outcome = state.compliance.apply_retention(&actor, &request.conversation_id, request.before).await.map_err(query_error)?;
     Ok(Json(json!({"deletedRows": outcome.rows, "filesRemoved": outcome.files_removed, "deletedMessages": outcome.live_messages})))
 }
 
@@ -221,10 +215,7 @@ pub async fn erase_user(State(state): State<AppState>, Authenticated(caller): Au
     if state.ingest.user(&request.user_id)?.is_none() {
         return Err(ApiError::new(ErrorCode::NotFound, format!("user `{}` not found", request.user_id)));
     }
-    state.ingest.record_audit(&caller.user_id, "erasure.request", json!({"userId": request.user_id}).to_string()).await?;
-    let live = async { state.ingest.delete_for_compliance(&caller, ComplianceScope::SentBy(&request.user_id)).await.map_err(|error| error.to_string()) };
-    let outcome = state.maintenance.erase_user_bodies(&request.user_id, live).await.map_err(query_error)?;
-    let done = json!({"userId": request.user_id, "outcome": outcome});
-    state.ingest.record_audit(&caller.user_id, "erasure.done", done.to_string()).await?;
+    let actor = confab_query::Actor { user_id: caller.user_id.clone(), device_id: caller.device_id.clone() };
+    let outcome = state.compliance.erase_user(&actor, &request.user_id).await.map_err(query_error)?;
     Ok(Json(json!({"erasedRows": outcome.rows, "filesRemoved": outcome.files_removed, "deletedMessages": outcome.live_messages})))
 }
