@@ -84,6 +84,10 @@ impl confab_query::pgwire::PgAccounts for PgAccountsView {
     async fn audit(&self, user_id: &str, details: String) -> Result<(), String> {
         self.state.ingest.record_audit(user_id, "sql.query", details).await.map_err(|error| error.to_string())
     }
+
+    async fn still_allowed(&self, user_id: &str) -> bool {
+        self.state.ingest.has_role(user_id, confab_schemas::events::AccountRole::Compliance).unwrap_or(false)
+    }
 }
 
 /// The history sink's settings, if a pipeline has a `delta_sink` stage.

@@ -178,8 +178,8 @@ impl FromRequestParts<AppState> for ClientIp {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
-        let forwarded = parts.headers.get("x-forwarded-for").and_then(|value| value.to_str().ok());
-        Ok(ClientIp(crate::client_ip::client_address(peer, forwarded, &state.trusted_proxies)))
+        let forwarded = crate::client_ip::forwarded_for(&parts.headers);
+        Ok(ClientIp(crate::client_ip::client_address(peer, forwarded.as_deref(), &state.trusted_proxies)))
     }
 }
 

@@ -74,6 +74,13 @@ pub fn trusted_proxies(entries: &[String], trust_loopback: bool) -> Result<Vec<B
     }
 }
 
+/// Every `X-Forwarded-For` line, joined in order: a proxy may add a line of
+/// its own rather than append to the client's.
+pub fn forwarded_for(headers: &axum::http::HeaderMap) -> Option<String> {
+    let lines: Vec<&str> = headers.get_all("x-forwarded-for").iter().filter_map(|value| value.to_str().ok()).collect();
+    (!lines.is_empty()).then(|| lines.join(","))
+}
+
 /// The client's address: the peer, or (from a trusted proxy) the rightmost
 /// untrusted hop of `X-Forwarded-For`.
 pub fn client_address(peer: Option<IpAddr>, forwarded_for: Option<&str>, trusted: &[Block]) -> Option<IpAddr> {

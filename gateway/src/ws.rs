@@ -93,8 +93,8 @@ pub async fn upgrade(
     };
     let upgrade = upgrade.map_err(|rejection| ApiError::bad_request(format!("`/v1/ws` needs a WebSocket upgrade: {rejection}")))?;
     let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
-    let forwarded = parts.headers.get("x-forwarded-for").and_then(|value| value.to_str().ok());
-    let ip = crate::client_ip::client_address(peer, forwarded, &state.trusted_proxies).map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
+    let forwarded = crate::client_ip::forwarded_for(&parts.headers);
+    let ip = crate::client_ip::client_address(peer, forwarded.as_deref(), &state.trusted_proxies).map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
     // Socket caps: per account, then per address (checked here, counted
     // while the socket lives).
     let total_max = state.config.ws_max;
@@ -169,9 +169,9 @@ async fn session(socket: WebSocket, state: AppState, caller: Caller, start: Opti
     let mut closing = state.closing.subscribe();
     let send_side = async {
         let hello = ServerFrame::Hello { user_id: caller.user_id.clone(), device_id: caller.device_id.clone(), heartbeat_ms: state.config.heartbeat_ms };
-        sink.send(Message::Text(hello.to_text().into())).await?;
+        send_within(&mut sink, Message::Text(hello.to_text().into()), write_timeout).await?;
         let mut cursor = match start {
-            Some(cursor) => replay(&state, &caller, cursor, &mut sink).await?,
+            Some(cursor) => replay(&state, &caller, cursor, &mut sink, write_timeout).await?,
             None => head,
         };
         // One deadline for the socket's life, not one per frame.
@@ -182,7 +182,7 @@ async fn session(socket: WebSocket, state: AppState, caller: Caller, start: Opti
                 biased;
                 _ = async { let _ = closing.wait_for(|closing| *closing).await; } => {
                     let frame = axum::extract::ws::CloseFrame { code: axum::extract::ws::close_code::AWAY, reason: "the server is restarting; reconnect with your last cursor".into() };
-                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    let _ = send_within(&mut sink, Message::Close(Some(frame)), write_timeout).await;
                     return Ok(());
                 }
                 () = &mut expiry => {
@@ -192,7 +192,7 @@ async fn session(socket: WebSocket, state: AppState, caller: Caller, start: Opti
                 }
                 _ = connection.logged_out.notified() => {
                     let frame = CloseFrame { code: LOGGED_OUT, reason: "this device was logged out; log in again".into() };
-                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    let _ = send_within(&mut sink, Message::Close(Some(frame)), write_timeout).await;
                     return Ok(());
                 }
                 _ = connection.resync.notified() => {
@@ -203,7 +203,7 @@ async fn session(socket: WebSocket, state: AppState, caller: Caller, start: Opti
                         message: format!("this connection fell too far behind; reconnect with ?cursor={resume} to resume"),
                         cursor: Some(resume),
                     };
-                    sink.send(Message::Text(frame.to_text().into())).await?;
+                    send_within(&mut sink, Message::Text(frame.to_text().into()), write_timeout).await?;
                     break;
                 }
                 reply = reply_queue.recv() => match reply {
@@ -226,7 +226,7 @@ async fn session(socket: WebSocket, state: AppState, caller: Caller, start: Opti
                 },
             }
         }
-        let _ = sink.send(Message::Close(None)).await;
+        let _ = send_within(&mut sink, Message::Close(None), write_timeout).await;
         Ok::<(), axum::Error>(())
     };
 
@@ -274,7 +274,7 @@ async fn session(socket: WebSocket, state: AppState, caller: Caller, start: Opti
         close = receive_side => close,
     };
     if let Some(frame) = close {
-        let _ = sink.send(Message::Close(Some(frame))).await;
+        let _ = send_within(&mut sink, Message::Close(Some(frame)), write_timeout).await;
     }
     if state.hub.unregister(&connection) {
         let (state, user_id) = (state.clone(), caller.user_id.clone());
@@ -306,6 +306,7 @@ async fn replay(
     caller: &Caller,
     cursor: SyncCursor,
     sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    write_timeout: Duration,
 ) -> Result<SyncCursor, axum::Error> {
     let mut text = cursor.encode();
     loop {
@@ -313,13 +314,13 @@ async fn replay(
             Ok(page) => page,
             Err(error) => {
                 let frame = ServerFrame::error(None, error.code(), error.to_string());
-                sink.send(Message::Text(frame.to_text().into())).await?;
+                send_within(sink, Message::Text(frame.to_text().into()), write_timeout).await?;
                 return Ok(cursor);
             }
         };
         for event in &page.events {
             let frame = serde_json::to_string(event).expect("events serialize");
-            sink.send(Message::Text(frame.into())).await?;
+            send_within(sink, Message::Text(frame.into()), write_timeout).await?;
         }
         note_delivered(state, caller, &page.events);
         text = page.next_cursor;

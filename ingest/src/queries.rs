@@ -71,6 +71,26 @@ impl Ingest {
         Ok(self.first_message_new(self.state.store.range(Space::Events, start, stop, false))?.map(|first| (first, last_seq)).into_iter().collect())
     }
 
+    /// For a `joined` conversation, each membership interval's start and the
+    /// first seq sent from then on (`None` for a shared one).
+    fn joined_from(&self, conversation_id: &str, intervals: &rows::Intervals) -> Result<Option<Vec<(u64, u64)>>> {
+        let Some(handle) = self.state.conversation(conversation_id)? else { return Ok(None) };
+        let (visibility, last_seq) = {
+            let conversation = handle.state.read();
+            (conversation.history_visibility, conversation.last_seq)
+        };
+        if visibility == HistoryVisibility::Shared {
+            return Ok(None);
+        }
+        let mut starts = Vec::with_capacity(intervals.len());
+        for &(from, _) in intervals {
+            let (start, stop) = key_range(rows::position_key(conversation_id, from, 0), rows::position_key(conversation_id, u64::MAX, 0));
+            let first = self.first_message_new(self.state.store.range(Space::Events, start, stop, false))?.unwrap_or(last_seq + 1);
+            starts.push((from, first));
+        }
+        Ok(Some(starts))
+    }
+
     /// The seq of the first `message.new` among `rows` (events rows).
     fn first_message_new(&self, rows: RangeIter<'_>) -> Result<Option<u64>> {
         for entry in rows {
@@ -105,6 +125,11 @@ impl Ingest {
             messages.push(render_message(conversation_id, seq, &message));
         }
         Ok((messages, start > 0))
+    }
+
+    /// Whether the caller is a member of the conversation now.
+    pub fn is_member(&self, caller: &Caller, conversation_id: &str) -> Result<bool> {
+        Ok(self.state.conversation(conversation_id)?.is_some_and(|handle| handle.state.read().is_member(&caller.user_id)))
     }
 
     /// The caller's conversations, most recently active first.
@@ -225,10 +250,18 @@ impl Ingest {
                 continue;
             }
             let range = || key_range(rows::position_key(&conversation_id, low.offset, low.skip), rows::position_key(&conversation_id, high, 0));
+            let joined_from = self.joined_from(&conversation_id, &row.intervals)?;
             for space in [Space::Events, Space::Receipts] {
                 let (start, end) = range();
                 let rows = self.state.store.range(space, start, end, false);
-                sources.push(Source { conversation_id: conversation_id.clone(), intervals: row.intervals.clone(), space, rows, next: None });
+                sources.push(Source {
+                    conversation_id: conversation_id.clone(),
+                    intervals: row.intervals.clone(),
+                    joined_from: joined_from.clone(),
+                    space,
+                    rows,
+                    next: None,
+                });
             }
         }
         let mut heap = BinaryHeap::new();
@@ -245,6 +278,12 @@ impl Ingest {
             // In a membership that has ended, a message is shown as it was
             // then (from its own record), never in its current state: a
             // later edit is after the member left.
+            if source.space == Space::Events && !source.may_see(offset, &value)? {
+                if let Some(position) = source.advance()? {
+                    heap.push(Reverse((position, index)));
+                }
+                continue;
+            }
             let rendered = if source.space == Space::Events && rows::within_closed(&source.intervals, offset) {
                 self.render_as_it_was(&source.conversation_id, partition, offset, &value)?
             } else {
@@ -278,6 +317,10 @@ impl Ingest {
         let Ok(event) = confab_schemas::events::LogEvent::decode(&record.payload) else { return Ok(None) };
         let handle = self.state.conversation(conversation_id)?.ok_or(Error::StateFailed)?;
         let Some(current) = self.state.message(&handle, seq)? else { return Ok(None) };
+        if current.deleted {
+            // Deleted (or erased) since: never bring the body back.
+            return self.render_row(conversation_id, Space::Events, value).map(Some);
+        }
         let mut then = current.clone();
         then.deleted = false;
         let event = match (&row.kind, event) {
@@ -322,12 +365,31 @@ impl Ingest {
 struct Source<'a> {
     conversation_id: String,
     intervals: rows::Intervals,
+    /// In a `joined` conversation, per membership interval (by its start
+    /// offset), the first seq sent during it: edits and deletes of older
+    /// messages are not the member's to see.
+    joined_from: Option<Vec<(u64, u64)>>,
     space: Space,
     rows: RangeIter<'a>,
     next: Option<(u64, u32, Vec<u8>)>,
 }
 
 impl Source<'_> {
+    /// Whether the member may see this events row: in a `joined`
+    /// conversation, an edit or delete only of a message sent while they
+    /// were a member.
+    fn may_see(&self, offset: u64, value: &[u8]) -> Result<bool> {
+        let Some(joined_from) = &self.joined_from else { return Ok(true) };
+        let row = EventRow::decode(value).ok_or_else(|| rows::corrupt(Space::Events, "event"))?;
+        let seq = match row.kind {
+            EventKind::MessageEdit { seq } | EventKind::MessageDelete { seq } => seq,
+            EventKind::MessageNew { .. } | EventKind::Member { .. } => return Ok(true),
+        };
+        // The interval holding this offset: the last one starting at or before it.
+        let first_seq = joined_from.iter().rev().find(|(start, _)| *start <= offset).map_or(u64::MAX, |(_, first_seq)| *first_seq);
+        Ok(seq >= first_seq)
+    }
+
     /// Reads the next row the member may see; returns its position.
     fn advance(&mut self) -> Result<Option<(u64, u32)>> {
         for entry in self.rows.by_ref() {

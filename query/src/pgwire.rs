@@ -92,6 +92,9 @@ pub trait PgAccounts: Send + Sync + 'static {
     /// Writes one audit row for `user_id`; `Err` when it could not be
     /// written, and then the statement does not run.
     async fn audit(&self, user_id: &str, details: String) -> Result<(), String>;
+    /// Whether the account still has the `compliance` role (asked before
+    /// every statement: a role revoked mid-session ends its use).
+    async fn still_allowed(&self, user_id: &str) -> bool;
 }
 
 /// The listener's doors.
@@ -131,7 +134,20 @@ struct Shared {
     cancel_handler: Arc<DefaultCancelHandler>,
     keys: RandomPidSecretKeyGenerator,
     parameters: DefaultServerParameterProvider,
+    /// Connections accepted and not yet closed, logged in or not.
     open: AtomicUsize,
+    /// Logged-in sessions: what `max_connections` bounds.
+    sessions: Arc<AtomicUsize>,
+}
+
+/// A logged-in session's slot, given back when the connection closes (it
+/// lives in the connection's session extensions).
+struct SessionSlot(Arc<AtomicUsize>);
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Serves the history on `listener` until the task is dropped.
@@ -146,6 +162,7 @@ pub async fn serve(engine: SqlEngine, accounts: Arc<dyn PgAccounts>, listener: t
         keys: RandomPidSecretKeyGenerator::default(),
         parameters: DefaultServerParameterProvider::default(),
         open: AtomicUsize::new(0),
+        sessions: Arc::new(AtomicUsize::new(0)),
     });
     loop {
         let (socket, peer) = match listener.accept().await {
@@ -160,9 +177,13 @@ pub async fn serve(engine: SqlEngine, accounts: Arc<dyn PgAccounts>, listener: t
         let _ = socket.set_nodelay(true);
         let shared = shared.clone();
         tokio::spawn(async move {
+            // Logged-in sessions are capped at login; connections that have
+            // not logged in yet (bounded by pgwire's 60 s startup timeout)
+            // at four times that, so that a flood of idle sockets cannot
+            // hold the listener. A CancelRequest comes on a connection of
+            // its own: it is served even when full.
             let open = shared.open.fetch_add(1, Ordering::AcqRel) + 1;
-            // A CancelRequest comes on a connection of its own: it is served even when full.
-            let over_cap = open > shared.options.max_connections;
+            let over_cap = open > shared.options.max_connections.saturating_mul(4);
             let tls = shared.options.tls.clone();
             let connection = Arc::new(Connection::new(shared.clone(), over_cap));
             if let Err(error) = pgwire::tokio::process_socket(socket, tls, Handlers(connection)).await {
@@ -217,7 +238,11 @@ impl Connection {
     async fn audit<C: ClientInfo + ?Sized>(&self, client: &C, sql: &str, phase: &str) -> PgWireResult<()> {
         let user_id = client.metadata().get(USER_ID).cloned().unwrap_or_default();
         let details = sql_attempt(sql, "pgwire", &[("phase", phase)]);
-        self.shared.accounts.audit(&user_id, details).await.map_err(|reason| pg_error(&Error::AuditUnavailable(reason)))
+        self.shared.accounts.audit(&user_id, details).await.map_err(|reason| pg_error(&Error::AuditUnavailable(reason)))?;
+        if !self.shared.accounts.still_allowed(&user_id).await {
+            return Err(user_error("42501", "this account no longer has the compliance role; nothing runs until it is granted again".to_string()));
+        }
+        Ok(())
     }
 
     /// Parses one text into statements, refusing what is too long or unparsable.
@@ -392,8 +417,7 @@ impl StartupHandler for Connection {
         match message {
             PgWireFrontendMessage::Startup(ref startup) => {
                 if self.over_cap {
-                    let limit = self.shared.options.max_connections;
-                    client.send(fatal("53300", format!("sorry, too many connections: the limit is {limit} ([sql] max_connections); try again later"))).await?;
+                    client.send(fatal("53300", "sorry, too many connections waiting to log in; try again later".to_string())).await?;
                     client.close().await?;
                     return Ok(());
                 }
@@ -413,6 +437,17 @@ impl StartupHandler for Connection {
                 let peer = client.socket_addr().ip();
                 match self.shared.accounts.login(&username, &password.password, peer).await {
                     Login::Allowed { user_id } => {
+                        let limit = self.shared.options.max_connections;
+                        let taken =
+                            self.shared.sessions.fetch_update(Ordering::AcqRel, Ordering::Acquire, |sessions| (sessions < limit).then_some(sessions + 1));
+                        if taken.is_err() {
+                            client
+                                .send(fatal("53300", format!("sorry, too many sessions: the limit is {limit} ([sql] max_connections); try again later")))
+                                .await?;
+                            client.close().await?;
+                            return Ok(());
+                        }
+                        client.session_extensions().insert(SessionSlot(self.shared.sessions.clone()));
                         client.metadata_mut().insert(USER_ID.to_string(), user_id);
                         let (pid, secret) = self.shared.keys.generate(client);
                         client.set_pid_and_secret_key(pid, secret.clone());
@@ -449,6 +484,12 @@ impl SimpleQueryHandler for Connection {
     {
         self.audit(client, query, "simple").await?;
         let statements = self.parse(query)?;
+        // Each query's rows stream after this returns, so two queries in one
+        // text would run at once (sharing the timeout and the cancel): refuse.
+        let queries = statements.iter().filter(|statement| matches!(statement, Statement::Query(_) | Statement::Explain { .. })).count();
+        if queries > 1 {
+            return Err(user_error("0A000", format!("send one query per message ({queries} were sent together); SET and SHOW may go with it")));
+        }
         let mut responses = Vec::with_capacity(statements.len());
         for statement in &statements {
             match self.respond(client, statement, &Format::UnifiedText).await {

@@ -189,11 +189,12 @@ pub struct SqlEngine {
 struct Inner {
     store: HistoryStore,
     config: SqlConfig,
-    spill_dir: PathBuf,
     /// What all sessions hold together.
     all_memory: Arc<Budget>,
     /// Statements running now (dropped or finished ones are not).
     running: Arc<AtomicUsize>,
+    /// One spill folder and size bound for all sessions together.
+    disk: Arc<deltalake::datafusion::execution::disk_manager::DiskManager>,
     threads: SqlThreads,
 }
 
@@ -230,7 +231,13 @@ impl SqlEngine {
             .map_err(|error| Error::Runtime(error.to_string()))?;
         let all_memory = Arc::new(Budget { limit: config.total_memory_mb << 20, used: AtomicUsize::new(0) });
         let running = Arc::new(AtomicUsize::new(0));
-        Ok(SqlEngine { inner: Arc::new(Inner { store, config, spill_dir, all_memory, running, threads: SqlThreads(Some(runtime)) }) })
+        let disk = DiskManagerBuilder::default()
+            .with_mode(DiskManagerMode::Directories(vec![spill_dir.clone()]))
+            .with_max_temp_directory_size(config.spill_max_mb << 20)
+            .build()
+            .map_err(|error| Error::Runtime(error.to_string()))?;
+        let disk = Arc::new(disk);
+        Ok(SqlEngine { inner: Arc::new(Inner { store, config, all_memory, running, disk, threads: SqlThreads(Some(runtime)) }) })
     }
 
     pub fn config(&self) -> &SqlConfig {
@@ -258,11 +265,10 @@ impl SqlEngine {
         let config = &self.inner.config;
         let pool: Arc<dyn MemoryPool> =
             Arc::new(SessionPool { limit: config.query_memory_mb << 20, used: AtomicUsize::new(0), all: self.inner.all_memory.clone() });
-        let disk = DiskManagerBuilder::default()
-            .with_mode(DiskManagerMode::Directories(vec![self.inner.spill_dir.clone()]))
-            .with_max_temp_directory_size(config.spill_max_mb << 20);
-        let runtime =
-            RuntimeEnvBuilder::new().with_memory_pool(pool).with_disk_manager_builder(disk).build_arc().map_err(|error| Error::Runtime(error.to_string()))?;
+        // The spill bound is shared: every session spills through one manager.
+        let mut runtime = RuntimeEnvBuilder::new().with_memory_pool(pool);
+        runtime.disk_manager = Some(self.inner.disk.clone());
+        let runtime = runtime.build_arc().map_err(|error| Error::Runtime(error.to_string()))?;
         // Parquet filter pushdown stays off: measured at 10M events it sped
         // up full scans but slowed the one-conversation query (BENCHMARKS.md).
         // URL tables stay off (the default): `FROM '/etc/passwd'` is not a table.

@@ -199,11 +199,33 @@ async fn connections_are_capped_and_wrong_passwords_limited() {
         config.gateway.rate_limits.login_failures_per_account_and_ip = Some(confab_gateway::rate_limit::Rate { per_second: 0.001, burst: 3 });
     })
     .await;
-    let held: Vec<std::net::TcpStream> = (0..2).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    // Sockets that never log in do not take the sessions' slots.
+    let idle: Vec<std::net::TcpStream> = (0..4).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (ok, text) = psql_async(port, "carol", "SELECT 1".to_string()).await;
-    assert!(!ok && text.contains("too many connections"), "{text}");
-    drop(held);
+    assert!(ok, "{text}");
+    // Two logged-in sessions (held open by a slow query), then the third is refused.
+    let heavy = "SELECT count(*) FROM generate_series(1, 1000000000) a, generate_series(1, 1000000000) b";
+    let holders: Vec<std::process::Child> = (0..2)
+        .map(|_| {
+            Command::new("psql")
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "carol", "-d", "confab", "-At", "-c", heavy])
+                .env("PGPASSWORD", "password123")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (ok, text) = psql_async(port, "carol", "SELECT 1".to_string()).await;
+    assert!(!ok && text.contains("too many sessions"), "{text}");
+    // Ctrl-C: psql cancels its query and leaves, freeing its slot.
+    for mut holder in holders {
+        assert!(Command::new("kill").args(["-INT", &holder.id().to_string()]).status().unwrap().success());
+        holder.wait().unwrap();
+    }
+    drop(idle);
     let mut answer = (false, String::new());
     for _ in 0..50 {
         answer = psql_async(port, "carol", "SELECT 1".to_string()).await;

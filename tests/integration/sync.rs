@@ -287,7 +287,10 @@ async fn former_members_see_nothing_after_they_left_not_even_later_edits() {
     let group = alice.conversation("group", &[&bob]).await;
     let before = alice.say(&group, "b1", "the plan as it was").await;
     let message_id = before["messageId"].as_str().unwrap().to_string();
+    let doomed = alice.say(&group, "b0", "to be deleted after bob left").await;
     alice.delete(&format!("/v1/conversations/{group}/members/{}", bob.user_id)).await;
+    let (status, _) = alice.delete(&format!("/v1/messages/{}", doomed["messageId"].as_str().unwrap())).await;
+    assert_eq!(status, 204);
     let (status, _) = alice.patch(&format!("/v1/messages/{message_id}"), json!({"body": "the secret new plan"})).await;
     assert_eq!(status, 200);
     alice.say(&group, "b2", "said after bob left").await;
@@ -297,6 +300,7 @@ async fn former_members_see_nothing_after_they_left_not_even_later_edits() {
     let text = serde_json::to_string(&events).unwrap();
     assert!(text.contains("the plan as it was"), "{text}");
     assert!(!text.contains("secret new plan") && !text.contains("said after bob left"), "{text}");
+    assert!(!text.contains("to be deleted after bob left"), "a later delete is not undone: {text}");
     assert!(!text.contains("message.edit"), "{text}");
     let new = events.iter().find(|event| event["type"] == "message.new").unwrap();
     assert_eq!(new["message"]["edited"], false);
@@ -328,4 +332,24 @@ async fn former_members_see_nothing_after_they_left_not_even_later_edits() {
     let (_, page) = bob.get(&format!("/v1/conversations/{group}/messages")).await;
     let bodies: Vec<&str> = page["messages"].as_array().unwrap().iter().map(|message| message["body"].as_str().unwrap()).collect();
     assert_eq!(bodies, vec!["welcome back"], "a joined group's pages start at the latest join");
+}
+
+/// In a `joined` group, an edit or delete of a message from before a
+/// member joined does not reach them through sync: it would show the
+/// message.
+#[tokio::test]
+async fn a_joined_member_does_not_see_edits_of_older_messages() {
+    let server = TestServer::start().await;
+    let alice = server.user("alice").await;
+    let carol = server.user("carol").await;
+    let group = alice.conversation("group", &[]).await;
+    let old = alice.say(&group, "old", "from before carol").await;
+    let old_id = old["messageId"].as_str().unwrap().to_string();
+    alice.post(&format!("/v1/conversations/{group}/members"), json!({"userIds": [carol.user_id]})).await;
+    alice.patch(&format!("/v1/messages/{old_id}"), json!({"body": "edited while carol is here"})).await;
+    alice.say(&group, "new", "for carol too").await;
+    let (events, _) = sync_all(&carol, None, 100).await;
+    let text = serde_json::to_string(&events).unwrap();
+    assert!(text.contains("for carol too"), "{text}");
+    assert!(!text.contains("from before carol") && !text.contains("edited while carol is here"), "{text}");
 }

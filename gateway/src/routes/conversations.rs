@@ -64,7 +64,9 @@ pub async fn add_members(
     ApiPath(conversation_id): ApiPath<String>,
     ApiJson(request): ApiJson<AddMembers>,
 ) -> ApiResult<StatusCode> {
-    limit_write(&state, Write::AddMembers { members: request.user_ids.len() }, &caller.user_id, &ip_key(&ip), Some(&conversation_id))?;
+    // Only members take from the conversation's limit (others are refused anyway).
+    let member = state.ingest.is_member(&caller, &conversation_id)?.then_some(conversation_id.as_str());
+    limit_write(&state, Write::AddMembers { members: request.user_ids.len() }, &caller.user_id, &ip_key(&ip), member)?;
     state.ingest.add_members(&caller, &conversation_id, request.user_ids).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -75,7 +77,8 @@ pub async fn remove_member(
     ip: ClientIp,
     ApiPath((conversation_id, user_id)): ApiPath<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    limit_write(&state, Write::RemoveMember, &caller.user_id, &ip_key(&ip), Some(&conversation_id))?;
+    let member = state.ingest.is_member(&caller, &conversation_id)?.then_some(conversation_id.as_str());
+    limit_write(&state, Write::RemoveMember, &caller.user_id, &ip_key(&ip), member)?;
     state.ingest.remove_member(&caller, &conversation_id, &user_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
