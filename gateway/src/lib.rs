@@ -55,8 +55,10 @@ pub struct Shared {
     /// When each user last announced typing in each conversation (shed
     /// repeats; forgotten by the janitor).
     pub typing_sent: dashmap::DashMap<(String, String), Instant>,
-    /// WebSockets open per client address.
-    pub sockets_per_ip: dashmap::DashMap<String, usize>,
+    /// WebSockets open (or being upgraded) per account and per address.
+    pub socket_counts: dashmap::DashMap<String, usize>,
+    /// WebSockets open (or being upgraded) in all.
+    pub sockets_total: std::sync::atomic::AtomicUsize,
     /// Users announced online and not yet offline (presence debounce).
     pub presence_announced: dashmap::DashSet<String>,
     /// Set when the server stops: WebSocket sessions close ("going away")
@@ -102,7 +104,8 @@ impl AppState {
             last_seen: dashmap::DashMap::new(),
             device_seen: dashmap::DashMap::new(),
             typing_sent: dashmap::DashMap::new(),
-            sockets_per_ip: dashmap::DashMap::new(),
+            socket_counts: dashmap::DashMap::new(),
+            sockets_total: std::sync::atomic::AtomicUsize::new(0),
             presence_announced: dashmap::DashSet::new(),
             closing: tokio::sync::watch::channel(false).0,
             tokens: auth::TokenKeys::new(token_secret, config.access_token_ttl_secs),

@@ -35,6 +35,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -95,47 +96,60 @@ pub async fn upgrade(
     let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
     let forwarded = crate::client_ip::forwarded_for(&parts.headers);
     let ip = crate::client_ip::client_address(peer, forwarded.as_deref(), &state.trusted_proxies).map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
-    // Socket caps: per account, then per address (checked here, counted
-    // while the socket lives).
-    let total_max = state.config.ws_max;
-    if state.hub.open_connections() >= total_max as u64 {
-        return Err(ApiError::new(ErrorCode::Unavailable, format!("the server holds {total_max} sockets, the most it takes; retry shortly")).retry_after(5));
-    }
-    let user_max = state.config.ws_per_user_max;
-    if state.hub.connections_of(&caller.user_id) >= user_max {
-        return Err(ApiError::new(ErrorCode::RateLimited, format!("this account has {user_max} sockets open, the most it may; close one first")).retry_after(5));
-    }
-    let ip_max = state.config.ws_per_ip_max;
-    if state.sockets_per_ip.get(&ip).is_some_and(|open| *open >= ip_max) {
-        return Err(ApiError::new(ErrorCode::RateLimited, format!("this address has {ip_max} sockets open, the most it may; close some first")).retry_after(5));
-    }
+    // Socket caps, in all, per account and per address: the slots are
+    // taken here, before the upgrade, so that a burst of upgrades cannot
+    // pass a cap; they go back when the socket ends (or the upgrade fails).
+    let slots = SocketSlots::reserve(&state, &caller.user_id, &ip)?;
     let expires_at = state.tokens.expires_at(&token).unwrap_or(0);
     let frame_max = state.config.ws_frame_max_bytes;
     // Small buffers: most connections are idle, and memory per connection
     // is what bounds how many one server holds.
     let upgrade = upgrade.max_message_size(frame_max).max_frame_size(frame_max).read_buffer_size(SOCKET_BUFFER_BYTES).write_buffer_size(0);
-    Ok(upgrade.on_upgrade(move |socket| session(socket, state, caller, start, ip, expires_at)))
+    Ok(upgrade.on_upgrade(move |socket| session(socket, state, caller, start, ip, expires_at, slots)))
 }
 
-/// One socket counted against its address while it lives.
-struct CountedSocket<'a> {
-    state: &'a AppState,
-    ip: String,
+/// A socket's slots: one in all, one of its account's, one of its address's.
+struct SocketSlots {
+    state: AppState,
+    keys: Vec<String>,
 }
 
-impl<'a> CountedSocket<'a> {
-    fn open(state: &'a AppState, ip: &str) -> CountedSocket<'a> {
-        *state.sockets_per_ip.entry(ip.to_string()).or_insert(0) += 1;
-        CountedSocket { state, ip: ip.to_string() }
+impl SocketSlots {
+    fn reserve(state: &AppState, user_id: &str, ip: &str) -> Result<SocketSlots, ApiError> {
+        let total_max = state.config.ws_max;
+        if state.sockets_total.fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| (open < total_max).then_some(open + 1)).is_err() {
+            return Err(ApiError::new(ErrorCode::Unavailable, format!("the server holds {total_max} sockets, the most it takes; retry shortly")).retry_after(5));
+        }
+        let mut slots = SocketSlots { state: state.clone(), keys: Vec::new() };
+        let caps = [
+            (format!("user {user_id}"), state.config.ws_per_user_max, "this account", "close one first"),
+            (format!("ip {ip}"), state.config.ws_per_ip_max, "this address", "close some first"),
+        ];
+        for (key, max, who, what) in caps {
+            let taken = {
+                let mut open = state.socket_counts.entry(key.clone()).or_insert(0);
+                (*open < max).then(|| *open += 1).is_some()
+            };
+            if !taken {
+                state.socket_counts.remove_if(&key, |_, open| *open == 0);
+                // `slots` gives back what it took so far when dropped.
+                return Err(ApiError::new(ErrorCode::RateLimited, format!("{who} has {max} sockets open, the most it may; {what}")).retry_after(5));
+            }
+            slots.keys.push(key);
+        }
+        Ok(slots)
     }
 }
 
-impl Drop for CountedSocket<'_> {
+impl Drop for SocketSlots {
     fn drop(&mut self) {
-        self.state.sockets_per_ip.remove_if_mut(&self.ip, |_, open| {
-            *open -= 1;
-            *open == 0
-        });
+        self.state.sockets_total.fetch_sub(1, Ordering::AcqRel);
+        for key in &self.keys {
+            self.state.socket_counts.remove_if_mut(key, |_, open| {
+                *open -= 1;
+                *open == 0
+            });
+        }
     }
 }
 
@@ -150,8 +164,8 @@ async fn send_within(sink: &mut futures_util::stream::SplitSink<WebSocket, Messa
 /// The close code of a socket whose device was logged out (4401, after HTTP's 401).
 pub const LOGGED_OUT: u16 = 4401;
 
-async fn session(socket: WebSocket, state: AppState, caller: Caller, start: Option<SyncCursor>, ip: String, expires_at: u64) {
-    let _counted = CountedSocket::open(&state, &ip);
+async fn session(socket: WebSocket, state: AppState, caller: Caller, start: Option<SyncCursor>, ip: String, expires_at: u64, slots: SocketSlots) {
+    let _slots = slots;
     let head = state.ingest.head_cursor();
     let stream_start = start.as_ref().unwrap_or(&head).positions.clone();
     let (connection, mut queue, first) = state.hub.register(&caller.user_id, &caller.device_id, stream_start);

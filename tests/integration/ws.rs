@@ -735,3 +735,33 @@ async fn sockets_over_a_cap(per_ip: usize, total: usize, refused_with: &str) {
     let refused = tokio_tungstenite::connect_async(request).await.unwrap_err();
     assert!(refused.to_string().contains(refused_with), "{refused}");
 }
+
+/// A burst of simultaneous upgrades cannot pass a cap: the slots are taken
+/// before each upgrade, not after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_upgrades_gets_exactly_the_cap() {
+    let temporary = tempfile::tempdir().unwrap();
+    let mut config = test_config(temporary.path());
+    config.gateway.ws_per_user_max = 3;
+    let server = TestServer::start_with(config).await;
+    let alice = server.user("alice").await;
+    let attempts: Vec<_> = (0..12)
+        .map(|_| {
+            let mut request = format!("{}/v1/ws", alice.base.replace("http://", "ws://")).into_client_request().unwrap();
+            request.headers_mut().insert("authorization", format!("Bearer {}", alice.token.as_ref().unwrap()).parse().unwrap());
+            tokio::spawn(tokio_tungstenite::connect_async(request))
+        })
+        .collect();
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for attempt in attempts {
+        match attempt.await.unwrap() {
+            Ok((stream, _)) => open.push(stream),
+            Err(error) => {
+                assert!(error.to_string().contains("429"), "{error}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((open.len(), refused), (3, 9));
+}
