@@ -134,25 +134,15 @@ impl RateLimiter {
     }
 
     pub fn check_at(&self, limit: Limit, key: &str, now: Instant) -> Result<(), u64> {
-        self.bucket_at(limit, key, now, true)
+        self.bucket_at(limit, key, now, 1.0, true)
     }
 
     /// Takes `tokens` at once (all or none), or says how many seconds until they are free.
     pub fn check_n(&self, limit: Limit, key: &str, tokens: u32) -> Result<(), u64> {
         let Some(rate) = self.rate(limit) else { return Ok(()) };
-        let now = Instant::now();
-        let mut bucket = self.buckets.entry((limit, key.to_string())).or_insert(Bucket { tokens: rate.burst as f64, updated: now });
-        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * rate.per_second).min(rate.burst as f64);
-        bucket.updated = now;
         // More than a whole burst can never be had: ask for what a full bucket holds.
         let wanted = f64::from(tokens).min(rate.burst as f64);
-        if bucket.tokens >= wanted {
-            bucket.tokens -= wanted;
-            return Ok(());
-        }
-        let wait = (wanted - bucket.tokens) / rate.per_second.max(f64::MIN_POSITIVE);
-        Err(wait.ceil().max(1.0) as u64)
+        self.bucket_at(limit, key, Instant::now(), wanted, true)
     }
 
     /// The limits one write takes from: its kind's, the account's, the
@@ -180,22 +170,23 @@ impl RateLimiter {
     /// Whether a token is free, without taking it (for limits that count
     /// only failures: look before, take after a failure).
     pub fn peek(&self, limit: Limit, key: &str) -> Result<(), u64> {
-        self.bucket_at(limit, key, Instant::now(), false)
+        self.bucket_at(limit, key, Instant::now(), 1.0, false)
     }
 
-    fn bucket_at(&self, limit: Limit, key: &str, now: Instant, take: bool) -> Result<(), u64> {
+    /// Refills the bucket, then takes `wanted` tokens (or only looks).
+    fn bucket_at(&self, limit: Limit, key: &str, now: Instant, wanted: f64, take: bool) -> Result<(), u64> {
         let Some(rate) = self.rate(limit) else { return Ok(()) };
         let mut bucket = self.buckets.entry((limit, key.to_string())).or_insert(Bucket { tokens: rate.burst as f64, updated: now });
         let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * rate.per_second).min(rate.burst as f64);
         bucket.updated = now;
-        if bucket.tokens >= 1.0 {
+        if bucket.tokens >= wanted {
             if take {
-                bucket.tokens -= 1.0;
+                bucket.tokens -= wanted;
             }
             return Ok(());
         }
-        let wait = (1.0 - bucket.tokens) / rate.per_second.max(f64::MIN_POSITIVE);
+        let wait = (wanted - bucket.tokens) / rate.per_second.max(f64::MIN_POSITIVE);
         Err(wait.ceil().max(1.0) as u64)
     }
 

@@ -78,20 +78,12 @@ pub struct Hub {
     connections: DashMap<String, Vec<Arc<Connection>>>,
     queue_max_frames: usize,
     next_id: AtomicU64,
-    /// Connections registered now, all users together.
-    open: AtomicU64,
     pub counters: HubCounters,
 }
 
 impl Hub {
     pub fn new(queue_max_frames: usize) -> Hub {
-        Hub {
-            connections: DashMap::new(),
-            queue_max_frames: queue_max_frames.max(1),
-            next_id: AtomicU64::new(1),
-            open: AtomicU64::new(0),
-            counters: HubCounters::default(),
-        }
+        Hub { connections: DashMap::new(), queue_max_frames: queue_max_frames.max(1), next_id: AtomicU64::new(1), counters: HubCounters::default() }
     }
 
     /// Registers a device's connection whose stream starts at `start` (one
@@ -112,7 +104,6 @@ impl Hub {
         let mut entry = self.connections.entry(user_id.to_string()).or_default();
         let first = entry.is_empty();
         entry.push(connection.clone());
-        self.open.fetch_add(1, Ordering::Relaxed);
         (connection, receiver, first)
     }
 
@@ -120,9 +111,7 @@ impl Hub {
     pub fn unregister(&self, connection: &Connection) -> bool {
         let mut last = false;
         self.connections.remove_if_mut(&connection.user_id, |_, list| {
-            let before = list.len();
             list.retain(|other| other.id != connection.id);
-            self.open.fetch_sub((before - list.len()) as u64, Ordering::Relaxed);
             last = list.is_empty();
             last
         });
@@ -139,16 +128,6 @@ impl Hub {
             ended += 1;
         }
         ended
-    }
-
-    /// How many connections are open, all users together.
-    pub fn open_connections(&self) -> u64 {
-        self.open.load(Ordering::Relaxed)
-    }
-
-    /// How many connections a user has open.
-    pub fn connections_of(&self, user_id: &str) -> usize {
-        self.connections.get(user_id).map_or(0, |list| list.len())
     }
 
     pub fn is_online(&self, user_id: &str) -> bool {
