@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 mod history;
+mod push;
 mod state;
 mod ws;
 
@@ -139,6 +140,23 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 256)]
         window: usize,
     },
+    /// Push notifications through the workflow engine to local APNs and FCM
+    /// servers: one message to a big group, then steady sends.
+    Push {
+        /// Members of the big group, all offline with a push token.
+        #[arg(long, default_value_t = 10_000)]
+        members: usize,
+        /// Messages per second into small groups in the steady rounds.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Small groups (of five) per steady round.
+        #[arg(long, default_value_t = 200)]
+        groups: usize,
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
+    },
     /// (Used by `bench ws`.) Holds idle WebSockets until stdin closes.
     #[command(hide = true)]
     Hold {
@@ -158,6 +176,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             ws::run(ws::WsOptions { scenarios, pairs, rate, seconds, members, idle_connections, sockets, window }).await
         }
         BenchCommand::Hold { url, token, connections } => ws::hold(url, token, connections).await,
+        BenchCommand::Push { members, rate, seconds, groups, partitions } => push::run(push::PushOptions { members, rate, seconds, groups, partitions }).await,
         BenchCommand::Sends { url, senders, seconds, body_bytes, rate, partitions, history, during_sql } => {
             let history = match history.as_str() {
                 "on" => true,

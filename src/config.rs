@@ -28,6 +28,10 @@ pub struct Config {
     pub history: HistoryConfig,
     /// Compliance SQL: its limits, and the PostgreSQL protocol's doors.
     pub sql: confab_query::SqlConfig,
+    /// Push notifications: the services, and how hard to retry.
+    pub push: crate::push::PushConfig,
+    /// Where durable workflows run.
+    pub workflows: crate::push::WorkflowsConfig,
 }
 
 /// Where the history tables live.
@@ -39,6 +43,11 @@ pub struct HistoryConfig {
     /// Object-store settings, e.g. `AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`,
     /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ALLOW_HTTP`.
     pub storage_options: std::collections::HashMap<String, String>,
+    /// Days a conversation without a policy of its own keeps its messages
+    /// (no default: they are kept).
+    pub default_retention_days: Option<u32>,
+    /// How often the retention workflow runs (seconds; 3600 by default).
+    pub retention_interval_secs: Option<u64>,
 }
 
 impl Config {
@@ -61,6 +70,8 @@ impl Default for Config {
             gateway: GatewayConfig::default(),
             history: HistoryConfig::default(),
             sql: confab_query::SqlConfig::default(),
+            push: Default::default(),
+            workflows: Default::default(),
         }
     }
 }

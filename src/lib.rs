@@ -4,5 +4,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod push;
+pub mod retention;
 pub mod server;
 pub mod wiring;

@@ -79,7 +79,19 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let checkpoints = tokio::spawn(ingest.clone().run_checkpoints(checkpoints_stopped));
     let hub = Arc::new(Hub::new(config.gateway.connection_queue_max_frames));
     let view = Arc::new(IngestView(ingest.clone()));
-    let pipelines = Arc::new(Runtime::start(specs, log.clone(), view.clone(), hub.clone(), view));
+    let (workflows, push) = start_workflows(&config, ingest.clone(), hub.clone())?;
+    let pusher = push.clone().map(|push| Arc::new(crate::push::SharedPush(push)) as Arc<dyn confab_pipelines::Pusher>);
+    let attempts_flusher = push.clone().map(|push| {
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(crate::push::ATTEMPTS_FLUSH);
+            loop {
+                ticks.tick().await;
+                push.flush_attempts().await;
+            }
+        })
+    });
+    let push_for_shutdown = push.clone();
+    let pipelines = Arc::new(Runtime::start(specs, log.clone(), view.clone(), hub.clone(), view, pusher));
     let store = confab_query::HistoryStore::new(&config.history_location(), config.history.storage_options.clone())
         .with_context(|| format!("could not open the history at `{}`", config.history_location()))?;
     let history_sink = match sink_config {
@@ -89,14 +101,20 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let maintenance = confab_query::HistoryMaintenance::open(store.clone(), log.clone(), history_sink.as_ref().map(|sink| sink.handle()))
         .await
         .context("could not open the legal-hold registry")?;
+    let store_for_policies = store.clone();
     let history = Arc::new(
         confab_query::SqlEngine::new(store, config.sql.clone(), config.data_dir.join("sql-spill")).context("could not start the compliance SQL threads")?,
     );
     let ingest_for_shutdown = ingest.clone();
     let live = Arc::new(crate::wiring::LiveMessagesView { ingest: ingest.clone() });
-    let compliance = Arc::new(confab_query::Compliance::new(Arc::new(maintenance), live));
+    let policies = confab_query::PolicyRegistry::open(store_for_policies).await.context("could not open the retention policies")?;
+    let compliance = Arc::new(confab_query::Compliance::new(Arc::new(maintenance), live, policies, config.history.default_retention_days));
+    workflows.register::<confab_workflows::retention::RetentionRun>(Arc::new(crate::retention::RetentionActivities(compliance.clone())));
+    workflows.run();
+    let retention_schedule = crate::retention::schedule(workflows.clone(), compliance.clone(), Duration::from_secs(config.history.retention_interval_secs.unwrap_or(3_600).max(1)));
     let state = AppState::new(ingest.clone(), hub, pipelines.clone(), history.clone(), compliance, config.gateway.clone(), token_secret);
-    let readiness = crate::wiring::ReadinessView { log: log.clone(), sink: history_sink.as_ref().map(|sink| sink.handle()) };
+    let readiness =
+        crate::wiring::ReadinessView { log: log.clone(), sink: history_sink.as_ref().map(|sink| sink.handle()), push, workflows: workflows.clone() };
     let _ = state.readiness.set(Arc::new(readiness));
     let sql_server = match config.sql_listen {
         Some(address) => Some(start_pgwire(&config, address, (*history).clone(), state.clone()).await?),
@@ -142,6 +160,14 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             sql_server.abort();
         }
         pipelines.shutdown().await;
+        retention_schedule.abort();
+        workflows.shutdown().await;
+        if let Some(flusher) = attempts_flusher {
+            flusher.abort();
+        }
+        if let Some(push) = push_for_shutdown {
+            push.flush_attempts().await;
+        }
         if let Some(sink) = history_sink {
             sink.shutdown().await;
         }
@@ -243,4 +269,36 @@ async fn start_pgwire(config: &Config, address: SocketAddr, engine: confab_query
             tracing::error!(%error, "the PostgreSQL protocol server stopped");
         }
     }))
+}
+
+/// Opens the embedded workflow engine under `<data_dir>/workflows` and,
+/// when a push service is configured, the push wiring on it.
+fn start_workflows(
+    config: &Config,
+    ingest: Arc<confab_ingest::Ingest>,
+    hub: Arc<Hub>,
+) -> anyhow::Result<(confab_workflows::embedded::Engine, Option<Arc<crate::push::PushWiring>>)> {
+    match config.workflows.engine.as_deref() {
+        None | Some("embedded") => {}
+        Some(other) => anyhow::bail!("[workflows] engine: `{other}` is not available in this build; use `embedded`"),
+    }
+    let options = confab_workflows::embedded::Options {
+        activity_concurrency: config.workflows.activity_concurrency.unwrap_or(256),
+        threads: config.workflows.threads.unwrap_or(2),
+        nice: config.workflows.nice.unwrap_or(10),
+        ..Default::default()
+    };
+    let path = config.data_dir.join("workflows");
+    let engine = confab_workflows::embedded::Engine::open(&path, Arc::new(confab_workflows::clock::SystemClock), options)
+        .with_context(|| format!("could not open the workflows in `{}`", path.display()))?;
+    let push = match config.push.enabled() {
+        true => {
+            let wiring = Arc::new(crate::push::PushWiring::new(&config.push, ingest, hub, engine.clone())?);
+            engine.register::<confab_workflows::push::PushDelivery>(Arc::new(crate::push::SharedPush(wiring.clone())));
+            Some(wiring)
+        }
+        false => None,
+    };
+    // `run` comes once every kind is registered (retention is, later).
+    Ok((engine, push))
 }

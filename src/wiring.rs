@@ -147,6 +147,8 @@ pub fn load_pipelines(dir: Option<&PathBuf>) -> anyhow::Result<Vec<PipelineSpec>
 pub struct ReadinessView {
     pub log: Arc<FileLog>,
     pub sink: Option<confab_query::SinkHandle>,
+    pub push: Option<Arc<crate::push::PushWiring>>,
+    pub workflows: confab_workflows::embedded::Engine,
 }
 
 impl confab_gateway::Readiness for ReadinessView {
@@ -166,6 +168,13 @@ impl confab_gateway::Readiness for ReadinessView {
 
     fn sink_restarts(&self) -> u64 {
         self.sink.as_ref().map_or(0, confab_query::SinkHandle::restarts)
+    }
+
+    fn extra_metrics(&self, out: &mut String) {
+        match &self.push {
+            Some(push) => push.metrics.render(&self.workflows, out),
+            None => crate::push::PushMetrics::default().render(&self.workflows, out),
+        }
     }
 }
 
@@ -190,5 +199,14 @@ impl confab_query::LiveMessages for LiveMessagesView {
 
     async fn audit(&self, actor_id: &str, action: &str, details: String) -> Result<(), String> {
         self.ingest.record_audit(actor_id, action, details).await.map_err(|error| error.to_string())
+    }
+
+    async fn conversations(&self) -> Result<Vec<String>, String> {
+        let ingest = self.ingest.clone();
+        tokio::task::spawn_blocking(move || ingest.conversation_ids()).await.map_err(|error| error.to_string())?.map_err(|error| error.to_string())
+    }
+
+    async fn conversation_exists(&self, conversation_id: &str) -> Result<bool, String> {
+        self.ingest.conversation_exists(conversation_id).map_err(|error| error.to_string())
     }
 }

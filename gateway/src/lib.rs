@@ -33,6 +33,8 @@ pub trait Readiness: Send + Sync {
     fn parts(&self) -> Vec<(&'static str, Option<String>)>;
     /// Restarts of the history sink's tasks since the server started.
     fn sink_restarts(&self) -> u64;
+    /// More Prometheus text for `/metrics` (push and workflow counters).
+    fn extra_metrics(&self, _out: &mut String) {}
 }
 
 /// Everything a request handler needs; cloned per request, so one `Arc`.
@@ -135,6 +137,9 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/me/blocks", get(routes::accounts::list_blocks))
         .route("/v1/me/blocks/{user_id}", axum::routing::put(routes::accounts::block).delete(routes::accounts::unblock))
         .route("/v1/devices/{id}", delete(routes::accounts::remove_device))
+        .route("/v1/devices/{id}/push", axum::routing::put(routes::notifications::set_push_token).delete(routes::notifications::remove_push_token))
+        .route("/v1/me/settings", get(routes::notifications::my_settings).put(routes::notifications::set_my_settings))
+        .route("/v1/conversations/{id}/settings", get(routes::notifications::settings).put(routes::notifications::set_settings))
         .route("/v1/conversations", post(routes::conversations::create).get(routes::conversations::list))
         .route("/v1/conversations/{id}/members", post(routes::conversations::add_members).get(routes::conversations::members))
         .route("/v1/conversations/{id}/members/{user_id}", delete(routes::conversations::remove_member))
@@ -150,6 +155,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/admin/holds", post(routes::admin::place_hold).get(routes::admin::list_holds))
         .route("/v1/admin/holds/{id}", delete(routes::admin::release_hold))
         .route("/v1/admin/retention", post(routes::admin::delete_history))
+        .route("/v1/admin/retention-policies", get(routes::admin::list_retention_policies))
+        .route("/v1/admin/retention-policies/{id}", axum::routing::put(routes::admin::set_retention_policy))
         .route("/v1/admin/erasure", post(routes::admin::erase_user))
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)

@@ -100,6 +100,7 @@ impl Metrics {
         }
         if let Some(readiness) = state.readiness.get() {
             let _ = writeln!(out, "# TYPE confab_history_sink_restarts_total counter\nconfab_history_sink_restarts_total {}", readiness.sink_restarts());
+            readiness.extra_metrics(&mut out);
         }
         out
     }

@@ -4,4 +4,5 @@ pub mod accounts;
 pub mod admin;
 pub mod conversations;
 pub mod messages;
+pub mod notifications;
 pub mod ops;

@@ -18,12 +18,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use confab_schemas::api::{ClientEvent, MemberChange};
-use confab_schemas::events::{AccountRole, ConversationType, DeliveryReceipt, LogEvent, MemberRole};
+use confab_schemas::events::{AccountRole, ConversationType, DeliveryReceipt, LogEvent, MemberRole, Mentions};
 use parking_lot::RwLock;
 
 use crate::queries::render_message;
 use crate::rows::{
-    self, ConversationRow, DeviceRow, EventKind, EventRow, IdempotencyRow, MemberRow, MessageRef, MessageRow, ReceiptKind, ReceiptRow, UserConversationRow,
+    self, ConversationRow, EventKind, EventRow, IdempotencyRow, MemberRow, MessageRef, MessageRow, PushToken, ReceiptKind, ReceiptRow, UserConversationRow,
 };
 use crate::state::{dm_pair, ConversationHandle, ConversationState, Device, Pin, SendOutcome, State, User};
 use crate::store::{Space, StoreResult, WriteBatch};
@@ -104,7 +104,15 @@ impl Round<'_> {
                     self.state.admin_assigned.store(true, Ordering::Release);
                     self.batch.put(Space::Meta, rows::ADMIN_KEY.to_vec(), vec![1]);
                 }
-                let user = User { user_id: user_id.clone(), username: username.clone(), display_name, password_hash, roles, created_at: ts };
+                let user = User {
+                    user_id: user_id.clone(),
+                    username: username.clone(),
+                    display_name,
+                    password_hash,
+                    roles,
+                    created_at: ts,
+                    push_preview: Default::default(),
+                };
                 self.batch.put(Space::Users, rows::id_key(&user_id), user.row().encode());
                 self.batch.put(Space::Usernames, username.as_bytes().to_vec(), user_id.as_bytes().to_vec());
                 self.usernames.push(username);
@@ -142,12 +150,47 @@ impl Round<'_> {
                 true => self.batch.put(Space::Users, rows::block_key(&user_id, &blocked_id), Vec::new()),
                 false => self.batch.remove(Space::Users, rows::block_key(&user_id, &blocked_id)),
             },
-            LogEvent::Audited { .. } | LogEvent::Lost {} => {}
+            LogEvent::UserSettingsChanged { user_id, push_preview, .. } => {
+                let current = match self.users.get(&user_id) {
+                    Some(user) => Some(user.clone()),
+                    None => self.state.user(&user_id)?,
+                };
+                let Some(current) = current else { return Ok(()) };
+                let mut changed = (*current).clone();
+                changed.push_preview = push_preview;
+                self.batch.put(Space::Users, rows::id_key(&user_id), changed.row().encode());
+                self.users.insert(user_id, Arc::new(changed));
+            }
+            LogEvent::PushTokenSet { device_id, provider, token, app_id, .. } => {
+                self.change_device(&device_id, |device| device.push = Some(PushToken { provider, token, app_id }))?;
+            }
+            LogEvent::PushTokenRemoved { device_id, token, .. } => {
+                self.change_device(&device_id, |device| {
+                    let matches = match (&token, &device.push) {
+                        (None, _) => true,
+                        (Some(rejected), Some(current)) => *rejected == current.token,
+                        (Some(_), None) => false,
+                    };
+                    if matches {
+                        device.push = None;
+                    }
+                })?;
+            }
+            LogEvent::ConversationSettingsChanged { conversation_id, user_id, muted, muted_until, notify, .. } => {
+                let Some(handle) = self.touch(&conversation_id)? else { return Ok(()) };
+                let mut conversation = handle.state.write();
+                let Some(member) = conversation.members.get_mut(&user_id).filter(|member| member.role.is_some()) else { return Ok(()) };
+                member.muted = muted;
+                member.muted_until = muted_until;
+                member.notify = notify;
+                self.dirty_members.entry((conversation_id, user_id)).or_insert(false);
+            }
+            LogEvent::Audited { .. } | LogEvent::PushAttempts { .. } | LogEvent::Lost {} => {}
             LogEvent::SessionCreated { user_id, device_id, device_name, platform, ts } => {
-                let row = DeviceRow { user_id: user_id.clone(), name: device_name.clone(), platform: platform.clone(), created_at: ts };
-                self.batch.put(Space::Devices, rows::id_key(&device_id), row.encode());
+                let device = Device { device_id: device_id.clone(), user_id: user_id.clone(), name: device_name, platform, created_at: ts, push: None };
+                self.batch.put(Space::Devices, rows::id_key(&device_id), device.row().encode());
                 self.batch.put(Space::Devices, rows::user_device_key(&user_id, &device_id), Vec::new());
-                self.devices.push(Arc::new(Device { device_id, user_id, name: device_name, platform, created_at: ts }));
+                self.devices.push(Arc::new(device));
             }
             LogEvent::SessionEnded { user_id, device_id, .. } => {
                 self.batch.remove(Space::Devices, rows::id_key(&device_id));
@@ -183,7 +226,7 @@ impl Round<'_> {
                 self.dirty_members.insert((conversation_id.clone(), user_id.clone()), true);
                 self.record(&mut conversation, offset, ts, vec![Produced::Event(EventKind::Member { user_id, change: MemberChange::Left })])?;
             }
-            LogEvent::MessageCreated { message_id, conversation_id, seq, sender_id, device_id, client_msg_id, body, attachments, ts } => {
+            LogEvent::MessageCreated { message_id, conversation_id, seq, sender_id, device_id, client_msg_id, body, attachments, ts, mentions } => {
                 let Some(handle) = self.touch(&conversation_id)? else { return Ok(()) };
                 let mut conversation = handle.state.write();
                 if seq != conversation.last_seq + 1 {
@@ -212,7 +255,9 @@ impl Round<'_> {
                     attachments,
                     edited: false,
                     deleted: false,
+                    mentions,
                 };
+                self.write_mentions(&conversation_id, seq, &Mentions::default(), &message.mentions);
                 self.batch.put(Space::Messages, rows::seq_key(&conversation_id, seq), message.encode());
                 conversation.recent.push_back(message);
                 conversation.last_seq = seq;
@@ -220,26 +265,33 @@ impl Round<'_> {
                 self.sent_keys.push((sender_id, client_msg_id));
                 self.record(&mut conversation, offset, ts, vec![Produced::Event(EventKind::MessageNew { seq })])?;
             }
-            LogEvent::MessageEdited { conversation_id, seq, body, ts, .. } => {
+            LogEvent::MessageEdited { conversation_id, seq, body, ts, mentions, .. } => {
                 let Some(handle) = self.touch(&conversation_id)? else { return Ok(()) };
                 let mut conversation = handle.state.write();
+                let mut old_mentions = Mentions::default();
+                let new_mentions = mentions.clone();
                 let changed = self.change_message(&mut conversation, seq, |message| {
                     message.body = body;
                     message.edited = true;
+                    old_mentions = std::mem::replace(&mut message.mentions, mentions);
                 })?;
                 if changed {
+                    self.write_mentions(&conversation_id, seq, &old_mentions, &new_mentions);
                     self.record(&mut conversation, offset, ts, vec![Produced::Event(EventKind::MessageEdit { seq })])?;
                 }
             }
             LogEvent::MessageDeleted { conversation_id, seq, ts, .. } => {
                 let Some(handle) = self.touch(&conversation_id)? else { return Ok(()) };
                 let mut conversation = handle.state.write();
+                let mut old_mentions = Mentions::default();
                 let changed = self.change_message(&mut conversation, seq, |message| {
                     message.deleted = true;
                     message.body.clear();
                     message.attachments.clear();
+                    old_mentions = std::mem::take(&mut message.mentions);
                 })?;
                 if changed {
+                    self.write_mentions(&conversation_id, seq, &old_mentions, &Mentions::default());
                     self.batch.put(Space::Deleted, rows::seq_key(&conversation_id, seq), Vec::new());
                     self.record(&mut conversation, offset, ts, vec![Produced::Event(EventKind::MessageDelete { seq })])?;
                 }
@@ -269,6 +321,44 @@ impl Round<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Changes a device's row (one changed earlier in this round, or the
+    /// stored one); nothing if it is gone.
+    fn change_device(&mut self, device_id: &str, change: impl FnOnce(&mut Device)) -> StoreResult<()> {
+        if self.ended_devices.iter().any(|ended| ended == device_id) {
+            return Ok(());
+        }
+        let current = match self.devices.iter().rev().find(|device| device.device_id == device_id) {
+            Some(device) => Some(device.clone()),
+            None => self.state.device(device_id)?,
+        };
+        let Some(current) = current else { return Ok(()) };
+        let mut changed = (*current).clone();
+        change(&mut changed);
+        self.batch.put(Space::Devices, rows::id_key(device_id), changed.row().encode());
+        self.devices.push(Arc::new(changed));
+        Ok(())
+    }
+
+    /// Moves a message's mention rows from what it mentioned to what it
+    /// mentions now (`unreadMentions` counts them).
+    fn write_mentions(&mut self, conversation_id: &str, seq: u64, old: &Mentions, new: &Mentions) {
+        let everyone = |mentions: &Mentions| mentions.channel || mentions.here;
+        let targets = |mentions: &Mentions| {
+            let mut targets: Vec<String> = mentions.user_ids.clone();
+            if everyone(mentions) {
+                targets.push(rows::EVERYONE.to_string());
+            }
+            targets
+        };
+        let (before, after) = (targets(old), targets(new));
+        for user_id in before.iter().filter(|user_id| !after.contains(user_id)) {
+            self.batch.remove(Space::Mentions, rows::mention_key(conversation_id, user_id, seq));
+        }
+        for user_id in after.iter().filter(|user_id| !before.contains(user_id)) {
+            self.batch.put(Space::Mentions, rows::mention_key(conversation_id, user_id, seq), Vec::new());
+        }
     }
 
     /// The conversation, pinned for the round (loaded if it is not cached).
@@ -407,6 +497,10 @@ impl Round<'_> {
             read_receipt_at: previous.as_ref().and_then(|member| member.read_receipt_at),
             delivered_receipt_at: previous.as_ref().and_then(|member| member.delivered_receipt_at),
             devices: Vec::new(),
+            // Settings outlive a leave and return.
+            muted: previous.as_ref().is_some_and(|member| member.muted),
+            muted_until: previous.as_ref().and_then(|member| member.muted_until),
+            notify: previous.as_ref().map(|member| member.notify).unwrap_or_default(),
         };
         conversation.members.insert(user_id.to_string(), member);
         conversation.member_count += 1;

@@ -9,6 +9,7 @@ mod accounts;
 mod admin;
 mod conversations;
 mod messages;
+mod notifications;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -28,6 +29,8 @@ use crate::{Error, Limits, Result};
 
 pub use admin::ComplianceScope;
 pub use messages::PendingSend;
+pub(crate) use notifications::settings_of;
+pub use notifications::{PushAudience, PushDevice, PushMember, SettingsChange};
 
 /// Who is asking: an authenticated user on one of their devices.
 #[derive(Debug, Clone)]
@@ -238,6 +241,18 @@ impl Ingest {
     /// The conversation pinned in the cache (for a command that will append to it).
     pub(crate) fn pinned_conversation(&self, conversation_id: &str) -> Result<Pin> {
         self.state.conversation_pinned(conversation_id)?.ok_or_else(|| Error::ConversationNotFound(conversation_id.to_string()))
+    }
+
+    /// Every conversation's id (a scan of the store: for scheduled jobs).
+    pub fn conversation_ids(&self) -> Result<Vec<String>> {
+        let mut ids = Vec::new();
+        for entry in self.state.store.range(crate::store::Space::Conversations, std::ops::Bound::Unbounded, std::ops::Bound::Unbounded, false) {
+            let (key, _) = entry?;
+            if let Some(id) = crate::codec::Decoder::new(&key).id() {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
     }
 
     pub fn conversation_exists(&self, conversation_id: &str) -> Result<bool> {

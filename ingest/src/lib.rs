@@ -16,6 +16,7 @@ mod commands;
 mod config;
 mod error;
 mod limits;
+mod mentions;
 mod partition;
 mod queries;
 mod realtime;
@@ -23,11 +24,14 @@ mod rows;
 mod state;
 pub mod store;
 
-pub use commands::{Caller, ComplianceScope, Ingest, NewConversation, NewMessage, OpenReport, PendingSend, STATE_CONSUMER};
+pub use commands::{
+    Caller, ComplianceScope, Ingest, NewConversation, NewMessage, OpenReport, PendingSend, PushAudience, PushDevice, PushMember, SettingsChange, STATE_CONSUMER,
+};
 pub use confab_schemas::cursor::SyncCursor;
 pub use config::StateConfig;
 pub use error::{Error, Result};
 pub use limits::Limits;
 pub use queries::{SyncPage, PAGE_DEFAULT, PAGE_MAX, SYNC_PAGE_MAX};
 pub use realtime::EventAt;
+pub use rows::PushToken;
 pub use state::{Device, User};

@@ -140,10 +140,11 @@ impl Ingest {
                 continue;
             }
             let Some(handle) = self.state.conversation(&conversation_id)? else { continue };
-            let (last_seq, last_read_seq, conversation_type, title, created_at, history_visibility) = {
+            let (settings, last_seq, last_read_seq, conversation_type, title, created_at, history_visibility) = {
                 let conversation = handle.state.read();
                 let Some(member) = conversation.member(&caller.user_id) else { continue };
                 (
+                    crate::commands::settings_of(member, confab_schemas::ids::now_ms()),
                     conversation.last_seq,
                     member.last_read_seq.min(conversation.last_seq),
                     conversation.conversation_type,
@@ -153,6 +154,7 @@ impl Ingest {
                 )
             };
             let deleted_unread = self.deleted_between(&conversation_id, last_read_seq, last_seq)?;
+            let unread_mentions = self.unread_mentions(&conversation_id, &caller.user_id, last_read_seq)?;
             let last_message = self.state.message(&handle, last_seq)?.map(|message| render_message(&conversation_id, last_seq, &message));
             let active_at = last_message.as_ref().map_or(created_at, |message| message.ts);
             summaries.push((
@@ -166,6 +168,9 @@ impl Ingest {
                     last_read_seq,
                     unread_count: (last_seq - last_read_seq).saturating_sub(deleted_unread),
                     last_message,
+                    muted: settings.muted,
+                    notify: settings.notify,
+                    unread_mentions,
                 },
             ));
         }
@@ -427,6 +432,7 @@ pub(crate) fn render_message(conversation_id: &str, seq: u64, message: &MessageR
         edited: message.edited,
         deleted: message.deleted,
         client_msg_id: message.client_msg_id.clone(),
+        mentions: message.mentions.clone(),
     }
 }
 

@@ -50,6 +50,11 @@ impl Ingest {
                 | LogEvent::RoleGranted { .. }
                 | LogEvent::RoleRevoked { .. }
                 | LogEvent::BlockChanged { .. }
+                | LogEvent::UserSettingsChanged { .. }
+                | LogEvent::PushTokenSet { .. }
+                | LogEvent::PushTokenRemoved { .. }
+                | LogEvent::PushAttempts { .. }
+                | LogEvent::ConversationSettingsChanged { .. }
                 | LogEvent::Lost {}
                 | LogEvent::Audited { .. }
         ) {

@@ -16,9 +16,13 @@
 //! | receipts | conversation, offset, index | [`ReceiptRow`]: each member's latest read and delivered receipt only |
 //! | deleted | conversation, seq | nothing: deleted seqs, for unread counts |
 //! | idempotency | sender, clientMsgId | [`IdempotencyRow`], its time first (the compaction filter reads it) |
+//! | mentions | conversation, user (or `*` for `@channel`/`@here`), seq | nothing: who a message mentions, for `unreadMentions` |
+//!
+//! Fields added after a row's first version are appended at its end and
+//! read with a default when absent, so older stores still open.
 
 use confab_schemas::api::MemberChange;
-use confab_schemas::events::{AccountRole, ConversationType, HistoryVisibility, MemberRole};
+use confab_schemas::events::{AccountRole, ConversationType, HistoryVisibility, MemberRole, Mentions, Notify, PushPreview, PushProvider};
 use serde_json::Value;
 
 use crate::codec::{Decoder, Encoder};
@@ -87,6 +91,13 @@ pub(crate) fn record_prefix(conversation_id: &str, offset: u64) -> Vec<u8> {
     Encoder::new().id(conversation_id).u64(offset).finish()
 }
 
+/// Who a mention row is for when a message mentions everyone.
+pub(crate) const EVERYONE: &str = "*";
+
+pub(crate) fn mention_key(conversation_id: &str, user_id: &str, seq: u64) -> Vec<u8> {
+    Encoder::new().id(conversation_id).id(user_id).u64(seq).finish()
+}
+
 pub(crate) fn idempotency_key(sender_id: &str, client_msg_id: &str) -> Vec<u8> {
     Encoder::new().id(sender_id).str(client_msg_id).finish()
 }
@@ -140,6 +151,23 @@ pub(crate) struct UserRow {
     pub password_hash: String,
     pub roles: Vec<AccountRole>,
     pub created_at: i64,
+    pub push_preview: PushPreview,
+}
+
+fn preview_code(preview: PushPreview) -> u8 {
+    match preview {
+        PushPreview::Full => 0,
+        PushPreview::Sender => 1,
+        PushPreview::None => 2,
+    }
+}
+
+fn notify_code(notify: Notify) -> u8 {
+    match notify {
+        Notify::All => 0,
+        Notify::Mentions => 1,
+        Notify::None => 2,
+    }
 }
 
 impl UserRow {
@@ -149,7 +177,7 @@ impl UserRow {
         for role in &self.roles {
             encoder = encoder.u8(role_code(*role));
         }
-        encoder.finish()
+        encoder.u8(preview_code(self.push_preview)).finish()
     }
 
     pub fn decode(bytes: &[u8]) -> Option<UserRow> {
@@ -160,7 +188,12 @@ impl UserRow {
         let created_at = decoder.i64()?;
         let count = decoder.u8()?;
         let roles = (0..count).map(|_| decoder.u8().and_then(role_of)).collect::<Option<Vec<_>>>()?;
-        Some(UserRow { username, display_name, password_hash, roles, created_at })
+        let push_preview = match decoder.u8() {
+            Some(1) => PushPreview::Sender,
+            Some(2) => PushPreview::None,
+            _ => PushPreview::Full,
+        };
+        Some(UserRow { username, display_name, password_hash, roles, created_at, push_preview })
     }
 }
 
@@ -170,16 +203,46 @@ pub(crate) struct DeviceRow {
     pub name: Option<String>,
     pub platform: Option<String>,
     pub created_at: i64,
+    pub push: Option<PushToken>,
+}
+
+/// A device's push token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushToken {
+    pub provider: PushProvider,
+    pub token: String,
+    pub app_id: Option<String>,
 }
 
 impl DeviceRow {
     pub fn encode(&self) -> Vec<u8> {
-        Encoder::new().str(&self.user_id).opt_str(self.name.as_deref()).opt_str(self.platform.as_deref()).i64(self.created_at).finish()
+        let encoder = Encoder::new().str(&self.user_id).opt_str(self.name.as_deref()).opt_str(self.platform.as_deref()).i64(self.created_at);
+        match &self.push {
+            None => encoder.u8(0),
+            Some(push) => {
+                let provider = match push.provider {
+                    PushProvider::Apns => 1,
+                    PushProvider::Fcm => 2,
+                };
+                encoder.u8(provider).str(&push.token).opt_str(push.app_id.as_deref())
+            }
+        }
+        .finish()
     }
 
     pub fn decode(bytes: &[u8]) -> Option<DeviceRow> {
         let mut decoder = Decoder::new(bytes);
-        Some(DeviceRow { user_id: decoder.str()?, name: decoder.opt_str()?, platform: decoder.opt_str()?, created_at: decoder.i64()? })
+        let (user_id, name, platform, created_at) = (decoder.str()?, decoder.opt_str()?, decoder.opt_str()?, decoder.i64()?);
+        let provider = match decoder.u8() {
+            Some(1) => Some(PushProvider::Apns),
+            Some(2) => Some(PushProvider::Fcm),
+            _ => None,
+        };
+        let push = match provider {
+            Some(provider) => Some(PushToken { provider, token: decoder.str()?, app_id: decoder.opt_str()? }),
+            None => None,
+        };
+        Some(DeviceRow { user_id, name, platform, created_at, push })
     }
 }
 
@@ -278,9 +341,18 @@ pub(crate) struct MemberRow {
     pub read_receipt_at: Option<(u64, u32)>,
     pub delivered_receipt_at: Option<(u64, u32)>,
     pub devices: Vec<DevicePosition>,
+    /// Notification settings: muted for good, muted until a time, which messages push.
+    pub muted: bool,
+    pub muted_until: Option<i64>,
+    pub notify: Notify,
 }
 
 impl MemberRow {
+    /// Whether the member's pushes for this conversation are off at `now`.
+    pub fn muted_at(&self, now: i64) -> bool {
+        self.muted || self.muted_until.is_some_and(|until| until > now)
+    }
+
     pub fn device_mut(&mut self, device_id: &str) -> &mut DevicePosition {
         let index = match self.devices.iter().position(|device| device.device_id == device_id) {
             Some(index) => index,
@@ -310,7 +382,8 @@ impl MemberRow {
         for device in &self.devices {
             encoder = encoder.str(&device.device_id).u64(device.delivered_seq).u64(device.read_seq);
         }
-        encoder.finish()
+        let muted_until = self.muted_until.map(|until| until.max(0) as u64);
+        encoder.bool(self.muted).opt_u64(muted_until).u8(notify_code(self.notify)).finish()
     }
 
     pub fn decode(bytes: &[u8]) -> Option<MemberRow> {
@@ -338,7 +411,26 @@ impl MemberRow {
             .map(|_| Some(DevicePosition { device_id: decoder.str()?, delivered_seq: decoder.u64()?, read_seq: decoder.u64()? }))
             .collect::<Option<Vec<_>>>()?;
         let [read_receipt_at, delivered_receipt_at] = receipts_at;
-        Some(MemberRow { role, joined_at, intervals, last_read_seq, last_delivered_seq, read_receipt_at, delivered_receipt_at, devices })
+        let muted = decoder.bool().unwrap_or(false);
+        let muted_until = decoder.opt_u64().flatten().map(|until| until as i64);
+        let notify = match decoder.u8() {
+            Some(1) => Notify::Mentions,
+            Some(2) => Notify::None,
+            _ => Notify::All,
+        };
+        Some(MemberRow {
+            role,
+            joined_at,
+            intervals,
+            last_read_seq,
+            last_delivered_seq,
+            read_receipt_at,
+            delivered_receipt_at,
+            devices,
+            muted,
+            muted_until,
+            notify,
+        })
     }
 }
 
@@ -374,12 +466,13 @@ pub(crate) struct MessageRow {
     pub attachments: Vec<Value>,
     pub edited: bool,
     pub deleted: bool,
+    pub mentions: Mentions,
 }
 
 impl MessageRow {
     pub fn encode(&self) -> Vec<u8> {
         let attachments = if self.attachments.is_empty() { String::new() } else { Value::Array(self.attachments.clone()).to_string() };
-        Encoder::new()
+        let encoder = Encoder::new()
             .str(&self.message_id)
             .str(&self.sender_id)
             .str(&self.device_id)
@@ -388,8 +481,13 @@ impl MessageRow {
             .text(&self.body)
             .text(&attachments)
             .bool(self.edited)
-            .bool(self.deleted)
-            .finish()
+            .bool(self.deleted);
+        let flags = u8::from(self.mentions.channel) | (u8::from(self.mentions.here) << 1);
+        let mut encoder = encoder.u8(flags).u32(self.mentions.user_ids.len() as u32);
+        for user_id in &self.mentions.user_ids {
+            encoder = encoder.str(user_id);
+        }
+        encoder.finish()
     }
 
     pub fn decode(bytes: &[u8]) -> Option<MessageRow> {
@@ -408,7 +506,16 @@ impl MessageRow {
                 _ => return None,
             },
         };
-        Some(MessageRow { message_id, sender_id, device_id, client_msg_id, ts, body, attachments, edited: decoder.bool()?, deleted: decoder.bool()? })
+        let (edited, deleted) = (decoder.bool()?, decoder.bool()?);
+        let mentions = match decoder.u8() {
+            None => Mentions::default(),
+            Some(flags) => {
+                let count = decoder.u32()?;
+                let user_ids = (0..count).map(|_| decoder.str()).collect::<Option<Vec<_>>>()?;
+                Mentions { user_ids, channel: flags & 1 != 0, here: flags & 2 != 0 }
+            }
+        };
+        Some(MessageRow { message_id, sender_id, device_id, client_msg_id, ts, body, attachments, edited, deleted, mentions })
     }
 }
 
@@ -548,6 +655,9 @@ mod tests {
             read_receipt_at: Some((7, 1)),
             delivered_receipt_at: None,
             devices: vec![DevicePosition { device_id: "d_1".into(), delivered_seq: 4, read_seq: 3 }],
+            muted: false,
+            muted_until: Some(99),
+            notify: Notify::Mentions,
         };
         assert_eq!(MemberRow::decode(&member.encode()), Some(member));
         let message = MessageRow {
@@ -560,6 +670,7 @@ mod tests {
             attachments: vec![serde_json::json!({"a": 1})],
             edited: true,
             deleted: false,
+            mentions: Mentions { user_ids: vec!["u_2".into()], channel: false, here: true },
         };
         assert_eq!(MessageRow::decode(&message.encode()), Some(message));
         let user = UserRow {
@@ -568,8 +679,17 @@ mod tests {
             password_hash: "$argon2id$x".into(),
             roles: vec![AccountRole::Admin, AccountRole::Compliance],
             created_at: 1,
+            push_preview: PushPreview::Sender,
         };
         assert_eq!(UserRow::decode(&user.encode()), Some(user));
+        let device = DeviceRow {
+            user_id: "u_1".into(),
+            name: None,
+            platform: Some("ios".into()),
+            created_at: 2,
+            push: Some(PushToken { provider: PushProvider::Apns, token: "ab".into(), app_id: None }),
+        };
+        assert_eq!(DeviceRow::decode(&device.encode()), Some(device));
         let event = EventRow { ts: 3, kind: EventKind::Member { user_id: "u_2".into(), change: MemberChange::Left } };
         assert_eq!(EventRow::decode(&event.encode()), Some(event));
         let idempotency = IdempotencyRow { ts: 11, conversation_id: "c_1".into(), seq: 2 };

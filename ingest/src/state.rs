@@ -30,6 +30,7 @@ pub struct User {
     pub password_hash: String,
     pub roles: Vec<AccountRole>,
     pub created_at: i64,
+    pub push_preview: confab_schemas::events::PushPreview,
 }
 
 impl Cacheable for User {}
@@ -43,6 +44,7 @@ impl User {
             password_hash: row.password_hash,
             roles: row.roles,
             created_at: row.created_at,
+            push_preview: row.push_preview,
         }
     }
 
@@ -53,6 +55,7 @@ impl User {
             password_hash: self.password_hash.clone(),
             roles: self.roles.clone(),
             created_at: self.created_at,
+            push_preview: self.push_preview,
         }
     }
 }
@@ -64,9 +67,26 @@ pub struct Device {
     pub name: Option<String>,
     pub platform: Option<String>,
     pub created_at: i64,
+    pub push: Option<rows::PushToken>,
 }
 
 impl Cacheable for Device {}
+
+impl Device {
+    pub(crate) fn from_row(device_id: &str, row: DeviceRow) -> Device {
+        Device { device_id: device_id.to_string(), user_id: row.user_id, name: row.name, platform: row.platform, created_at: row.created_at, push: row.push }
+    }
+
+    pub(crate) fn row(&self) -> DeviceRow {
+        DeviceRow {
+            user_id: self.user_id.clone(),
+            name: self.name.clone(),
+            platform: self.platform.clone(),
+            created_at: self.created_at,
+            push: self.push.clone(),
+        }
+    }
+}
 
 /// A conversation as the write path and the readers use it.
 #[derive(Debug)]
@@ -282,7 +302,7 @@ impl State {
             || {
                 let Some(bytes) = self.store.get(Space::Devices, &rows::id_key(device_id))? else { return Ok(None) };
                 let row = DeviceRow::decode(&bytes).ok_or_else(|| rows::corrupt(Space::Devices, "device"))?;
-                Ok(Some(Device { device_id: device_id.to_string(), user_id: row.user_id, name: row.name, platform: row.platform, created_at: row.created_at }))
+                Ok(Some(Device::from_row(device_id, row)))
             },
             |_| {},
         )
@@ -471,10 +491,10 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let mut batch = WriteBatch::default();
         for (device, created_at) in [("d_phone", 2), ("d_laptop", 1)] {
-            let row = DeviceRow { user_id: "u_alice".into(), name: None, platform: None, created_at };
+            let row = DeviceRow { user_id: "u_alice".into(), name: None, platform: None, created_at, push: None };
             batch.put(Space::Devices, rows::id_key(device), row.encode());
         }
-        let row = DeviceRow { user_id: "u_bob".into(), name: None, platform: None, created_at: 3 };
+        let row = DeviceRow { user_id: "u_bob".into(), name: None, platform: None, created_at: 3, push: None };
         batch.put(Space::Devices, rows::id_key("d_bobs"), row.encode());
         store.write(batch).unwrap();
         let state = State::new(store.clone(), StateConfig::default(), 1).unwrap();

@@ -34,10 +34,11 @@ pub enum Space {
     Receipts,
     Deleted,
     Idempotency,
+    Mentions,
 }
 
 impl Space {
-    pub const ALL: [Space; 14] = [
+    pub const ALL: [Space; 15] = [
         Space::Meta,
         Space::Users,
         Space::Usernames,
@@ -52,6 +53,7 @@ impl Space {
         Space::Receipts,
         Space::Deleted,
         Space::Idempotency,
+        Space::Mentions,
     ];
 
     pub fn name(self) -> &'static str {
@@ -70,6 +72,7 @@ impl Space {
             Space::Receipts => "receipts",
             Space::Deleted => "deleted",
             Space::Idempotency => "idempotency",
+            Space::Mentions => "mentions",
         }
     }
 }

@@ -290,6 +290,7 @@ fn the_fjall_store_restarts_to_what_it_served_and_keeps_idempotency() {
             body: "replayed".into(),
             attachments: Vec::new(),
             ts: 1,
+            mentions: Default::default(),
         };
         let partition = (confab_schemas::ids::stable_hash(&world.conversations[1]) % log.partition_count() as u64) as u32;
         log.append(partition, vec![missed.encode()]).unwrap().durable().await.unwrap();

@@ -18,6 +18,7 @@ pub const SHIPPED: &[(&str, &str)] = &[
     ("pipelines/definitions/fanout.toml", include_str!("../definitions/fanout.toml")),
     ("pipelines/definitions/receipts.toml", include_str!("../definitions/receipts.toml")),
     ("pipelines/definitions/history.toml", include_str!("../definitions/history.toml")),
+    ("pipelines/definitions/push.toml", include_str!("../definitions/push.toml")),
 ];
 
 #[derive(Debug, Deserialize)]
@@ -52,6 +53,13 @@ enum StageV1 {
     AggregateReceipts { flush_interval_ms: u64, max_receipts_per_record: usize },
     /// Append every event to the Delta Lake history tables, in batches.
     DeltaSink { flush_rows: usize, flush_interval_ms: u64, compact_every_commits: u64 },
+    /// Push new messages to members' devices that are offline.
+    Push {
+        /// Above this many members, only messages that mention a member push them.
+        large_conversation_members: usize,
+        /// How long the push services keep an undelivered push.
+        ttl_secs: u64,
+    },
 }
 
 /// Where a pipeline reads from.
@@ -69,6 +77,7 @@ pub enum Stage {
     Fanout { large_conversation_members: usize },
     AggregateReceipts { flush_interval_ms: u64, max_receipts_per_record: usize },
     DeltaSink { flush_rows: usize, flush_interval_ms: u64, compact_every_commits: u64 },
+    Push { large_conversation_members: usize, ttl_secs: u64 },
 }
 
 /// A validated pipeline.
@@ -212,6 +221,21 @@ pub fn validate(files: &[(PathBuf, String)]) -> Result<Vec<PipelineSpec>, Vec<Pr
                         }
                         stages.push(Stage::DeltaSink { flush_rows, flush_interval_ms, compact_every_commits });
                     }
+                    StageV1::Push { large_conversation_members, ttl_secs } => {
+                        if !(1..=10_000_000).contains(&large_conversation_members) {
+                            report(&field("large_conversation_members"), "must be between 1 and 10000000".into());
+                        }
+                        if !(0..=2_419_200).contains(&ttl_secs) {
+                            report(&field("ttl_secs"), "must be between 0 and 2419200 (four weeks, the services' limit)".into());
+                        }
+                        if source != Some(Source::Log) {
+                            report(&field("kind"), "`push` reads new messages from the log: use it with source = \"log\"".into());
+                        }
+                        if index != last {
+                            report(&field("kind"), "`push` sends to devices, so it must be the last stage".into());
+                        }
+                        stages.push(Stage::Push { large_conversation_members, ttl_secs });
+                    }
                 }
             }
             if problems.len() == before {
@@ -224,6 +248,7 @@ pub fn validate(files: &[(PathBuf, String)]) -> Result<Vec<PipelineSpec>, Vec<Pr
     for (kind, count) in [
         ("fanout", count_stages(&specs, |stage| matches!(stage, Stage::Fanout { .. }))),
         ("aggregate_receipts", count_stages(&specs, |stage| matches!(stage, Stage::AggregateReceipts { .. }))),
+        ("push", count_stages(&specs, |stage| matches!(stage, Stage::Push { .. }))),
     ] {
         if count > 1 {
             let file = specs.iter().map(|spec| spec.file.clone()).next().unwrap_or_default();
@@ -293,7 +318,7 @@ mod tests {
     #[test]
     fn the_shipped_definitions_are_valid() {
         let specs = validate(&shipped()).unwrap();
-        assert_eq!(specs.iter().map(|spec| spec.name.as_str()).collect::<Vec<_>>(), vec!["fanout", "receipts", "history"]);
+        assert_eq!(specs.iter().map(|spec| spec.name.as_str()).collect::<Vec<_>>(), vec!["fanout", "receipts", "history", "push"]);
     }
 
     #[test]

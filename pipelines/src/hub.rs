@@ -134,6 +134,11 @@ impl Hub {
         self.connections.get(user_id).is_some_and(|list| !list.is_empty())
     }
 
+    /// The devices of a user with a live connection.
+    pub fn online_devices(&self, user_id: &str) -> Vec<String> {
+        self.connections.get(user_id).map(|list| list.iter().map(|connection| connection.device_id.clone()).collect()).unwrap_or_default()
+    }
+
     pub fn online_users(&self) -> usize {
         self.connections.len()
     }

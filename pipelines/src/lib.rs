@@ -9,8 +9,9 @@
 
 pub mod definition;
 pub mod hub;
+pub mod push;
 pub mod runtime;
 
 pub use definition::{validate, PipelineSpec, Problem, Source, Stage};
 pub use hub::{Connection, Hub, Outbound};
-pub use runtime::{DeliveryView, DeviceReceipt, ReceiptSink, RecordEvent, Runtime};
+pub use runtime::{DeliveryView, DeviceReceipt, PushRules, Pusher, ReceiptSink, RecordEvent, Runtime};

@@ -47,6 +47,21 @@ pub struct DeviceReceipt {
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
+/// The push stage's rules, from its pipeline file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushRules {
+    pub large_conversation_members: usize,
+    pub ttl_secs: u64,
+}
+
+/// Where the push stage hands the records that may push (the binary
+/// implements it: it reads the state, decides with [`crate::push::wants_push`]
+/// and starts the push workflows). It must be idempotent per offset: after a
+/// restart the stage reads again from its last commit.
+pub trait Pusher: Send + Sync + 'static {
+    fn record(&self, partition: u32, offset: Offset, event: &LogEvent, rules: PushRules) -> BoxFuture<()>;
+}
+
 /// Where coalesced receipts go (the log, through the write path).
 pub trait ReceiptSink: Send + Sync + 'static {
     fn write(&self, conversation_id: String, receipts: Vec<DeviceReceipt>) -> BoxFuture<Result<(), String>>;
@@ -76,7 +91,14 @@ impl std::fmt::Debug for Runtime {
 }
 
 impl Runtime {
-    pub fn start(specs: Vec<PipelineSpec>, log: Arc<dyn Log>, view: Arc<dyn DeliveryView>, hub: Arc<Hub>, sink: Arc<dyn ReceiptSink>) -> Runtime {
+    pub fn start(
+        specs: Vec<PipelineSpec>,
+        log: Arc<dyn Log>,
+        view: Arc<dyn DeliveryView>,
+        hub: Arc<Hub>,
+        sink: Arc<dyn ReceiptSink>,
+        pusher: Option<Arc<dyn Pusher>>,
+    ) -> Runtime {
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
         let mut receipts = None;
@@ -88,12 +110,25 @@ impl Runtime {
             }
             match spec.source {
                 Source::Log => {
-                    let plan = Arc::new(LogPlan::from_stages(&spec.stages));
+                    let mut plan = LogPlan::from_stages(&spec.stages);
+                    if plan.push.is_some() && pusher.is_none() {
+                        tracing::warn!(pipeline = spec.name, "no push service is configured ([push.apns] or [push.fcm]): the push stage is idle");
+                        plan.push = None;
+                    }
+                    let plan = Arc::new(plan);
                     if let Some(threshold) = plan.fanout_threshold {
                         large_conversation_members = threshold;
                     }
                     for partition in 0..log.partition_count() {
-                        let task = LogTask { name: spec.name.clone(), partition, log: log.clone(), view: view.clone(), hub: hub.clone(), plan: plan.clone() };
+                        let task = LogTask {
+                            name: spec.name.clone(),
+                            partition,
+                            log: log.clone(),
+                            view: view.clone(),
+                            hub: hub.clone(),
+                            plan: plan.clone(),
+                            pusher: pusher.clone(),
+                        };
                         tasks.push(tokio::spawn(task.run(stopped.clone())));
                     }
                 }
@@ -140,15 +175,19 @@ impl Runtime {
 struct LogPlan {
     allowed_types: Option<Vec<String>>,
     fanout_threshold: Option<usize>,
+    push: Option<PushRules>,
 }
 
 impl LogPlan {
     fn from_stages(stages: &[Stage]) -> LogPlan {
-        let mut plan = LogPlan { allowed_types: None, fanout_threshold: None };
+        let mut plan = LogPlan { allowed_types: None, fanout_threshold: None, push: None };
         for stage in stages {
             match stage {
                 Stage::Filter { event_types } => plan.allowed_types = Some(event_types.clone()),
                 Stage::Fanout { large_conversation_members } => plan.fanout_threshold = Some(*large_conversation_members),
+                Stage::Push { large_conversation_members, ttl_secs } => {
+                    plan.push = Some(PushRules { large_conversation_members: *large_conversation_members, ttl_secs: *ttl_secs })
+                }
                 Stage::AggregateReceipts { .. } | Stage::DeltaSink { .. } => {}
             }
         }
@@ -179,6 +218,7 @@ struct LogTask {
     view: Arc<dyn DeliveryView>,
     hub: Arc<Hub>,
     plan: Arc<LogPlan>,
+    pusher: Option<Arc<dyn Pusher>>,
 }
 
 impl LogTask {
@@ -214,7 +254,12 @@ impl LogTask {
                 Ok(records) => {
                     for record in records {
                         match LogEvent::decode(&record.payload) {
-                            Ok(event) => self.deliver(record.offset, &event),
+                            Ok(event) => {
+                                self.deliver(record.offset, &event);
+                                if let (Some(rules), Some(pusher)) = (self.plan.push, &self.pusher) {
+                                    pusher.record(self.partition, record.offset, &event, rules).await;
+                                }
+                            }
                             Err(error) => {
                                 tracing::error!(%error, pipeline = self.name, partition = self.partition, offset = record.offset, "skipping an unreadable record")
                             }

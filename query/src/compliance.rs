@@ -1,5 +1,6 @@
 //! Retention and erasure as the history layer's own operations, so that the
-//! HTTP routes and (later) the retention workflow call the same thing.
+//! HTTP routes and the retention workflow call the same thing; with the
+//! retention policies ([`PolicyRegistry`]) and the plan of a scheduled run.
 //!
 //! One run, on the happy path:
 //!
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::json;
 
+use crate::policies::{Policy, PolicyRegistry, RETENTION_DAYS_MAX};
 use crate::{Error, HistoryMaintenance, Outcome, Result};
 
 /// Who runs an operation: an account and its device (for the deletions the
@@ -49,17 +51,95 @@ pub trait LiveMessages: Send + Sync {
     async fn delete(&self, actor: &Actor, scope: Scope<'_>) -> std::result::Result<u64, String>;
     /// Writes one audit row.
     async fn audit(&self, actor_id: &str, action: &str, details: String) -> std::result::Result<(), String>;
+    /// Every conversation's id (for the server's default retention).
+    async fn conversations(&self) -> std::result::Result<Vec<String>, String>;
+    /// Whether the conversation exists.
+    async fn conversation_exists(&self, conversation_id: &str) -> std::result::Result<bool, String>;
+}
+
+/// One conversation a retention run deletes from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedDeletion {
+    pub conversation_id: String,
+    /// Messages sent before this time go.
+    pub before: i64,
+    pub retention_days: u32,
+}
+
+/// Who runs scheduled retention, in the audit log and on deletions.
+pub fn scheduler() -> Actor {
+    Actor { user_id: "system:retention".to_string(), device_id: "system".to_string() }
 }
 
 /// Retention and erasure of messages, live and in the history.
 pub struct Compliance {
     maintenance: Arc<HistoryMaintenance>,
     live: Arc<dyn LiveMessages>,
+    policies: PolicyRegistry,
+    default_retention_days: Option<u32>,
 }
 
 impl Compliance {
-    pub fn new(maintenance: Arc<HistoryMaintenance>, live: Arc<dyn LiveMessages>) -> Compliance {
-        Compliance { maintenance, live }
+    pub fn new(maintenance: Arc<HistoryMaintenance>, live: Arc<dyn LiveMessages>, policies: PolicyRegistry, default_retention_days: Option<u32>) -> Compliance {
+        Compliance { maintenance, live, policies, default_retention_days: default_retention_days.filter(|days| *days > 0) }
+    }
+
+    /// The server's default retention (`[history] default_retention_days`).
+    pub fn default_retention_days(&self) -> Option<u32> {
+        self.default_retention_days
+    }
+
+    /// The conversations' own retention policies.
+    pub async fn policies(&self) -> Vec<Policy> {
+        self.policies.current().await
+    }
+
+    /// Sets (or, with `None`, removes) a conversation's retention; audited first.
+    pub async fn set_policy(&self, actor: &Actor, conversation_id: &str, retention_days: Option<u32>) -> Result<Option<Policy>> {
+        if let Some(days) = retention_days {
+            if days == 0 || days > RETENTION_DAYS_MAX {
+                return Err(Error::Invalid(format!("`retentionDays` must be between 1 and {RETENTION_DAYS_MAX}, or null to remove the policy")));
+            }
+        }
+        let exists = self.live.conversation_exists(conversation_id).await.map_err(Error::Live)?;
+        if !exists {
+            return Err(Error::ConversationNotFound(conversation_id.to_string()));
+        }
+        self.audit(actor, "retention.policy", json!({"conversationId": conversation_id, "retentionDays": retention_days})).await?;
+        self.policies.set(conversation_id, retention_days, &actor.user_id, confab_schemas::ids::now_ms()).await
+    }
+
+    /// What a retention run at `now_ms` deletes: each conversation with a
+    /// policy, and every other one when there is a server default. Held
+    /// conversations are left out (and their holds say why).
+    pub async fn plan_retention(&self, now_ms: i64) -> Result<(Vec<PlannedDeletion>, Vec<String>)> {
+        let policies = self.policies.current().await;
+        let mut days: std::collections::BTreeMap<String, u32> = std::collections::BTreeMap::new();
+        if let Some(default) = self.default_retention_days {
+            for conversation_id in self.live.conversations().await.map_err(Error::Live)? {
+                days.insert(conversation_id, default);
+            }
+        }
+        for policy in policies {
+            days.insert(policy.conversation_id, policy.retention_days);
+        }
+        let holds = self.maintenance.active_holds().await;
+        let (mut planned, mut held) = (Vec::new(), Vec::new());
+        for (conversation_id, retention_days) in days {
+            if holds.iter().any(|hold| hold.holds_conversation(&conversation_id)) {
+                held.push(conversation_id);
+                continue;
+            }
+            let before = now_ms - retention_days as i64 * 86_400_000;
+            planned.push(PlannedDeletion { conversation_id, before, retention_days });
+        }
+        Ok((planned, held))
+    }
+
+    /// Writes a retention run's summary to the audit log.
+    pub async fn audit_run(&self, actor: &Actor, summary: serde_json::Value) -> Result<()> {
+        self.audit(actor, "retention.run", summary).await
     }
 
     pub fn maintenance(&self) -> &Arc<HistoryMaintenance> {

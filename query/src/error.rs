@@ -51,6 +51,10 @@ pub enum Error {
     Runtime(String),
     #[error("the log could not be read: {0}")]
     Log(#[from] confab_log::Error),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("conversation `{0}` not found")]
+    ConversationNotFound(String),
 }
 
 impl Error {
@@ -76,6 +80,8 @@ impl Error {
             Error::Live(_) => "live_store",
             Error::Runtime(_) => "runtime",
             Error::Log(_) => "log",
+            Error::Invalid(_) => "invalid",
+            Error::ConversationNotFound(_) => "conversation_not_found",
         }
     }
 

@@ -11,15 +11,17 @@ pub mod holds;
 pub mod maintenance;
 pub mod output;
 pub mod pgwire;
+pub mod policies;
 pub mod rows;
 pub mod sink;
 pub mod sql;
 pub mod tables;
 
-pub use compliance::{Actor, Compliance, LiveMessages, Scope};
+pub use compliance::{scheduler, Actor, Compliance, LiveMessages, PlannedDeletion, Scope};
 pub use error::{Error, Result};
 pub use holds::{Hold, HoldTarget};
 pub use maintenance::{HistoryMaintenance, Outcome};
+pub use policies::{Policy, PolicyRegistry, RETENTION_DAYS_MAX};
 pub use sink::{HistorySink, SinkConfig, SinkHandle};
 pub use sql::{check_plan, check_read_only, Bounds, QueryOutput, Rows, SqlConfig, SqlEngine, SqlSession};
 pub use tables::HistoryStore;

@@ -86,7 +86,7 @@ pub fn rows_of(event: &LogEvent) -> Vec<(Table, i64, Vec<Cell>)> {
                 text(sender_id),
             ],
         )],
-        LogEvent::MessageEdited { message_id, conversation_id, seq, body, sender_id, by, device_id, ts } => {
+        LogEvent::MessageEdited { message_id, conversation_id, seq, body, sender_id, by, device_id, ts, .. } => {
             let change = Change { message_id, conversation_id, seq: *seq, sender_id: sender_id.as_deref().unwrap_or(by), device_id, ts: *ts, by };
             vec![change.row("edited", Some(body))]
         }
@@ -138,6 +138,24 @@ pub fn rows_of(event: &LogEvent) -> Vec<(Table, i64, Vec<Cell>)> {
                 )
             })
             .collect(),
+        LogEvent::PushAttempts { attempts, .. } => attempts
+            .iter()
+            .map(|attempt| {
+                let cells = vec![
+                    text(&attempt.flow_id),
+                    text(&attempt.user_id),
+                    text(&attempt.device_id),
+                    text(attempt.provider.name()),
+                    text(&attempt.conversation_id),
+                    Cell::Int(attempt.seq as i64),
+                    Cell::Int(attempt.attempt as i64),
+                    text(&attempt.outcome),
+                    Cell::Text(attempt.reason.clone()),
+                    Cell::Time(attempt.ts),
+                ];
+                (Table::PushAttempts, attempt.ts, cells)
+            })
+            .collect(),
         LogEvent::Audited { actor_id, action, details, ts } => vec![(Table::Audit, *ts, vec![Cell::Time(*ts), text(actor_id), text(action), text(details)])],
         LogEvent::UserCreated { user_id, username, display_name, ts, .. } => {
             vec![(Table::Users, *ts, vec![text(user_id), text(username), Cell::Text(display_name.clone()), Cell::Time(*ts)])]
@@ -148,6 +166,11 @@ pub fn rows_of(event: &LogEvent) -> Vec<(Table, i64, Vec<Cell>)> {
         | LogEvent::RoleGranted { .. }
         | LogEvent::RoleRevoked { .. }
         | LogEvent::BlockChanged { .. }
+        // Settings and push tokens are not history (tokens are secrets of a device).
+        | LogEvent::ConversationSettingsChanged { .. }
+        | LogEvent::UserSettingsChanged { .. }
+        | LogEvent::PushTokenSet { .. }
+        | LogEvent::PushTokenRemoved { .. }
         | LogEvent::Lost {} => Vec::new(),
     }
 }

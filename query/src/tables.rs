@@ -21,21 +21,35 @@ pub enum Table {
     Audit,
     /// Accounts: who a `sender_id` is (never a password hash).
     Users,
+    /// Every push request and its outcome.
+    PushAttempts,
     /// The legal-hold registry: written by [`crate::holds`], not by the sink.
     LegalHolds,
+    /// Retention policies: written by [`crate::policies`], not by the sink.
+    RetentionPolicies,
 }
 
 impl Table {
     /// Every table SQL sees.
-    pub const ALL: [Table; 7] =
-        [Table::MessageEvents, Table::Conversations, Table::MembershipEvents, Table::Receipts, Table::Audit, Table::Users, Table::LegalHolds];
+    pub const ALL: [Table; 9] = [
+        Table::MessageEvents,
+        Table::Conversations,
+        Table::MembershipEvents,
+        Table::Receipts,
+        Table::Audit,
+        Table::Users,
+        Table::PushAttempts,
+        Table::LegalHolds,
+        Table::RetentionPolicies,
+    ];
     /// The tables the history sink fills from the log. A table added here
     /// later is backfilled: the sink starts from the lowest table's position.
-    pub const SUNK: [Table; 6] = [Table::MessageEvents, Table::Conversations, Table::MembershipEvents, Table::Receipts, Table::Audit, Table::Users];
+    pub const SUNK: [Table; 7] =
+        [Table::MessageEvents, Table::Conversations, Table::MembershipEvents, Table::Receipts, Table::Audit, Table::Users, Table::PushAttempts];
 
     /// Whether the rows come from the log (and carry their log position and day).
     pub fn is_sunk(self) -> bool {
-        self != Table::LegalHolds
+        !matches!(self, Table::LegalHolds | Table::RetentionPolicies)
     }
 
     pub fn name(self) -> &'static str {
@@ -46,7 +60,9 @@ impl Table {
             Table::Receipts => "receipts",
             Table::Audit => "audit",
             Table::Users => "users",
+            Table::PushAttempts => "push_attempts",
             Table::LegalHolds => "legal_holds",
+            Table::RetentionPolicies => "retention_policies",
         }
     }
 
@@ -86,6 +102,18 @@ impl Table {
             ],
             Table::Audit => vec![("ts", Time, false), ("actor_id", Text, false), ("action", Text, false), ("details", Text, false)],
             Table::Users => vec![("user_id", Text, false), ("username", Text, false), ("display_name", Text, true), ("created_at", Time, false)],
+            Table::PushAttempts => vec![
+                ("flow_id", Text, false),
+                ("user_id", Text, false),
+                ("device_id", Text, false),
+                ("provider", Text, false),
+                ("conversation_id", Text, false),
+                ("seq", Int, false),
+                ("attempt", Int, false),
+                ("outcome", Text, false),
+                ("reason", Text, true),
+                ("ts", Time, false),
+            ],
             Table::LegalHolds => {
                 return vec![
                     ("hold_id", Text, false),
@@ -96,6 +124,9 @@ impl Table {
                     ("actor_id", Text, false),
                     ("ts", Time, false),
                 ]
+            }
+            Table::RetentionPolicies => {
+                return vec![("conversation_id", Text, false), ("retention_days", Int, false), ("actor_id", Text, false), ("ts", Time, false)]
             }
         };
         columns.extend([("log_partition", Int, false), ("log_offset", Int, false), ("day", Text, false)]);

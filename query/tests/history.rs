@@ -26,6 +26,7 @@ fn message(seq: u64, body: &str, ts: i64) -> LogEvent {
         body: body.into(),
         attachments: Vec::new(),
         ts,
+        mentions: Default::default(),
     }
 }
 
@@ -97,6 +98,7 @@ async fn the_tables_match_the_log_exactly_once() {
                 by: "u_alice".into(),
                 device_id: "d_1".into(),
                 ts: day + 3,
+                mentions: Default::default(),
             },
             LogEvent::MessageDeleted {
                 message_id: "m_2".into(),

@@ -19,6 +19,7 @@ pub struct Message {
     pub edited: bool,
     pub deleted: bool,
     pub client_msg_id: String,
+    pub mentions: crate::events::Mentions,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,6 +46,19 @@ pub struct ConversationSummary {
     pub last_read_seq: u64,
     pub unread_count: u64,
     pub last_message: Option<Message>,
+    pub muted: bool,
+    pub notify: crate::events::Notify,
+    pub unread_mentions: u64,
+}
+
+/// A member's notification settings for one conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConversationSettings {
+    /// True while muted (for good, or until `muted_until`).
+    pub muted: bool,
+    pub muted_until: Option<i64>,
+    pub notify: crate::events::Notify,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

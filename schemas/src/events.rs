@@ -69,6 +69,103 @@ pub enum AccountRole {
     Compliance,
 }
 
+/// Which of a conversation's messages push a member's phone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Notify {
+    #[default]
+    All,
+    Mentions,
+    None,
+}
+
+impl Notify {
+    pub fn parse(text: &str) -> Option<Notify> {
+        match text {
+            "all" => Some(Notify::All),
+            "mentions" => Some(Notify::Mentions),
+            "none" => Some(Notify::None),
+            _ => None,
+        }
+    }
+}
+
+/// How much of a message its push shows on a locked screen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PushPreview {
+    /// Sender and text.
+    #[default]
+    Full,
+    /// The sender only.
+    Sender,
+    /// A generic "new message".
+    None,
+}
+
+impl PushPreview {
+    pub fn parse(text: &str) -> Option<PushPreview> {
+        match text {
+            "full" => Some(PushPreview::Full),
+            "sender" => Some(PushPreview::Sender),
+            "none" => Some(PushPreview::None),
+            _ => None,
+        }
+    }
+}
+
+/// The push service a device's token belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PushProvider {
+    Apns,
+    Fcm,
+}
+
+impl PushProvider {
+    pub fn parse(text: &str) -> Option<PushProvider> {
+        match text {
+            "apns" => Some(PushProvider::Apns),
+            "fcm" => Some(PushProvider::Fcm),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PushProvider::Apns => "apns",
+            PushProvider::Fcm => "fcm",
+        }
+    }
+}
+
+/// Who a message mentions, worked out by the server from its body.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Mentions {
+    /// Members named with `@username` (not those reached only by `@channel`).
+    #[serde(default)]
+    pub user_ids: Vec<UserId>,
+    /// `@channel` or `@all`: every member.
+    #[serde(default)]
+    pub channel: bool,
+    /// `@here`: the members online at that moment.
+    #[serde(default)]
+    pub here: bool,
+}
+
+impl Mentions {
+    pub fn is_empty(&self) -> bool {
+        self.user_ids.is_empty() && !self.channel && !self.here
+    }
+
+    /// Whether the message mentions `user_id` by name or with `@channel`.
+    /// (`@here` depends on who is online, which the caller decides.)
+    pub fn names(&self, user_id: &str) -> bool {
+        self.channel || self.user_ids.iter().any(|id| id == user_id)
+    }
+}
+
 /// One record of the log. `ts` is the server's clock when it was accepted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -123,6 +220,8 @@ pub enum LogEvent {
         #[serde(default)]
         attachments: Vec<Value>,
         ts: i64,
+        #[serde(default, skip_serializing_if = "Mentions::is_empty")]
+        mentions: Mentions,
     },
     MessageEdited {
         message_id: MessageId,
@@ -135,6 +234,9 @@ pub enum LogEvent {
         by: UserId,
         device_id: DeviceId,
         ts: i64,
+        /// Worked out again from the new body.
+        #[serde(default, skip_serializing_if = "Mentions::is_empty")]
+        mentions: Mentions,
     },
     MessageDeleted {
         message_id: MessageId,
@@ -185,6 +287,47 @@ pub enum LogEvent {
         blocked: bool,
         ts: i64,
     },
+    /// A member's notification settings for one conversation.
+    ConversationSettingsChanged {
+        conversation_id: ConversationId,
+        user_id: UserId,
+        muted: bool,
+        /// Muted until this time (ms), then not.
+        muted_until: Option<i64>,
+        notify: Notify,
+        ts: i64,
+    },
+    /// A user's own settings.
+    UserSettingsChanged {
+        user_id: UserId,
+        push_preview: PushPreview,
+        ts: i64,
+    },
+    /// A device registered (or replaced) its push token.
+    PushTokenSet {
+        user_id: UserId,
+        device_id: DeviceId,
+        provider: PushProvider,
+        token: String,
+        app_id: Option<String>,
+        ts: i64,
+    },
+    /// A device's push token was removed: by the device, or because the push
+    /// service said it is no longer valid (then only if it is still `token`).
+    PushTokenRemoved {
+        user_id: UserId,
+        device_id: DeviceId,
+        /// Only this token (a rejected one); `None`: whatever it is.
+        token: Option<String>,
+        reason: String,
+        ts: i64,
+    },
+    /// Push requests and how each went, coalesced by the push wiring; they
+    /// become the history table `push_attempts`.
+    PushAttempts {
+        attempts: Vec<PushAttempt>,
+        ts: i64,
+    },
     /// An administrative or compliance action, for the audit table.
     Audited {
         actor_id: UserId,
@@ -204,6 +347,28 @@ pub enum LogEvent {
     },
 }
 
+/// One push request to a push service and its outcome: `sent`,
+/// `retryable` (tried again later), `unregistered` (the token is
+/// forgotten), `refused` (a permanent error), or `dead_letter` (the last
+/// try failed; the push is given up).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushAttempt {
+    pub flow_id: String,
+    pub user_id: UserId,
+    pub device_id: DeviceId,
+    pub provider: PushProvider,
+    pub conversation_id: ConversationId,
+    /// The message's seq; 0 for a silent badge update.
+    pub seq: u64,
+    pub attempt: u32,
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub ts: i64,
+}
+
+/// Every push attempt record goes to one partition, by this key.
+pub const PUSH_ATTEMPTS_KEY: &str = "push_attempts";
+
 /// A device has every message of a conversation up to `seq`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryReceipt {
@@ -222,8 +387,12 @@ impl LogEvent {
             | LogEvent::SessionEnded { user_id, .. }
             | LogEvent::RoleGranted { user_id, .. }
             | LogEvent::RoleRevoked { user_id, .. }
-            | LogEvent::BlockChanged { user_id, .. } => user_id,
+            | LogEvent::BlockChanged { user_id, .. }
+            | LogEvent::UserSettingsChanged { user_id, .. }
+            | LogEvent::PushTokenSet { user_id, .. }
+            | LogEvent::PushTokenRemoved { user_id, .. } => user_id,
             LogEvent::Audited { actor_id, .. } => actor_id,
+            LogEvent::PushAttempts { .. } => PUSH_ATTEMPTS_KEY,
             LogEvent::ConversationCreated { conversation_id, .. }
             | LogEvent::MembersAdded { conversation_id, .. }
             | LogEvent::MemberRemoved { conversation_id, .. }
@@ -231,6 +400,7 @@ impl LogEvent {
             | LogEvent::MessageEdited { conversation_id, .. }
             | LogEvent::MessageDeleted { conversation_id, .. }
             | LogEvent::ReadCursorMoved { conversation_id, .. }
+            | LogEvent::ConversationSettingsChanged { conversation_id, .. }
             | LogEvent::DeliveryReceipts { conversation_id, .. } => conversation_id,
             LogEvent::Lost {} => "",
         }

@@ -102,6 +102,7 @@ async fn load(options: &HistoryOptions, dir: &std::path::Path, store: HistorySto
             body,
             attachments: Vec::new(),
             ts: first_ts + index as i64 * step_ms,
+            mentions: Default::default(),
         };
         batch.push(event.encode());
         if batch.len() == 10_000 {

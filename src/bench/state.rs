@@ -56,8 +56,8 @@ pub struct StateOptions {
 const PASSWORD: &str = "bench-password";
 /// Cheap argon2 parameters, for the loaded users' hash and the server's
 /// config: the benchmark logs in as thousands of users.
-const PASSWORD_HASH_MEMORY_KIB: u32 = 64;
-const PASSWORD_HASH_ITERATIONS: u32 = 1;
+pub(crate) const PASSWORD_HASH_MEMORY_KIB: u32 = 64;
+pub(crate) const PASSWORD_HASH_ITERATIONS: u32 = 1;
 
 /// The share of messages sent in dms; the rest go to groups.
 const DM_PERCENT: u64 = 70;
@@ -470,7 +470,7 @@ fn deliver_everything(log: &FileLog) -> anyhow::Result<()> {
 
 /// Appends events in large batches, each to its conversation's (or user's)
 /// partition, with a bounded amount in flight.
-struct Loader<'a> {
+pub(crate) struct Loader<'a> {
     log: &'a FileLog,
     batches: Vec<Vec<Vec<u8>>>,
     batch_bytes: Vec<usize>,
@@ -480,12 +480,12 @@ struct Loader<'a> {
 }
 
 impl<'a> Loader<'a> {
-    fn new(log: &'a FileLog) -> Loader<'a> {
+    pub(crate) fn new(log: &'a FileLog) -> Loader<'a> {
         let partitions = log.partition_count() as usize;
         Loader { log, batches: vec![Vec::new(); partitions], batch_bytes: vec![0; partitions], pending: VecDeque::new(), pending_bytes: 0, records: 0 }
     }
 
-    async fn push(&mut self, event: &LogEvent) -> anyhow::Result<()> {
+    pub(crate) async fn push(&mut self, event: &LogEvent) -> anyhow::Result<()> {
         let partition = (stable_hash(event.partition_key()) % self.batches.len() as u64) as usize;
         let payload = event.encode();
         self.batch_bytes[partition] += payload.len();
@@ -514,7 +514,7 @@ impl<'a> Loader<'a> {
     }
 
     /// Appends what is left and waits until all of it is durable.
-    async fn finish(mut self) -> anyhow::Result<u64> {
+    pub(crate) async fn finish(mut self) -> anyhow::Result<u64> {
         for partition in 0..self.batches.len() {
             self.append(partition).await?;
         }
@@ -580,6 +580,7 @@ async fn load_setup(loader: &mut Loader<'_>, mix: &Mix) -> anyhow::Result<()> {
             body: format!("message {seq} before the first sends"),
             attachments: Vec::new(),
             ts,
+            mentions: Default::default(),
         };
         loader.push(&message).await?;
     }
@@ -627,6 +628,7 @@ async fn load_messages(
             body: body.clone(),
             attachments: Vec::new(),
             ts,
+            mentions: Default::default(),
         };
         loader.push(&message).await?;
         let receipts: Vec<DeliveryReceipt> = members

@@ -134,6 +134,10 @@ impl Client {
         self.send(self.http.patch(format!("{}{path}", self.base)).json(&body)).await
     }
 
+    pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(self.http.put(format!("{}{path}", self.base)).json(&body)).await
+    }
+
     /// A PUT without a body.
     pub async fn client_put(&self, path: &str) -> (u16, Value) {
         self.send(self.http.put(format!("{}{path}", self.base))).await

@@ -11,6 +11,7 @@ mod harness;
 mod messages;
 mod notebook;
 mod psql;
+mod push;
 mod ready;
 mod restart;
 mod retention;

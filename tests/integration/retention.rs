@@ -314,3 +314,54 @@ async fn the_data_directory_is_private() {
     }
     assert!(wrong.is_empty(), "{wrong:?}");
 }
+
+#[tokio::test]
+async fn retention_policies_are_set_by_compliance_and_applied_by_the_scheduled_workflow() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = crate::harness::test_config(data.path());
+    config.history.default_retention_days = Some(30);
+    config.history.retention_interval_secs = Some(1);
+    let server = TestServer::start_with(config).await;
+    let Cast { admin, bob, carol, group } = cast(&server).await;
+    bob.say(&group, "b1", "kept: younger than any policy").await;
+    let dm = admin.conversation("dm", &[&carol]).await;
+    let path = format!("/v1/admin/retention-policies/{group}");
+
+    assert_error(&bob.put(&path, json!({"retentionDays": 7})).await, 403, "forbidden");
+    assert_error(&bob.get("/v1/admin/retention-policies").await, 403, "forbidden");
+    assert!(assert_error(&carol.put(&path, json!({"retentionDays": 0})).await, 400, "bad_request").contains("`retentionDays`"));
+    assert_error(&carol.put(&path, json!({"retentionDays": "seven"})).await, 400, "bad_request");
+    assert_error(&carol.put("/v1/admin/retention-policies/c_nothere", json!({"retentionDays": 7})).await, 404, "not_found");
+    assert_eq!(carol.put(&path, json!({"retentionDays": 7})).await, (200, json!({"conversationId": group, "retentionDays": 7})));
+    let (status, listed) = carol.get("/v1/admin/retention-policies").await;
+    assert_eq!(status, 200);
+    assert_eq!(listed["defaultRetentionDays"], 30);
+    assert_eq!(listed["policies"].as_array().unwrap().len(), 1);
+    assert_eq!((listed["policies"][0]["conversationId"].clone(), listed["policies"][0]["retentionDays"].clone()), (json!(group), json!(7)));
+    assert_eq!(listed["policies"][0]["setBy"], carol.user_id);
+
+    // A held conversation is left out of the runs, and said so.
+    let (status, _) = carol.post("/v1/admin/holds", json!({"conversationId": dm, "reason": "case 9"})).await;
+    assert_eq!(status, 201);
+    let runs = crate::harness::poll_sql(&carol, "SELECT details FROM audit WHERE action = 'retention.run' ORDER BY ts DESC LIMIT 1", |rows| {
+        rows.as_array().is_some_and(|rows| rows.first().is_some_and(|row| row[0].as_str().is_some_and(|details| details.contains(dm.as_str()))))
+    })
+    .await;
+    let run: serde_json::Value = serde_json::from_str(runs[0][0].as_str().unwrap()).unwrap();
+    assert_eq!(run["held"], json!([dm]), "{run}");
+    let outcome = run["outcomes"].as_array().unwrap().iter().find(|outcome| outcome["conversationId"] == group.as_str()).expect("the group was applied");
+    assert_eq!(outcome["outcome"]["deletedMessages"], 0, "nothing in it is older than 7 days: {run}");
+    assert_eq!(bob.all_messages(&group).await.len(), 1);
+    // Each change of policy is audited, by who made it.
+    let audited = sql(&carol, "SELECT actor_id FROM audit WHERE action = 'retention.policy'").await;
+    assert_eq!(audited, json!([[carol.user_id]]));
+    // Removing the policy: the default applies again.
+    assert_eq!(carol.put(&path, json!({"retentionDays": null})).await, (200, json!({"conversationId": group, "retentionDays": null})));
+    assert_eq!(carol.get("/v1/admin/retention-policies").await.1["policies"], json!([]));
+    assert_eq!(carol.put(&path, json!({"retentionDays": 90})).await.0, 200);
+    // Policies are durable.
+    let mut server = server;
+    server.restart().await;
+    let carol = carol.with_base(&server.base);
+    assert_eq!(carol.get("/v1/admin/retention-policies").await.1["policies"][0]["retentionDays"], 90);
+}

@@ -69,7 +69,8 @@ fn query_error(error: confab_query::Error) -> ApiError {
         Error::TooLong { .. } | Error::ResultTooLarge(_) => ApiError::new(ErrorCode::TooLarge, error.to_string()),
         Error::AuditUnavailable(_) => ApiError::new(ErrorCode::Unavailable, error.to_string()),
         Error::UnderHold { .. } => ApiError::new(ErrorCode::Conflict, error.to_string()),
-        Error::HoldNotFound(_) => ApiError::new(ErrorCode::NotFound, error.to_string()),
+        Error::HoldNotFound(_) | Error::ConversationNotFound(_) => ApiError::new(ErrorCode::NotFound, error.to_string()),
+        Error::Invalid(_) => ApiError::bad_request(error.to_string()),
         Error::HistoryBehind => ApiError::new(ErrorCode::Unavailable, error.to_string()),
         Error::Live(reason) => {
             tracing::error!(%reason, "a compliance deletion failed in the live store");
@@ -218,4 +219,32 @@ pub async fn erase_user(State(state): State<AppState>, Authenticated(caller): Au
     let actor = confab_query::Actor { user_id: caller.user_id.clone(), device_id: caller.device_id.clone() };
     let outcome = state.compliance.erase_user(&actor, &request.user_id).await.map_err(query_error)?;
     Ok(Json(json!({"erasedRows": outcome.rows, "filesRemoved": outcome.files_removed, "deletedMessages": outcome.live_messages})))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SetPolicy {
+    /// `null` removes the policy (the server's default applies again).
+    retention_days: Option<u32>,
+}
+
+/// `PUT /v1/admin/retention-policies/{conversationId}` `{retentionDays}`:
+/// the conversation keeps messages this many days; the scheduled retention
+/// workflow deletes older ones (compliance accounts only).
+pub async fn set_retention_policy(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    ApiPath(conversation_id): ApiPath<String>,
+    ApiJson(request): ApiJson<SetPolicy>,
+) -> ApiResult<Json<Value>> {
+    require_compliance(&state, &caller.user_id, "set retention policies")?;
+    let actor = confab_query::Actor { user_id: caller.user_id.clone(), device_id: caller.device_id.clone() };
+    let policy = state.compliance.set_policy(&actor, &conversation_id, request.retention_days).await.map_err(query_error)?;
+    Ok(Json(json!({"conversationId": conversation_id, "retentionDays": policy.map(|policy| policy.retention_days)})))
+}
+
+/// `GET /v1/admin/retention-policies` -> `{policies, defaultRetentionDays}`.
+pub async fn list_retention_policies(State(state): State<AppState>, Authenticated(caller): Authenticated) -> ApiResult<Json<Value>> {
+    require_compliance(&state, &caller.user_id, "read retention policies")?;
+    Ok(Json(json!({"policies": state.compliance.policies().await, "defaultRetentionDays": state.compliance.default_retention_days()})))
 }

@@ -107,6 +107,7 @@ impl Ingest {
                 }
             },
         };
+        let mentions = self.mentions_in(&pin.0, &request.body);
         let ts = now_ms();
         let event = LogEvent::MessageCreated {
             message_id: new_id("m", ts),
@@ -118,6 +119,7 @@ impl Ingest {
             body: request.body,
             attachments: request.attachments,
             ts,
+            mentions,
         };
         let handle = pin.0.clone();
         match partition.append(&*self.log, vec![event], Some(pin)) {
@@ -167,6 +169,14 @@ impl Ingest {
         Ok(render_message(&conversation_id, seq, &message))
     }
 
+    /// Who `body` mentions among the conversation's members (see `mentions`).
+    fn mentions_in(&self, handle: &ConversationHandle, body: &str) -> confab_schemas::events::Mentions {
+        crate::mentions::resolve(body, |name| {
+            let user_id = self.state.user_id_by_name(name).ok().flatten()?;
+            handle.state.read().is_member(&user_id).then_some(user_id)
+        })
+    }
+
     /// Forgets a reservation whose send failed and tells its waiting retries.
     fn release_failed(&self, key: &(String, String), reservation: &Arc<Reservation>) {
         self.state.sending.remove_if(key, |_, current| Arc::ptr_eq(current, reservation));
@@ -193,11 +203,13 @@ impl Ingest {
         if message.deleted {
             return Err(Error::MessageDeleted(message_id.to_string()));
         }
+        let mentions = self.mentions_in(&pin.0, &body);
         let event = LogEvent::MessageEdited {
             message_id: message_id.to_string(),
             conversation_id: conversation_id.clone(),
             seq,
             body,
+            mentions,
             sender_id: Some(message.sender_id),
             by: caller.user_id.clone(),
             device_id: caller.device_id.clone(),
