@@ -111,7 +111,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let compliance = Arc::new(confab_query::Compliance::new(Arc::new(maintenance), live, policies, config.history.default_retention_days));
     workflows.register::<confab_workflows::retention::RetentionRun>(Arc::new(crate::retention::RetentionActivities(compliance.clone())));
     workflows.run();
-    let retention_schedule = crate::retention::schedule(workflows.clone(), compliance.clone(), Duration::from_secs(config.history.retention_interval_secs.unwrap_or(3_600).max(1)));
+    let retention_schedule =
+        crate::retention::schedule(workflows.clone(), compliance.clone(), Duration::from_secs(config.history.retention_interval_secs.unwrap_or(3_600).max(1)));
     let state = AppState::new(ingest.clone(), hub, pipelines.clone(), history.clone(), compliance, config.gateway.clone(), token_secret);
     let readiness =
         crate::wiring::ReadinessView { log: log.clone(), sink: history_sink.as_ref().map(|sink| sink.handle()), push, workflows: workflows.clone() };

@@ -8,12 +8,10 @@
 
 use std::collections::BTreeMap;
 
-use deltalake::datafusion::prelude::SessionContext;
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::rows::{Cell, Rows};
-use crate::sql::QueryOutput;
 use crate::tables::{HistoryStore, Table};
 use crate::{Error, Result};
 
@@ -82,16 +80,9 @@ impl std::fmt::Debug for HoldRegistry {
 impl HoldRegistry {
     /// Reads the active holds from `legal_holds` (creating the table the first time).
     pub async fn open(store: HistoryStore) -> Result<HoldRegistry> {
-        let delta = store.open_or_create(Table::LegalHolds).await?;
-        let provider = delta.table_provider().await.map_err(|source| Error::Delta { table: Table::LegalHolds.name(), source: source.into() })?;
-        let context = SessionContext::new();
-        context.register_table(Table::LegalHolds.name(), provider).map_err(|error| Error::Query(error.to_string()))?;
         let sql = "SELECT hold_id, change, target_type, target_id, reason, actor_id, CAST(CAST(ts AS BIGINT) / 1000 AS BIGINT) AS ts_ms \
                    FROM legal_holds ORDER BY ts, change DESC";
-        let frame = context.sql(sql).await.map_err(|error| Error::Query(error.to_string()))?;
-        let columns = frame.schema().fields().iter().map(|field| field.name().clone()).collect();
-        let batches = frame.collect().await.map_err(|error| Error::Query(error.to_string()))?;
-        let rows = crate::output::to_json_rows(&QueryOutput { columns, batches })?;
+        let rows = store.read_registry(Table::LegalHolds, sql).await?;
         let mut active = BTreeMap::new();
         for row in rows {
             let text = |index: usize| row.get(index).and_then(Value::as_str).unwrap_or_default().to_string();

@@ -9,12 +9,10 @@
 
 use std::collections::BTreeMap;
 
-use deltalake::datafusion::prelude::SessionContext;
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::rows::{Cell, Rows};
-use crate::sql::QueryOutput;
 use crate::tables::{HistoryStore, Table};
 use crate::{Error, Result};
 
@@ -45,17 +43,9 @@ impl std::fmt::Debug for PolicyRegistry {
 impl PolicyRegistry {
     /// Reads the current policies (creating the table the first time).
     pub async fn open(store: HistoryStore) -> Result<PolicyRegistry> {
-        let table = Table::RetentionPolicies;
-        let delta = store.open_or_create(table).await?;
-        let provider = delta.table_provider().await.map_err(|source| Error::Delta { table: table.name(), source: source.into() })?;
-        let context = SessionContext::new();
-        context.register_table(table.name(), provider).map_err(|error| Error::Query(error.to_string()))?;
         let sql = "SELECT conversation_id, retention_days, actor_id, CAST(CAST(ts AS BIGINT) / 1000 AS BIGINT) AS ts_ms FROM retention_policies ORDER BY ts";
-        let frame = context.sql(sql).await.map_err(|error| Error::Query(error.to_string()))?;
-        let columns = frame.schema().fields().iter().map(|field| field.name().clone()).collect();
-        let batches = frame.collect().await.map_err(|error| Error::Query(error.to_string()))?;
         let mut current = BTreeMap::new();
-        for row in crate::output::to_json_rows(&QueryOutput { columns, batches })? {
+        for row in store.read_registry(Table::RetentionPolicies, sql).await? {
             let conversation_id = row.first().and_then(Value::as_str).unwrap_or_default().to_string();
             match row.get(1).and_then(Value::as_i64).filter(|days| *days > 0) {
                 None => {

@@ -212,6 +212,19 @@ impl HistoryStore {
         Ok(url)
     }
 
+    /// Every row of a registry table (`legal_holds`, `retention_policies`)
+    /// that `sql` selects, as JSON values; the table is created the first time.
+    pub(crate) async fn read_registry(&self, table: Table, sql: &str) -> Result<Vec<Vec<serde_json::Value>>> {
+        let delta = self.open_or_create(table).await?;
+        let provider = delta.table_provider().await.map_err(|source| Error::Delta { table: table.name(), source: source.into() })?;
+        let context = deltalake::datafusion::prelude::SessionContext::new();
+        context.register_table(table.name(), provider).map_err(|error| Error::Query(error.to_string()))?;
+        let frame = context.sql(sql).await.map_err(|error| Error::Query(error.to_string()))?;
+        let columns = frame.schema().fields().iter().map(|field| field.name().clone()).collect();
+        let batches = frame.collect().await.map_err(|error| Error::Query(error.to_string()))?;
+        crate::output::to_json_rows(&crate::sql::QueryOutput { columns, batches })
+    }
+
     /// Opens a table, creating it (empty; a sunk one partitioned by day) the first time.
     pub async fn open_or_create(&self, table: Table) -> Result<DeltaTable> {
         let url = self.table_url(table)?;
