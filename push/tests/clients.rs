@@ -141,3 +141,23 @@ async fn fcm_failures_say_whether_to_retry_or_forget_the_token() {
     assert_eq!((busy.kind, busy.reason.as_str()), (ErrorKind::Retryable, "QUOTA_EXCEEDED"));
     assert!(busy.retry_after.unwrap() >= Duration::from_secs(60), "FCM asks for at least a minute after a quota error");
 }
+
+#[tokio::test]
+async fn a_slow_service_is_a_retryable_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = fake::generate_keys(dir.path()).unwrap();
+    let expect = ApnsExpect { team_id: "T".into(), key_id: "K".into(), topic: "chat.confab.app".into(), public_pem: keys.apns_public_pem.clone() };
+    let server = fake::start_apns(expect).await.unwrap();
+    let config = ApnsConfig {
+        base_url: server.base_url(),
+        team_id: "T".into(),
+        key_id: "K".into(),
+        key_pem: std::fs::read(&keys.apns_key).unwrap(),
+        topic: "chat.confab.app".into(),
+        timeout: Duration::from_millis(200),
+    };
+    let client = ApnsClient::new(config).unwrap();
+    let slow = client.send(&notification("slow2000-a", true), None).await.unwrap_err();
+    assert_eq!((slow.kind, slow.status, slow.reason.as_str()), (ErrorKind::Retryable, 0, "timeout"));
+    client.send(&notification("slow50-a", true), None).await.expect("an answer within the timeout is a success");
+}
