@@ -5,7 +5,7 @@
 //! ## The life of one push
 //! 1. A message is durable and applied; the `push` pipeline's task for its
 //!    partition reads the record.
-//! 2. [`PushWiring::record`] reads the message and its audience from the
+//! 2. [`SharedPush`] (a read batch at a time) reads the message and its audience from the
 //!    state (members at that offset with a push token), asks the hub who
 //!    is connected, and applies [`wants_push`] to each member. Each device
 //!    of theirs without a live socket gets one `push_delivery` workflow,
@@ -440,44 +440,40 @@ fn apns_id(key: &str) -> String {
 pub struct SharedPush(pub Arc<PushWiring>);
 
 impl Pusher for SharedPush {
-    fn record(&self, _partition: u32, offset: Offset, event: &LogEvent, rules: PushRules) -> BoxFuture<()> {
+    fn records(&self, _partition: u32, records: Vec<(Offset, LogEvent)>, rules: PushRules) -> BoxFuture<()> {
         let wiring = self.0.clone();
-        let event = match event {
-            LogEvent::MessageCreated { .. } | LogEvent::ReadCursorMoved { .. } => event.clone(),
-            _ => return Box::pin(async {}),
-        };
         Box::pin(async move {
-            // The engine's threads (lower priority), not the server's.
+            // On the engine's threads (lower priority), not the server's; one
+            // hop and one batch of workflow starts per read batch.
             let runtime = wiring.engine.handle().unwrap_or_else(tokio::runtime::Handle::current);
-            let jobs = runtime
-                .spawn_blocking({
-                    let wiring = wiring.clone();
-                    move || match &event {
-                        LogEvent::MessageCreated { conversation_id, seq, .. } => wiring.message_jobs(conversation_id, *seq, offset, rules),
-                        LogEvent::ReadCursorMoved { conversation_id, user_id, device_id, .. } => {
-                            wiring.read_jobs(conversation_id, user_id, device_id.as_deref(), offset, rules)
+            let work = wiring.clone();
+            let started = runtime
+                .spawn_blocking(move || {
+                    let mut jobs = Vec::new();
+                    for (offset, event) in &records {
+                        let found = match event {
+                            LogEvent::MessageCreated { conversation_id, seq, .. } => work.message_jobs(conversation_id, *seq, *offset, rules),
+                            LogEvent::ReadCursorMoved { conversation_id, user_id, device_id, .. } => {
+                                work.read_jobs(conversation_id, user_id, device_id.as_deref(), *offset, rules)
+                            }
+                            _ => Ok(Vec::new()),
+                        };
+                        match found {
+                            Ok(found) => jobs.extend(found),
+                            Err(error) => tracing::error!(%error, offset, "could not work out a record's pushes; they are skipped"),
                         }
-                        _ => Ok(Vec::new()),
                     }
+                    if jobs.is_empty() {
+                        return Ok(0);
+                    }
+                    work.engine.start_many::<PushDelivery>(jobs)
                 })
                 .await;
-            let jobs = match jobs {
-                Ok(Ok(jobs)) => jobs,
-                Ok(Err(error)) => {
-                    tracing::error!(%error, offset, "could not work out a record's pushes; they are skipped");
-                    return;
+            match started {
+                Ok(Ok(count)) => {
+                    wiring.metrics.flows_started.fetch_add(count as u64, Ordering::Relaxed);
                 }
-                Err(_) => return,
-            };
-            if jobs.is_empty() {
-                return;
-            }
-            let engine = wiring.engine.clone();
-            match runtime.spawn_blocking(move || engine.start_many::<PushDelivery>(jobs)).await {
-                Ok(Ok(started)) => {
-                    wiring.metrics.flows_started.fetch_add(started as u64, Ordering::Relaxed);
-                }
-                Ok(Err(error)) => tracing::error!(%error, offset, "could not start push workflows; the record's pushes are skipped"),
+                Ok(Err(error)) => tracing::error!(%error, "could not start push workflows; the batch's pushes are skipped"),
                 Err(_) => {}
             }
         })

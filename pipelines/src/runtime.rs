@@ -54,12 +54,13 @@ pub struct PushRules {
     pub ttl_secs: u64,
 }
 
-/// Where the push stage hands the records that may push (the binary
-/// implements it: it reads the state, decides with [`crate::push::wants_push`]
-/// and starts the push workflows). It must be idempotent per offset: after a
-/// restart the stage reads again from its last commit.
+/// Where the push stage hands the records that may push, a read batch at
+/// a time (the binary implements it: it reads the state, decides with
+/// [`crate::push::wants_push`] and starts the push workflows). It must be
+/// idempotent per offset: after a restart the stage reads again from its
+/// last commit.
 pub trait Pusher: Send + Sync + 'static {
-    fn record(&self, partition: u32, offset: Offset, event: &LogEvent, rules: PushRules) -> BoxFuture<()>;
+    fn records(&self, partition: u32, records: Vec<(Offset, LogEvent)>, rules: PushRules) -> BoxFuture<()>;
 }
 
 /// Where coalesced receipts go (the log, through the write path).
@@ -252,18 +253,22 @@ impl LogTask {
             };
             match batch {
                 Ok(records) => {
+                    let mut to_push = Vec::new();
                     for record in records {
                         match LogEvent::decode(&record.payload) {
                             Ok(event) => {
                                 self.deliver(record.offset, &event);
-                                if let (Some(rules), Some(pusher)) = (self.plan.push, &self.pusher) {
-                                    pusher.record(self.partition, record.offset, &event, rules).await;
+                                if self.plan.push.is_some() && matches!(event, LogEvent::MessageCreated { .. } | LogEvent::ReadCursorMoved { .. }) {
+                                    to_push.push((record.offset, event));
                                 }
                             }
                             Err(error) => {
                                 tracing::error!(%error, pipeline = self.name, partition = self.partition, offset = record.offset, "skipping an unreadable record")
                             }
                         }
+                    }
+                    if let (Some(rules), Some(pusher), false) = (self.plan.push, &self.pusher, to_push.is_empty()) {
+                        pusher.records(self.partition, to_push, rules).await;
                     }
                 }
                 Err(confab_log::Error::Closed) => break,
