@@ -118,49 +118,28 @@ impl Round<'_> {
                 self.usernames.push(username);
                 self.users.insert(user_id, Arc::new(user));
             }
-            LogEvent::RoleGranted { user_id, role, .. } => {
-                let current = match self.users.get(&user_id) {
-                    Some(user) => Some(user.clone()),
-                    None => self.state.user(&user_id)?,
-                };
-                let Some(current) = current else { return Ok(()) };
-                if current.roles.contains(&role) {
-                    return Ok(());
+            LogEvent::RoleGranted { user_id, role, .. } => self.change_user(&user_id, |user| {
+                if user.roles.contains(&role) {
+                    return false;
                 }
-                let mut changed = (*current).clone();
-                changed.roles.push(role);
-                self.batch.put(Space::Users, rows::id_key(&user_id), changed.row().encode());
-                self.users.insert(user_id, Arc::new(changed));
-            }
-            LogEvent::RoleRevoked { user_id, role, .. } => {
-                let current = match self.users.get(&user_id) {
-                    Some(user) => Some(user.clone()),
-                    None => self.state.user(&user_id)?,
-                };
-                let Some(current) = current else { return Ok(()) };
-                if !current.roles.contains(&role) {
-                    return Ok(());
+                user.roles.push(role);
+                true
+            })?,
+            LogEvent::RoleRevoked { user_id, role, .. } => self.change_user(&user_id, |user| {
+                if !user.roles.contains(&role) {
+                    return false;
                 }
-                let mut changed = (*current).clone();
-                changed.roles.retain(|held| *held != role);
-                self.batch.put(Space::Users, rows::id_key(&user_id), changed.row().encode());
-                self.users.insert(user_id, Arc::new(changed));
-            }
+                user.roles.retain(|held| *held != role);
+                true
+            })?,
             LogEvent::BlockChanged { user_id, blocked_id, blocked, .. } => match blocked {
                 true => self.batch.put(Space::Users, rows::block_key(&user_id, &blocked_id), Vec::new()),
                 false => self.batch.remove(Space::Users, rows::block_key(&user_id, &blocked_id)),
             },
-            LogEvent::UserSettingsChanged { user_id, push_preview, .. } => {
-                let current = match self.users.get(&user_id) {
-                    Some(user) => Some(user.clone()),
-                    None => self.state.user(&user_id)?,
-                };
-                let Some(current) = current else { return Ok(()) };
-                let mut changed = (*current).clone();
-                changed.push_preview = push_preview;
-                self.batch.put(Space::Users, rows::id_key(&user_id), changed.row().encode());
-                self.users.insert(user_id, Arc::new(changed));
-            }
+            LogEvent::UserSettingsChanged { user_id, push_preview, .. } => self.change_user(&user_id, |user| {
+                user.push_preview = push_preview;
+                true
+            })?,
             LogEvent::PushTokenSet { device_id, provider, token, app_id, .. } => {
                 self.change_device(&device_id, |device| device.push = Some(PushToken { provider, token, app_id }))?;
             }
@@ -319,6 +298,22 @@ impl Round<'_> {
                 let produced = self.deliveries(&mut conversation, receipts);
                 self.record(&mut conversation, offset, ts, produced)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Changes a user's row (one changed earlier in this round, or the
+    /// stored one) when `change` says it changed; nothing if the user is gone.
+    fn change_user(&mut self, user_id: &str, change: impl FnOnce(&mut User) -> bool) -> StoreResult<()> {
+        let current = match self.users.get(user_id) {
+            Some(user) => Some(user.clone()),
+            None => self.state.user(user_id)?,
+        };
+        let Some(current) = current else { return Ok(()) };
+        let mut changed = (*current).clone();
+        if change(&mut changed) {
+            self.batch.put(Space::Users, rows::id_key(user_id), changed.row().encode());
+            self.users.insert(user_id.to_string(), Arc::new(changed));
         }
         Ok(())
     }

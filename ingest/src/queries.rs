@@ -144,7 +144,7 @@ impl Ingest {
                 let conversation = handle.state.read();
                 let Some(member) = conversation.member(&caller.user_id) else { continue };
                 (
-                    crate::commands::settings_of(member, confab_schemas::ids::now_ms()),
+                    crate::commands::settings_of(member.muted, member.muted_until, member.notify, confab_schemas::ids::now_ms()),
                     conversation.last_seq,
                     member.last_read_seq.min(conversation.last_seq),
                     conversation.conversation_type,

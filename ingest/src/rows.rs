@@ -98,6 +98,11 @@ pub(crate) fn mention_key(conversation_id: &str, user_id: &str, seq: u64) -> Vec
     Encoder::new().id(conversation_id).id(user_id).u64(seq).finish()
 }
 
+/// Every mention row of one user (or `EVERYONE`) in a conversation.
+pub(crate) fn mention_prefix(conversation_id: &str, user_id: &str) -> Vec<u8> {
+    Encoder::new().id(conversation_id).id(user_id).finish()
+}
+
 pub(crate) fn idempotency_key(sender_id: &str, client_msg_id: &str) -> Vec<u8> {
     Encoder::new().id(sender_id).str(client_msg_id).finish()
 }
@@ -328,6 +333,11 @@ pub(crate) struct DevicePosition {
     pub read_seq: u64,
 }
 
+/// Muted for good, or until a time still to come.
+pub(crate) fn muted_at(muted: bool, muted_until: Option<i64>, now: i64) -> bool {
+    muted || muted_until.is_some_and(|until| until > now)
+}
+
 /// A member, or someone who was one (`role` is `None` once they left).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct MemberRow {
@@ -350,7 +360,7 @@ pub(crate) struct MemberRow {
 impl MemberRow {
     /// Whether the member's pushes for this conversation are off at `now`.
     pub fn muted_at(&self, now: i64) -> bool {
-        self.muted || self.muted_until.is_some_and(|until| until > now)
+        muted_at(self.muted, self.muted_until, now)
     }
 
     pub fn device_mut(&mut self, device_id: &str) -> &mut DevicePosition {

@@ -33,6 +33,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
+use crate::now_secs;
+
 /// One request a fake server answered.
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -394,8 +396,4 @@ async fn fcm(expect: &FcmExpect, key: &DecodingKey, shared: &Shared, is_post: bo
         }
         _ => done(200, &[], json!({"name": format!("projects/{}/messages/0:{seen}", expect.project_id)})),
     }
-}
-
-fn now_secs() -> u64 {
-    crate::now_secs()
 }

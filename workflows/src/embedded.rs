@@ -42,7 +42,7 @@ use serde_json::Value;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::clock::Clock;
-use crate::{Activities, ActivityCall, Command, Event, Failure, Flow, Millis};
+use crate::{Activities, ActivityCall, Command, Event, Flow, Millis};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -190,6 +190,9 @@ struct Inner {
     starting: Mutex<()>,
     /// Spawns activities; `None` until `run`.
     runtime: Mutex<Option<tokio::runtime::Handle>>,
+    /// Waits to spawn once `run` is called: those found at open, and those
+    /// of flows started before it.
+    pending: Mutex<Vec<(String, u32)>>,
     /// The timer and cleanup tasks, aborted at shutdown.
     timer_task: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     options: Options,
@@ -233,6 +236,7 @@ impl Engine {
             stats: Stats::default(),
             starting: Mutex::new(()),
             runtime: Mutex::new(None),
+            pending: Mutex::new(Vec::new()),
             timer_task: Mutex::new(Vec::new()),
             options,
             own_runtime: Mutex::new(OwnedRuntime(None)),
@@ -250,9 +254,10 @@ impl Engine {
         self.inner.db.read().clone().ok_or(Error::Closed)
     }
 
-    /// Loads the timers of every running flow (`run` spawns their waits).
+    /// Loads the timers and waits of every running flow (`run` spawns the waits).
     fn recover(&self) -> Result<()> {
         let mut timers = self.inner.timers.lock();
+        let mut pending = self.inner.pending.lock();
         let db = self.db()?;
         for guard in db.flows.iter() {
             let (key, value) = guard.into_inner().map_err(|error| self.io(error))?;
@@ -267,6 +272,7 @@ impl Engine {
             for (id, at) in &record.timers {
                 timers.insert((*at, flow_id.clone(), *id));
             }
+            pending.extend(record.waits.iter().map(|(id, _, _)| (flow_id.clone(), *id)));
         }
         Ok(())
     }
@@ -312,14 +318,8 @@ impl Engine {
             }
         };
         *self.inner.runtime.lock() = Some(handle.clone());
-        // The waits in the store: from before a crash, or started before run().
-        let waiting: Vec<(String, u32)> = self
-            .records()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(_, record)| record.status == Status::Running)
-            .flat_map(|(flow_id, record)| record.waits.iter().map(|(id, _, _)| (flow_id.clone(), *id)).collect::<Vec<_>>())
-            .collect();
+        // The waits from before a crash, and of flows started before run().
+        let waiting = std::mem::take(&mut *self.inner.pending.lock());
         for (flow_id, id) in waiting {
             self.spawn_activity(flow_id, id);
         }
@@ -386,11 +386,13 @@ impl Engine {
         let db = self.db()?;
         let mut batch = db.database.batch();
         let mut started = Vec::new();
+        let mut in_batch = std::collections::HashSet::new();
         let _one_at_a_time = self.inner.starting.lock();
         for (flow_id, input) in flows {
-            if db.flows.get(&flow_id).map_err(|error| self.io(error))?.is_some() || started.iter().any(|(id, _): &(String, Record)| *id == flow_id) {
+            if in_batch.contains(&flow_id) || db.flows.get(&flow_id).map_err(|error| self.io(error))?.is_some() {
                 continue;
             }
+            in_batch.insert(flow_id.clone());
             let input = serde_json::to_value(input).map_err(|error| Error::Encode(error.to_string()))?;
             let mut record = Record {
                 kind: F::KIND.to_string(),
@@ -552,8 +554,12 @@ impl Engine {
     }
 
     fn spawn_activity(&self, flow_id: String, id: u32) {
-        // Not running (yet, or any more): the next run() spawns what the store holds.
-        let Some(runtime) = self.inner.runtime.lock().clone() else { return };
+        let Some(runtime) = self.inner.runtime.lock().clone() else {
+            // Not running yet: run() spawns it. (After shutdown the next
+            // open finds the wait in the store.)
+            self.inner.pending.lock().push((flow_id, id));
+            return;
+        };
         let engine = self.clone();
         runtime.spawn(async move {
             let Ok(_permit) = engine.inner.permits.clone().acquire_owned().await else { return };
@@ -630,9 +636,4 @@ fn apply_commands(record: &mut Record, commands: Vec<Command>) {
             }
         }
     }
-}
-
-/// What an activity failure says, for logs.
-pub fn describe(failure: &Failure) -> String {
-    format!("{:?}: {}", failure.kind, failure.reason)
 }

@@ -95,17 +95,9 @@ pub struct SetMySettings {
     push_preview: Option<String>,
 }
 
-fn preview_name(preview: PushPreview) -> &'static str {
-    match preview {
-        PushPreview::Full => "full",
-        PushPreview::Sender => "sender",
-        PushPreview::None => "none",
-    }
-}
-
 /// `GET /v1/me/settings` -> `{pushPreview}`.
 pub async fn my_settings(State(state): State<AppState>, Authenticated(caller): Authenticated) -> ApiResult<Json<Value>> {
-    Ok(Json(json!({"pushPreview": preview_name(state.ingest.push_preview(&caller)?)})))
+    Ok(Json(json!({"pushPreview": state.ingest.push_preview(&caller)?})))
 }
 
 /// `PUT /v1/me/settings` `{pushPreview?}` -> 200 `{pushPreview}`.
@@ -122,5 +114,5 @@ pub async fn set_my_settings(
             state.ingest.set_push_preview(&caller, preview).await?
         }
     };
-    Ok(Json(json!({"pushPreview": preview_name(preview)})))
+    Ok(Json(json!({"pushPreview": preview})))
 }

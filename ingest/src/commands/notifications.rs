@@ -127,7 +127,7 @@ impl Ingest {
         let handle = self.state.conversation(conversation_id)?.ok_or_else(|| Error::ConversationNotFound(conversation_id.to_string()))?;
         let conversation = handle.state.read();
         let member = conversation.member(&caller.user_id).ok_or_else(|| Error::NotMember(conversation_id.to_string()))?;
-        Ok(settings_of(member, now_ms()))
+        Ok(settings_of(member.muted, member.muted_until, member.notify, now_ms()))
     }
 
     /// Changes the caller's settings for a conversation and returns them.
@@ -163,7 +163,7 @@ impl Ingest {
             ts: now,
         };
         self.commit_locked(partition, vec![event], Some(pin)).await?;
-        Ok(api::ConversationSettings { muted: muted || muted_until.is_some_and(|until| until > now), muted_until, notify })
+        Ok(settings_of(muted, muted_until, notify, now))
     }
 
     pub fn push_preview(&self, caller: &Caller) -> Result<PushPreview> {
@@ -234,11 +234,8 @@ impl Ingest {
     pub(crate) fn unread_mentions(&self, conversation_id: &str, user_id: &str, read_seq: u64) -> Result<u64> {
         let mut count = 0;
         for target in [user_id, rows::EVERYONE] {
-            let (start, end) = prefix_range(&crate::codec::Encoder::new().id(conversation_id).id(target).finish());
-            let start = match start {
-                std::ops::Bound::Included(_) => std::ops::Bound::Excluded(rows::mention_key(conversation_id, target, read_seq)),
-                other => other,
-            };
+            let (_, end) = prefix_range(&rows::mention_prefix(conversation_id, target));
+            let start = std::ops::Bound::Excluded(rows::mention_key(conversation_id, target, read_seq));
             for entry in self.state.store.range(Space::Mentions, start, end, false) {
                 entry?;
                 count += 1;
@@ -248,7 +245,7 @@ impl Ingest {
     }
 }
 
-pub(crate) fn settings_of(member: &rows::MemberRow, now: i64) -> api::ConversationSettings {
-    let muted_until = member.muted_until.filter(|until| *until > now);
-    api::ConversationSettings { muted: member.muted_at(now), muted_until, notify: member.notify }
+/// Settings as the API shows them at `now`: a timed mute that has passed reads as none.
+pub(crate) fn settings_of(muted: bool, muted_until: Option<i64>, notify: Notify, now: i64) -> api::ConversationSettings {
+    api::ConversationSettings { muted: rows::muted_at(muted, muted_until, now), muted_until: muted_until.filter(|until| *until > now), notify }
 }
