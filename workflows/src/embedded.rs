@@ -32,7 +32,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -42,6 +42,7 @@ use serde_json::Value;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::clock::Clock;
+pub use crate::Stats;
 use crate::{Activities, ActivityCall, Command, Event, Flow, Millis};
 
 #[derive(Debug, thiserror::Error)]
@@ -125,18 +126,6 @@ impl Drop for OwnedRuntime {
             runtime.shutdown_background();
         }
     }
-}
-
-/// Counters for metrics.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub started: AtomicU64,
-    pub steps: AtomicU64,
-    pub activities: AtomicU64,
-    pub activity_failures: AtomicU64,
-    pub timers_fired: AtomicU64,
-    pub completed: AtomicU64,
-    pub dead_letters: AtomicU64,
 }
 
 type StepResult = std::result::Result<(Value, Vec<Command>), String>;
@@ -297,11 +286,7 @@ impl Engine {
                 let runtime = tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(threads)
                     .thread_name("confab-workflows")
-                    .on_thread_start(move || {
-                        if nice != 0 {
-                            let _ = rustix::process::setpriority_process(None, nice);
-                        }
-                    })
+                    .on_thread_start(move || crate::lower_priority(nice))
                     .enable_all()
                     .build();
                 match runtime {

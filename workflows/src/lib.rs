@@ -22,6 +22,8 @@ pub mod embedded;
 pub mod push;
 pub mod retention;
 
+use std::sync::atomic::AtomicU64;
+
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -130,6 +132,26 @@ impl ActivityCall {
 #[async_trait::async_trait]
 pub trait Activities: Send + Sync {
     async fn run(&self, call: &ActivityCall, id: u32) -> Result<Value, Failure>;
+}
+
+/// An engine's counters, for metrics (both engines keep the same ones).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub started: AtomicU64,
+    pub steps: AtomicU64,
+    pub activities: AtomicU64,
+    pub activity_failures: AtomicU64,
+    pub timers_fired: AtomicU64,
+    pub completed: AtomicU64,
+    pub dead_letters: AtomicU64,
+}
+
+/// Lowers the calling thread's priority to `nice` (background work waits
+/// for the cores; chat does not). Best effort: a refusal changes nothing.
+pub fn lower_priority(nice: i32) {
+    if nice != 0 {
+        let _ = rustix::process::setpriority_process(None, nice);
+    }
 }
 
 /// A deterministic number in `0..bound` from a flow id and a counter: the
