@@ -103,3 +103,18 @@ pub(crate) async fn run_worker(
         }
     }
 }
+
+/// Replays a recorded history (Temporal's JSON) against today's code:
+/// an error names the first step where the code would now do otherwise
+/// (a change that breaks workflows already running).
+pub async fn replay(history_json: &[u8]) -> Result<(), String> {
+    use temporalio_sdk::workflow_replayer::{WorkflowReplayer, WorkflowReplayerOptions};
+    let history = temporalio_client::WorkflowHistory::from_json(history_json).map_err(|error| format!("the history does not decode: {error}"))?;
+    let options = WorkflowReplayerOptions::new()
+        .register_workflow::<PushDeliveryWorkflow>()
+        .and_then(|options| options.register_workflow::<RetentionRunWorkflow>())
+        .map_err(|error| format!("could not register the workflows: {error}"))?
+        .build();
+    let replayer = WorkflowReplayer::new(options).map_err(|error| format!("could not start the replayer: {error}"))?;
+    replayer.replay_workflow(history).await.map_err(|error| format!("the history does not replay: {error}"))
+}

@@ -484,6 +484,12 @@ impl Engine {
         }
     }
 
+    /// A flow's history as Temporal's JSON (what [`flows::replay`] reads).
+    pub async fn history_json(&self, flow_id: &str) -> Result<Vec<u8>> {
+        let handle = self.inner.client.get_workflow_handle::<Named>(flow_id.to_string());
+        handle.fetch_history(temporalio_client::WorkflowFetchHistoryOptions::default()).to_json().await.map_err(|error| self.refused(error))
+    }
+
     fn refused(&self, error: impl std::fmt::Display) -> Error {
         let reason = error.to_string();
         if reason.contains("transport error") || reason.contains("Connection refused") || reason.contains("Unavailable") {

@@ -153,7 +153,7 @@ fn nonce() -> String {
 
 /// Runs one scenario on one engine: starts the flow, optionally signals it
 /// once its first activity ran, and waits for the end.
-async fn scenario<F: Flow>(under: Under, script: &Arc<Scripted>, input: F::Input, signal: Option<&str>) -> Ran {
+async fn scenario<F: Flow>(under: Under, script: &Arc<Scripted>, input: F::Input, signal: Option<&str>, record: Option<&str>) -> Ran {
     let flow_id = format!("{}-{}", F::KIND, nonce());
     assert!(under.start::<F>(&flow_id, input_clone::<F>(&input)).await, "a new flow id starts");
     assert!(!under.start::<F>(&flow_id, input).await, "starting the same id again does nothing");
@@ -167,6 +167,15 @@ async fn scenario<F: Flow>(under: Under, script: &Arc<Scripted>, input: F::Input
         under.signal(&flow_id, name).await;
     }
     let outcome = under.outcome(&flow_id).await;
+    if let (Some(name), Under::Temporal(engine)) = (record, &under) {
+        if std::env::var_os("CONFAB_RECORD_HISTORIES").is_some() {
+            // The golden histories `replay.rs` replays without a server.
+            let json = engine.history_json(&flow_id).await.unwrap();
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/histories").join(format!("{name}.json"));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, json).unwrap();
+        }
+    }
     under.stop().await;
     Ran { outcome, calls: script.calls() }
 }
@@ -175,15 +184,17 @@ fn input_clone<F: Flow>(input: &F::Input) -> F::Input {
     serde_json::from_value(serde_json::to_value(input).unwrap()).unwrap()
 }
 
-/// Runs `check` on the embedded engine, then on Temporal, with a fresh
-/// script each time; both must give `expected`.
-async fn on_both_engines<F: Flow>(script: impl Fn() -> Vec<(&'static str, Answer)>, input: F::Input, signal: Option<&str>, expected: Ran) {
+/// Runs a scenario on the embedded engine, then on Temporal, with a fresh
+/// script each time; both must give `expected`. With
+/// `CONFAB_RECORD_HISTORIES=1`, Temporal's history is kept as
+/// `tests/histories/{name}.json`.
+async fn on_both_engines<F: Flow>(name: &str, script: impl Fn() -> Vec<(&'static str, Answer)>, input: F::Input, signal: Option<&str>, expected: Ran) {
     let activities = Scripted::new(script());
-    let ran = scenario::<F>(Under::embedded::<F>(activities.clone()), &activities, input_clone::<F>(&input), signal).await;
+    let ran = scenario::<F>(Under::embedded::<F>(activities.clone()), &activities, input_clone::<F>(&input), signal, None).await;
     assert_eq!(ran, expected, "on the embedded engine");
     let activities = Scripted::new(script());
     if let Some(under) = Under::temporal::<F>(activities.clone()).await {
-        let ran = scenario::<F>(under, &activities, input, signal).await;
+        let ran = scenario::<F>(under, &activities, input, signal, Some(name)).await;
         assert_eq!(ran, expected, "on Temporal");
     }
 }
@@ -202,7 +213,7 @@ async fn a_push_retries_a_busy_service_then_is_sent() {
     let script =
         || vec![(SEND, Err(Failure::retryable("http 429", Some(100)))), (SEND, Err(Failure::retryable("http 503", None))), (SEND, Ok(json!({"apnsId": "x"})))];
     let expected = Ran { outcome: Outcome::Completed(json!({"outcome": "sent", "attempts": 3})), calls: calls(&[(SEND, 1), (SEND, 3), (SEND, 5)]) };
-    on_both_engines::<PushDelivery>(script, push(json!({"token": "t1"})), None, expected).await;
+    on_both_engines::<PushDelivery>("push_sent_after_retries", script, push(json!({"token": "t1"})), None, expected).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,19 +225,19 @@ async fn an_unregistered_token_is_forgotten() {
         ]
     };
     let expected = Ran { outcome: Outcome::Completed(json!({"outcome": "unregistered", "attempts": 1})), calls: calls(&[(SEND, 1), (FORGET_TOKEN, 2)]) };
-    on_both_engines::<PushDelivery>(script, push(json!({"token": "t2"})), None, expected).await;
+    on_both_engines::<PushDelivery>("push_unregistered", script, push(json!({"token": "t2"})), None, expected).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_push_and_a_push_out_of_attempts_are_dead_letters() {
     let refused = || vec![(SEND, Err(Failure::permanent("BadTopic")))];
     let expected = Ran { outcome: Outcome::DeadLetter("refused by the push service (last failure: BadTopic)".into()), calls: calls(&[(SEND, 1)]) };
-    on_both_engines::<PushDelivery>(refused, push(json!({"token": "t3"})), None, expected).await;
+    on_both_engines::<PushDelivery>("push_refused", refused, push(json!({"token": "t3"})), None, expected).await;
 
     let down = || (0..3).map(|_| (SEND, Err(Failure::retryable("http 500", None)))).collect();
     let expected =
         Ran { outcome: Outcome::DeadLetter("gave up after 3 attempts (last failure: http 500)".into()), calls: calls(&[(SEND, 1), (SEND, 3), (SEND, 5)]) };
-    on_both_engines::<PushDelivery>(down, push(json!({"token": "t4"})), None, expected).await;
+    on_both_engines::<PushDelivery>("push_out_of_attempts", down, push(json!({"token": "t4"})), None, expected).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,7 +245,7 @@ async fn a_superseded_push_stops_waiting() {
     // The service asks for a minute's pause; the signal ends the wait.
     let script = || vec![(SEND, Err(Failure::retryable("http 429", Some(60_000))))];
     let expected = Ran { outcome: Outcome::Completed(json!({"outcome": "superseded", "attempts": 1})), calls: calls(&[(SEND, 1)]) };
-    on_both_engines::<PushDelivery>(script, push(json!({"token": "t5"})), Some("superseded"), expected).await;
+    on_both_engines::<PushDelivery>("push_superseded", script, push(json!({"token": "t5"})), Some("superseded"), expected).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,12 +275,12 @@ async fn a_retention_run_plans_applies_each_item_and_audits() {
         outcome: Outcome::Completed(json!({"summary": summary, "audited": {"audited": true}})),
         calls: calls(&[(PLAN, 1), (APPLY, 2), (APPLY, 4), (APPLY, 5), (AUDIT, 6)]),
     };
-    on_both_engines::<RetentionRun>(script, RetentionInput { now: 1_000 }, None, expected).await;
+    on_both_engines::<RetentionRun>("retention_run", script, RetentionInput { now: 1_000 }, None, expected).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retention_run_whose_plan_fails_for_good_is_a_dead_letter() {
     let script = || vec![(PLAN, Err(Failure::permanent("the history is gone")))];
     let expected = Ran { outcome: Outcome::DeadLetter("retention run failed: the history is gone".into()), calls: calls(&[(PLAN, 1)]) };
-    on_both_engines::<RetentionRun>(script, RetentionInput { now: 2_000 }, None, expected).await;
+    on_both_engines::<RetentionRun>("retention_plan_fails", script, RetentionInput { now: 2_000 }, None, expected).await;
 }
