@@ -31,7 +31,7 @@ pub struct Config {
     /// Push notifications: the services, and how hard to retry.
     pub push: crate::push::PushConfig,
     /// Where durable workflows run.
-    pub workflows: crate::push::WorkflowsConfig,
+    pub workflows: crate::workflows::WorkflowsConfig,
 }
 
 /// Where the history tables live.

@@ -8,3 +8,4 @@ pub mod push;
 pub mod retention;
 pub mod server;
 pub mod wiring;
+pub mod workflows;

@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::workflows::Workflows;
 use anyhow::Context;
 use confab_ingest::Ingest;
 use confab_log::Offset;
@@ -42,7 +43,6 @@ use confab_push::apns::{ApnsClient, ApnsConfig};
 use confab_push::fcm::{FcmClient, FcmConfig, ServiceAccount};
 use confab_push::{Alert, ErrorKind, Notification};
 use confab_schemas::events::{ConversationType, LogEvent, PushPreview, PushProvider};
-use confab_workflows::embedded::Engine;
 use confab_workflows::push::{PushDelivery, PushInput, RetryPolicy, FORGET_TOKEN, SEND};
 use confab_workflows::{Activities, ActivityCall, Failure, FailureKind};
 use parking_lot::Mutex;
@@ -93,18 +93,6 @@ fn fcm_base_url() -> String {
     confab_push::fcm::DEFAULT_BASE_URL.to_string()
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct WorkflowsConfig {
-    /// `embedded` (the default, inside `confab serve`). `temporal` is not built yet.
-    pub engine: Option<String>,
-    /// Activities running at once on the embedded engine.
-    pub activity_concurrency: Option<usize>,
-    /// The engine's own threads (2 by default; 0 shares the server's) and their nice level (10).
-    pub threads: Option<usize>,
-    pub nice: Option<i32>,
-}
-
 impl PushConfig {
     pub fn policy(&self) -> RetryPolicy {
         let default = RetryPolicy::default();
@@ -148,7 +136,7 @@ impl PushMetrics {
     }
 
     /// Prometheus text, with the engine's counters.
-    pub fn render(&self, engine: &Engine, out: &mut String) {
+    pub fn render(&self, stats: &confab_workflows::Stats, out: &mut String) {
         use std::fmt::Write;
         out.push_str("# HELP confab_push_attempts_total Push requests by provider and outcome (`sent`, or the service's reason).\n# TYPE confab_push_attempts_total counter\n");
         let mut attempts: Vec<_> = self.attempts.lock().iter().map(|(key, count)| (key.clone(), *count)).collect();
@@ -167,7 +155,6 @@ impl PushMetrics {
         let _ = writeln!(out, "confab_push_message_to_request_seconds_bucket{{le=\"+Inf\"}} {cumulative}");
         let _ = writeln!(out, "confab_push_message_to_request_seconds_sum {}", self.latency_sum_ms.load(Ordering::Relaxed) as f64 / 1000.0);
         let _ = writeln!(out, "confab_push_message_to_request_seconds_count {}", self.latency_count.load(Ordering::Relaxed));
-        let stats = engine.stats();
         for (name, help, value) in [
             ("confab_workflows_started_total", "Workflows started.", &stats.started),
             ("confab_workflow_steps_total", "Workflow steps taken (each one atomic write).", &stats.steps),
@@ -216,7 +203,7 @@ fn alert_for(preview: PushPreview, conversation_type: ConversationType, title: O
 pub struct PushWiring {
     pub ingest: Arc<Ingest>,
     pub hub: Arc<Hub>,
-    pub engine: Engine,
+    pub workflows: Workflows,
     pub policy: RetryPolicy,
     pub apns: Option<ApnsClient>,
     pub fcm: Option<FcmClient>,
@@ -231,7 +218,7 @@ const ATTEMPTS_PER_RECORD: usize = 1_000;
 pub const ATTEMPTS_FLUSH: Duration = Duration::from_millis(250);
 
 impl PushWiring {
-    pub fn new(config: &PushConfig, ingest: Arc<Ingest>, hub: Arc<Hub>, engine: Engine) -> anyhow::Result<PushWiring> {
+    pub fn new(config: &PushConfig, ingest: Arc<Ingest>, hub: Arc<Hub>, workflows: Workflows) -> anyhow::Result<PushWiring> {
         let timeout = Duration::from_millis(config.timeout_ms.unwrap_or(10_000));
         let apns = match &config.apns {
             None => None,
@@ -260,7 +247,7 @@ impl PushWiring {
                 Some(FcmClient::new(fcm_config).map_err(|error| anyhow::anyhow!("[push.fcm] credentials_file: {error}"))?)
             }
         };
-        Ok(PushWiring { ingest, hub, engine, policy: config.policy(), apns, fcm, metrics: PushMetrics::default(), attempts: Mutex::new(Vec::new()) })
+        Ok(PushWiring { ingest, hub, workflows, policy: config.policy(), apns, fcm, metrics: PushMetrics::default(), attempts: Mutex::new(Vec::new()) })
     }
 
     /// The workflows a new message starts.
@@ -436,6 +423,12 @@ fn apns_id(key: &str) -> String {
     format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
 }
 
+/// Push workflows found for a batch: started (embedded), or to start.
+enum Started {
+    Done(anyhow::Result<usize>),
+    Later(Vec<(String, PushInput)>),
+}
+
 /// The wiring shared by the pipeline and the engine.
 pub struct SharedPush(pub Arc<PushWiring>);
 
@@ -445,9 +438,9 @@ impl Pusher for SharedPush {
         Box::pin(async move {
             // On the engine's threads (lower priority), not the server's; one
             // hop and one batch of workflow starts per read batch.
-            let runtime = wiring.engine.handle().unwrap_or_else(tokio::runtime::Handle::current);
+            let runtime = wiring.workflows.handle().unwrap_or_else(tokio::runtime::Handle::current);
             let work = wiring.clone();
-            let started = runtime
+            let found = runtime
                 .spawn_blocking(move || {
                     let mut jobs = Vec::new();
                     for (offset, event) in &records {
@@ -463,17 +456,24 @@ impl Pusher for SharedPush {
                             Err(error) => tracing::error!(%error, offset, "could not work out a record's pushes; they are skipped"),
                         }
                     }
-                    if jobs.is_empty() {
-                        return Ok(0);
+                    match &work.workflows {
+                        // Already on a blocking thread: start them here, one hop.
+                        Workflows::Embedded(engine) if !jobs.is_empty() => Started::Done(engine.start_many::<PushDelivery>(jobs).map_err(anyhow::Error::from)),
+                        _ if jobs.is_empty() => Started::Done(Ok(0)),
+                        _ => Started::Later(jobs),
                     }
-                    work.engine.start_many::<PushDelivery>(jobs)
                 })
                 .await;
+            let started = match found {
+                Ok(Started::Done(started)) => Ok(started),
+                Ok(Started::Later(jobs)) => Ok(wiring.workflows.start_many::<PushDelivery>(jobs).await),
+                Err(error) => Err(error),
+            };
             match started {
                 Ok(Ok(count)) => {
                     wiring.metrics.flows_started.fetch_add(count as u64, Ordering::Relaxed);
                 }
-                Ok(Err(error)) => tracing::error!(%error, "could not start push workflows; the batch's pushes are skipped"),
+                Ok(Err(error)) => tracing::error!(error = %format!("{error:#}"), "could not start push workflows; the batch's pushes are skipped"),
                 Err(_) => {}
             }
         })

@@ -15,8 +15,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::workflows::Workflows;
 use confab_query::Compliance;
-use confab_workflows::embedded::Engine;
 use confab_workflows::retention::{RetentionInput, RetentionRun, APPLY, AUDIT, PLAN};
 use confab_workflows::{Activities, ActivityCall, Failure};
 use serde_json::{json, Value};
@@ -61,24 +61,21 @@ impl Activities for RetentionActivities {
 
 /// Starts one retention run per interval, at the interval's start (none
 /// while there is no policy and no default: nothing could be deleted).
-pub fn schedule(engine: Engine, compliance: Arc<Compliance>, interval: Duration) -> tokio::task::JoinHandle<()> {
+pub fn schedule(workflows: Workflows, compliance: Arc<Compliance>, interval: Duration) -> tokio::task::JoinHandle<()> {
     let interval_ms = (interval.as_millis() as i64).max(1_000);
     tokio::spawn(async move {
         loop {
             let now = confab_schemas::ids::now_ms();
             let slot = now - now % interval_ms;
             let idle = compliance.default_retention_days().is_none() && compliance.policies().await.is_empty();
-            let started = if idle {
-                Ok(Ok(false))
-            } else {
-                let engine = engine.clone();
-                tokio::task::spawn_blocking(move || engine.start::<RetentionRun>(&format!("retention:{slot}"), RetentionInput { now: slot })).await
+            let started = match idle {
+                true => Ok(false),
+                false => workflows.start::<RetentionRun>(&format!("retention:{slot}"), RetentionInput { now: slot }).await,
             };
             match started {
-                Ok(Ok(true)) => tracing::info!(slot, "retention run started"),
-                Ok(Ok(false)) => {}
-                Ok(Err(error)) => tracing::error!(%error, "could not start the retention run; the next interval tries again"),
-                Err(_) => return,
+                Ok(true) => tracing::info!(slot, "retention run started"),
+                Ok(false) => {}
+                Err(error) => tracing::error!(error = %format!("{error:#}"), "could not start the retention run; the next interval tries again"),
             }
             let next = slot + interval_ms;
             tokio::time::sleep(Duration::from_millis((next - confab_schemas::ids::now_ms()).max(1) as u64)).await;

@@ -79,7 +79,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let checkpoints = tokio::spawn(ingest.clone().run_checkpoints(checkpoints_stopped));
     let hub = Arc::new(Hub::new(config.gateway.connection_queue_max_frames));
     let view = Arc::new(IngestView(ingest.clone()));
-    let (workflows, push) = start_workflows(&config, ingest.clone(), hub.clone())?;
+    let (workflows, push) = start_workflows(&config, ingest.clone(), hub.clone()).await?;
     let pusher = push.clone().map(|push| Arc::new(crate::push::SharedPush(push)) as Arc<dyn confab_pipelines::Pusher>);
     let attempts_flusher = push.clone().map(|push| {
         tokio::spawn(async move {
@@ -110,7 +110,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let policies = confab_query::PolicyRegistry::open(store_for_policies).await.context("could not open the retention policies")?;
     let compliance = Arc::new(confab_query::Compliance::new(Arc::new(maintenance), live, policies, config.history.default_retention_days));
     workflows.register::<confab_workflows::retention::RetentionRun>(Arc::new(crate::retention::RetentionActivities(compliance.clone())));
-    workflows.run();
+    workflows.run()?;
     let retention_schedule =
         crate::retention::schedule(workflows.clone(), compliance.clone(), Duration::from_secs(config.history.retention_interval_secs.unwrap_or(3_600).max(1)));
     let state = AppState::new(ingest.clone(), hub, pipelines.clone(), history.clone(), compliance, config.gateway.clone(), token_secret);
@@ -272,34 +272,22 @@ async fn start_pgwire(config: &Config, address: SocketAddr, engine: confab_query
     }))
 }
 
-/// Opens the embedded workflow engine under `<data_dir>/workflows` and,
-/// when a push service is configured, the push wiring on it.
-fn start_workflows(
+/// Opens the workflow engine `[workflows]` chose and, when a push service
+/// is configured, the push wiring on it.
+async fn start_workflows(
     config: &Config,
     ingest: Arc<confab_ingest::Ingest>,
     hub: Arc<Hub>,
-) -> anyhow::Result<(confab_workflows::embedded::Engine, Option<Arc<crate::push::PushWiring>>)> {
-    match config.workflows.engine.as_deref() {
-        None | Some("embedded") => {}
-        Some(other) => anyhow::bail!("[workflows] engine: `{other}` is not available in this build; use `embedded`"),
-    }
-    let options = confab_workflows::embedded::Options {
-        activity_concurrency: config.workflows.activity_concurrency.unwrap_or(256),
-        threads: config.workflows.threads.unwrap_or(2),
-        nice: config.workflows.nice.unwrap_or(10),
-        ..Default::default()
-    };
-    let path = config.data_dir.join("workflows");
-    let engine = confab_workflows::embedded::Engine::open(&path, Arc::new(confab_workflows::clock::SystemClock), options)
-        .with_context(|| format!("could not open the workflows in `{}`", path.display()))?;
+) -> anyhow::Result<(crate::workflows::Workflows, Option<Arc<crate::push::PushWiring>>)> {
+    let workflows = crate::workflows::Workflows::open(&config.workflows, &config.data_dir).await?;
     let push = match config.push.enabled() {
         true => {
-            let wiring = Arc::new(crate::push::PushWiring::new(&config.push, ingest, hub, engine.clone())?);
-            engine.register::<confab_workflows::push::PushDelivery>(Arc::new(crate::push::SharedPush(wiring.clone())));
+            let wiring = Arc::new(crate::push::PushWiring::new(&config.push, ingest, hub, workflows.clone())?);
+            workflows.register::<confab_workflows::push::PushDelivery>(Arc::new(crate::push::SharedPush(wiring.clone())));
             Some(wiring)
         }
         false => None,
     };
     // `run` comes once every kind is registered (retention is, later).
-    Ok((engine, push))
+    Ok((workflows, push))
 }

@@ -148,7 +148,7 @@ pub struct ReadinessView {
     pub log: Arc<FileLog>,
     pub sink: Option<confab_query::SinkHandle>,
     pub push: Option<Arc<crate::push::PushWiring>>,
-    pub workflows: confab_workflows::embedded::Engine,
+    pub workflows: crate::workflows::Workflows,
 }
 
 impl confab_gateway::Readiness for ReadinessView {
@@ -172,8 +172,8 @@ impl confab_gateway::Readiness for ReadinessView {
 
     fn extra_metrics(&self, out: &mut String) {
         match &self.push {
-            Some(push) => push.metrics.render(&self.workflows, out),
-            None => crate::push::PushMetrics::default().render(&self.workflows, out),
+            Some(push) => push.metrics.render(self.workflows.stats(), out),
+            None => crate::push::PushMetrics::default().render(self.workflows.stats(), out),
         }
     }
 }

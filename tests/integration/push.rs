@@ -109,8 +109,34 @@ struct Fakes {
     fcm: FakeServer,
 }
 
-/// A server whose push services are the local fakes, retrying fast.
-async fn push_server(max_attempts: u32) -> (TestServer, Fakes, tempfile::TempDir) {
+/// Which engine runs the push workflows: each push test runs on both.
+#[derive(Debug, Clone, Copy)]
+enum On {
+    Embedded,
+    Temporal,
+}
+
+/// `[workflows]` for Temporal's dev server (`tests/run` starts it), with
+/// a task queue of the test's own; None (skip) when there is none and
+/// none is required.
+fn temporal() -> Option<confab::workflows::WorkflowsConfig> {
+    let Ok(address) = std::env::var("CONFAB_TEST_TEMPORAL_ADDRESS") else {
+        assert!(std::env::var_os("CONFAB_REQUIRE_EXTERNAL").is_none(), "CONFAB_REQUIRE_EXTERNAL is set but CONFAB_TEST_TEMPORAL_ADDRESS is not");
+        eprintln!("skipping: CONFAB_TEST_TEMPORAL_ADDRESS is not set (tests/run starts Temporal)");
+        return None;
+    };
+    Some(confab::workflows::WorkflowsConfig {
+        engine: Some("temporal".into()),
+        address: Some(address),
+        namespace: std::env::var("CONFAB_TEST_TEMPORAL_NAMESPACE").ok(),
+        task_queue: Some(format!("confab-push-test-{}-{}", std::process::id(), confab_schemas::ids::now_ms())),
+        ..Default::default()
+    })
+}
+
+/// A server whose push services are the local fakes, retrying fast; None
+/// when the engine is not there (Temporal, outside `tests/run`).
+async fn push_server(max_attempts: u32, on: On) -> Option<(TestServer, Fakes, tempfile::TempDir)> {
     let keys_dir = tempfile::tempdir().unwrap();
     let keys = fake::generate_keys(keys_dir.path()).unwrap();
     let apns =
@@ -145,8 +171,11 @@ async fn push_server(max_attempts: u32) -> (TestServer, Fakes, tempfile::TempDir
     ))
     .unwrap();
     config.gateway.metrics_token = Some("scrape".into());
+    if let On::Temporal = on {
+        config.workflows = temporal()?;
+    }
     let server = TestServer::start_with(config).await;
-    (server, Fakes { _keys_dir: keys_dir, apns, fcm }, data)
+    Some((server, Fakes { _keys_dir: keys_dir, apns, fcm }, data))
 }
 
 async fn register(client: &Client, provider: &str, token: &str) {
@@ -172,9 +201,31 @@ async fn metrics(client: &Client) -> String {
     response.text().await.unwrap()
 }
 
+/// The metrics once they contain every one of `needles` (or after 6 s).
+async fn metrics_until(client: &Client, needles: &[&str]) -> String {
+    let mut text = String::new();
+    for _ in 0..300 {
+        text = metrics(client).await;
+        if needles.iter().all(|needle| text.contains(needle)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    text
+}
+
 #[tokio::test]
 async fn offline_members_are_pushed_once_per_device_unless_settings_say_no() {
-    let (server, fakes, _data) = push_server(5).await;
+    offline_members_are_pushed(On::Embedded).await;
+}
+
+#[tokio::test]
+async fn offline_members_are_pushed_once_per_device_unless_settings_say_no_on_temporal() {
+    offline_members_are_pushed(On::Temporal).await;
+}
+
+async fn offline_members_are_pushed(on: On) {
+    let Some((server, fakes, _data)) = push_server(5, on).await else { return };
     let alice = server.user("alice").await;
     let bob = server.user("bob").await;
     let carol = server.user("carol").await;
@@ -227,7 +278,12 @@ async fn offline_members_are_pushed_once_per_device_unless_settings_say_no() {
     assert_eq!(bob_pushes[2].headers["apns-push-type"], "background");
     assert_eq!(bob_pushes[2].body["aps"], json!({"content-available": 1, "badge": 0}));
 
-    let text = metrics(&alice).await;
+    // The service saw the requests; the counters follow once each answer is in.
+    let text = metrics_until(
+        &alice,
+        &["confab_push_attempts_total{provider=\"apns\",outcome=\"sent\"} 3", "confab_push_attempts_total{provider=\"fcm\",outcome=\"sent\"} 3"],
+    )
+    .await;
     assert!(text.contains("confab_push_attempts_total{provider=\"apns\",outcome=\"sent\"} 3"), "{text}");
     assert!(text.contains("confab_push_attempts_total{provider=\"fcm\",outcome=\"sent\"} 3"), "carol twice, erin once: {text}");
     assert!(text.contains("confab_push_message_to_request_seconds_count 5"), "message pushes, not the silent one: {text}");
@@ -235,7 +291,16 @@ async fn offline_members_are_pushed_once_per_device_unless_settings_say_no() {
 
 #[tokio::test]
 async fn failed_pushes_are_retried_rejected_tokens_forgotten_and_hopeless_ones_dead_lettered() {
-    let (server, fakes, _data) = push_server(3).await;
+    failed_pushes(On::Embedded).await;
+}
+
+#[tokio::test]
+async fn failed_pushes_are_retried_rejected_tokens_forgotten_and_hopeless_ones_dead_lettered_on_temporal() {
+    failed_pushes(On::Temporal).await;
+}
+
+async fn failed_pushes(on: On) {
+    let Some((server, fakes, _data)) = push_server(3, on).await else { return };
     let alice = server.user("alice").await;
     let bob = server.user("bob").await;
     let carol = server.user("carol").await;
@@ -258,14 +323,15 @@ async fn failed_pushes_are_retried_rejected_tokens_forgotten_and_hopeless_ones_d
     let dave_pushes = pushes_to(&fakes.apns, "err9-dave", 3).await;
     assert!(dave_pushes.iter().all(|push| push.status == 500));
     pushes_to(&fakes.apns, "unreg-bob", 1).await;
-    let mut dead = String::new();
-    for _ in 0..200 {
-        dead = metrics(&alice).await;
-        if dead.contains("confab_workflow_dead_letters_total 1") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let dead = metrics_until(
+        &alice,
+        &[
+            "confab_workflow_dead_letters_total 1",
+            "confab_push_attempts_total{provider=\"apns\",outcome=\"InternalServerError\"} 3",
+            "confab_push_attempts_total{provider=\"apns\",outcome=\"Unregistered\"} 1",
+        ],
+    )
+    .await;
     assert!(dead.contains("confab_workflow_dead_letters_total 1"), "{dead}");
     assert!(dead.contains("confab_push_attempts_total{provider=\"apns\",outcome=\"InternalServerError\"} 3"), "{dead}");
     assert!(dead.contains("confab_push_attempts_total{provider=\"apns\",outcome=\"Unregistered\"} 1"), "{dead}");

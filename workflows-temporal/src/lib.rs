@@ -176,7 +176,20 @@ pub enum ActivityOutput {
 #[derive(Default)]
 pub struct Registry {
     kinds: RwLock<HashMap<String, Arc<dyn Activities>>>,
-    stats: Arc<Stats>,
+}
+
+/// This process's counters. Process-wide because workflow code (which
+/// Temporal constructs) can reach nothing else; steps are counted when
+/// they are new, not when a worker replays them.
+pub fn stats() -> &'static Stats {
+    static STATS: std::sync::OnceLock<Stats> = std::sync::OnceLock::new();
+    STATS.get_or_init(Stats::default)
+}
+
+fn count<W>(ctx: &WorkflowContext<W>, counter: &std::sync::atomic::AtomicU64) {
+    if !ctx.is_replaying() {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// The Temporal activity that runs a flow's activity.
@@ -193,11 +206,11 @@ impl FlowActivities {
             // Another worker of the queue may know it: let Temporal retry.
             return Err(ActivityError::from(anyhow::anyhow!("this worker has no activities for workflows of kind `{}`", input.call.kind)));
         };
-        self.registry.stats.activities.fetch_add(1, Ordering::Relaxed);
+        stats().activities.fetch_add(1, Ordering::Relaxed);
         Ok(match activities.run(&input.call, input.id).await {
             Ok(output) => ActivityOutput::Done { output },
             Err(failure) => {
-                self.registry.stats.activity_failures.fetch_add(1, Ordering::Relaxed);
+                stats().activity_failures.fetch_add(1, Ordering::Relaxed);
                 ActivityOutput::Failed { failure }
             }
         })
@@ -267,13 +280,21 @@ pub async fn interpret<F: Flow, W: Inbox + 'static>(ctx: &mut WorkflowContext<W>
                         Event::TimerFired { id }
                     }));
                 }
-                Command::Complete { output } => return Ok(output),
+                Command::Complete { output } => {
+                    count(ctx, &stats().completed);
+                    return Ok(output);
+                }
                 Command::DeadLetter { reason } => {
+                    count(ctx, &stats().dead_letters);
                     return Err(ApplicationFailure::builder(reason).type_name(DEAD_LETTER.to_string()).non_retryable(true).build().into());
                 }
             }
         }
         let event = next_event(ctx, &mut waits).await;
+        count(ctx, &stats().steps);
+        if matches!(event, Event::TimerFired { .. }) {
+            count(ctx, &stats().timers_fired);
+        }
         commands = flow.on_event(&flow_id, event, millis(ctx.workflow_time()));
     }
 }
@@ -379,7 +400,7 @@ impl Engine {
     }
 
     pub fn stats(&self) -> &Stats {
-        &self.inner.registry.stats
+        stats()
     }
 
     pub fn config(&self) -> &Config {
@@ -451,7 +472,7 @@ impl Engine {
         let start = FlowStart { input, activity_timeout_ms: self.inner.config.activity_timeout.as_millis() as u64 };
         match self.inner.client.start_workflow(Named(F::KIND), start, self.options(flow_id)).await {
             Ok(_) => {
-                self.inner.registry.stats.started.fetch_add(1, Ordering::Relaxed);
+                stats().started.fetch_add(1, Ordering::Relaxed);
                 Ok(true)
             }
             Err(temporalio_client::errors::WorkflowStartError::AlreadyStarted { .. }) => Ok(false),

@@ -28,10 +28,8 @@ async fn a_history_the_code_would_not_make_fails_to_replay() {
     let json = std::fs::read_to_string(dir.join("push_sent_after_retries.json")).unwrap();
     let mut history: serde_json::Value = serde_json::from_str(&json).unwrap();
     let events = history["events"].as_array_mut().unwrap();
-    let scheduled = events
-        .iter_mut()
-        .find_map(|event| event["attributes"].get_mut("ActivityTaskScheduledEventAttributes"))
-        .expect("a scheduled activity in the history");
+    let scheduled =
+        events.iter_mut().find_map(|event| event["attributes"].get_mut("ActivityTaskScheduledEventAttributes")).expect("a scheduled activity in the history");
     scheduled["activity_type"]["name"] = serde_json::json!("something_else");
     let changed = serde_json::to_vec(&history).unwrap();
     assert!(confab_workflows_temporal::flows::replay(&json.into_bytes()).await.is_ok(), "the history as recorded replays");
