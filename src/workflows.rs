@@ -192,3 +192,40 @@ impl Workflows {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> WorkflowsConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn every_problem_of_the_section_is_named_by_field() {
+        assert!(parse("").problems().is_empty(), "the embedded default needs nothing");
+        assert!(parse("engine = \"temporal\"\naddress = \"http://127.0.0.1:7233\"").problems().is_empty());
+        let problems = parse("engine = \"temporal\"").problems();
+        assert!(problems[0].contains("[workflows] address"), "{problems:?}");
+        let problems = parse("engine = \"temporal\"\naddress = \"127.0.0.1:7233\"\nnamespace = \"\"\nactivity_timeout_secs = 0").problems();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems.iter().any(|problem| problem.contains("address") && problem.contains("http://")), "{problems:?}");
+        assert!(problems.iter().any(|problem| problem.contains("namespace")), "{problems:?}");
+        assert!(problems.iter().any(|problem| problem.contains("activity_timeout_secs")), "{problems:?}");
+        let problems = parse("address = \"http://x:7233\"\ntask_queue = \"q\"").problems();
+        assert_eq!(problems.len(), 2, "Temporal settings without the engine: {problems:?}");
+        assert!(parse("engine = \"cadence\"").problems()[0].contains("`cadence` is not an engine"));
+        assert!(toml::from_str::<WorkflowsConfig>("adress = \"x\"").is_err(), "a misspelt field is refused");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_temporal_is_a_clear_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let config = parse(&format!("engine = \"temporal\"\naddress = \"{address}\""));
+        let error = Workflows::open(&config, std::path::Path::new("/nonexistent")).await.unwrap_err();
+        let text = format!("{error:#}");
+        assert!(text.contains("could not connect to Temporal") && text.contains(&address), "{text}");
+    }
+}

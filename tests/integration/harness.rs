@@ -226,3 +226,21 @@ pub async fn query_until(client: &Client, sql: &str, count: usize) -> Value {
 pub async fn sql_until(client: &Client, sql: &str, expected: Value) {
     poll_sql(client, sql, |rows| *rows == expected).await;
 }
+
+/// `[workflows]` for Temporal's dev server (`tests/run` starts it), with
+/// a task queue of the test's own; None (skip) when there is none and
+/// none is required.
+pub fn temporal_workflows() -> Option<confab::workflows::WorkflowsConfig> {
+    let Ok(address) = std::env::var("CONFAB_TEST_TEMPORAL_ADDRESS") else {
+        assert!(std::env::var_os("CONFAB_REQUIRE_EXTERNAL").is_none(), "CONFAB_REQUIRE_EXTERNAL is set but CONFAB_TEST_TEMPORAL_ADDRESS is not");
+        eprintln!("skipping: CONFAB_TEST_TEMPORAL_ADDRESS is not set (tests/run starts Temporal)");
+        return None;
+    };
+    Some(confab::workflows::WorkflowsConfig {
+        engine: Some("temporal".into()),
+        address: Some(address),
+        namespace: std::env::var("CONFAB_TEST_TEMPORAL_NAMESPACE").ok(),
+        task_queue: Some(format!("confab-test-{}-{}", std::process::id(), confab_schemas::ids::now_ms())),
+        ..Default::default()
+    })
+}

@@ -116,24 +116,6 @@ enum On {
     Temporal,
 }
 
-/// `[workflows]` for Temporal's dev server (`tests/run` starts it), with
-/// a task queue of the test's own; None (skip) when there is none and
-/// none is required.
-fn temporal() -> Option<confab::workflows::WorkflowsConfig> {
-    let Ok(address) = std::env::var("CONFAB_TEST_TEMPORAL_ADDRESS") else {
-        assert!(std::env::var_os("CONFAB_REQUIRE_EXTERNAL").is_none(), "CONFAB_REQUIRE_EXTERNAL is set but CONFAB_TEST_TEMPORAL_ADDRESS is not");
-        eprintln!("skipping: CONFAB_TEST_TEMPORAL_ADDRESS is not set (tests/run starts Temporal)");
-        return None;
-    };
-    Some(confab::workflows::WorkflowsConfig {
-        engine: Some("temporal".into()),
-        address: Some(address),
-        namespace: std::env::var("CONFAB_TEST_TEMPORAL_NAMESPACE").ok(),
-        task_queue: Some(format!("confab-push-test-{}-{}", std::process::id(), confab_schemas::ids::now_ms())),
-        ..Default::default()
-    })
-}
-
 /// A server whose push services are the local fakes, retrying fast; None
 /// when the engine is not there (Temporal, outside `tests/run`).
 async fn push_server(max_attempts: u32, on: On) -> Option<(TestServer, Fakes, tempfile::TempDir)> {
@@ -172,7 +154,7 @@ async fn push_server(max_attempts: u32, on: On) -> Option<(TestServer, Fakes, te
     .unwrap();
     config.gateway.metrics_token = Some("scrape".into());
     if let On::Temporal = on {
-        config.workflows = temporal()?;
+        config.workflows = crate::harness::temporal_workflows()?;
     }
     let server = TestServer::start_with(config).await;
     Some((server, Fakes { _keys_dir: keys_dir, apns, fcm }, data))

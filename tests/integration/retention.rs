@@ -317,8 +317,21 @@ async fn the_data_directory_is_private() {
 
 #[tokio::test]
 async fn retention_policies_are_set_by_compliance_and_applied_by_the_scheduled_workflow() {
+    retention_policies(false).await;
+}
+
+#[tokio::test]
+async fn retention_policies_are_set_by_compliance_and_applied_by_the_scheduled_workflow_on_temporal() {
+    retention_policies(true).await;
+}
+
+async fn retention_policies(on_temporal: bool) {
     let data = tempfile::tempdir().unwrap();
     let mut config = crate::harness::test_config(data.path());
+    if on_temporal {
+        let Some(workflows) = crate::harness::temporal_workflows() else { return };
+        config.workflows = workflows;
+    }
     config.history.default_retention_days = Some(30);
     config.history.retention_interval_secs = Some(1);
     let server = TestServer::start_with(config).await;
