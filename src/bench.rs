@@ -156,6 +156,13 @@ pub enum BenchCommand {
         groups: usize,
         #[arg(long, default_value_t = 4)]
         partitions: u32,
+        /// Run the workflows on Temporal at this address (e.g. a dev
+        /// server from `tests/servers/temporal`) instead of the embedded engine.
+        #[arg(long)]
+        temporal: Option<String>,
+        /// The Temporal namespace (with --temporal).
+        #[arg(long, default_value = "default")]
+        temporal_namespace: String,
     },
     /// (Used by `bench ws`.) Holds idle WebSockets until stdin closes.
     #[command(hide = true)]
@@ -176,7 +183,9 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             ws::run(ws::WsOptions { scenarios, pairs, rate, seconds, members, idle_connections, sockets, window }).await
         }
         BenchCommand::Hold { url, token, connections } => ws::hold(url, token, connections).await,
-        BenchCommand::Push { members, rate, seconds, groups, partitions } => push::run(push::PushOptions { members, rate, seconds, groups, partitions }).await,
+        BenchCommand::Push { members, rate, seconds, groups, partitions, temporal, temporal_namespace } => {
+            push::run(push::PushOptions { members, rate, seconds, groups, partitions, temporal, temporal_namespace }).await
+        }
         BenchCommand::Sends { url, senders, seconds, body_bytes, rate, partitions, history, during_sql } => {
             let history = match history.as_str() {
                 "on" => true,

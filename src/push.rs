@@ -179,7 +179,10 @@ pub struct PushJob {
     pub conversation_id: String,
     pub seq: u64,
     pub message_id: Option<String>,
-    /// `None`: a silent badge update.
+    /// Not set any more: the text is read when the push is sent
+    /// (`Ingest::push_text`), so no message text waits in a workflow
+    /// store. Kept for flows stored before that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alert: Option<Alert>,
     /// When the message was accepted (ms).
     pub message_ts: i64,
@@ -267,7 +270,6 @@ impl PushWiring {
             if !wants_push(rule, &audience.message.mentions, large) {
                 continue;
             }
-            let alert = alert_for(member.preview, audience.conversation_type, audience.title.as_deref(), &audience.sender_name, &audience.message.body);
             for device in member.devices.iter().filter(|device| !online.contains(&device.device_id)) {
                 if !self.provider_configured(device.push.provider) {
                     continue;
@@ -280,7 +282,7 @@ impl PushWiring {
                     conversation_id: conversation_id.to_string(),
                     seq,
                     message_id: Some(audience.message.message_id.clone()),
-                    alert: Some(alert.clone()),
+                    alert: None,
                     message_ts: audience.message.ts,
                     ttl_secs: rules.ttl_secs,
                 };
@@ -363,6 +365,20 @@ impl PushWiring {
         let key = key.as_str();
         let attempt = call.input["attempt"].as_u64().unwrap_or(1) as u32;
         let last = call.input["last"].as_bool().unwrap_or(false);
+        // A message push's text, as the member's preview allows, read now.
+        let alert = match (&job.message_id, &job.alert) {
+            (None, _) => None,
+            (Some(_), Some(stored)) => Some(stored.clone()),
+            (Some(_), None) => match self.ingest.push_text(&job.conversation_id, job.seq, &job.user_id) {
+                Ok(Some(text)) => Some(alert_for(text.preview, text.conversation_type, text.title.as_deref(), &text.sender_name, &text.body)),
+                Ok(None) => {
+                    // Deleted (or erased) before its push went out: none goes.
+                    self.record_attempt(job, &call.flow_id, attempt, "withdrawn", None);
+                    return Ok(json!({"withdrawn": true}));
+                }
+                Err(error) => return Err(Failure::retryable(format!("could not read the message: {error}"), None)),
+            },
+        };
         let badge = self.ingest.badge(&job.user_id).ok();
         let mut data = serde_json::Map::new();
         data.insert("conversationId".into(), json!(job.conversation_id));
@@ -370,9 +386,8 @@ impl PushWiring {
             data.insert("messageId".into(), json!(message_id));
             data.insert("seq".into(), json!(job.seq));
         }
-        data.insert("type".into(), json!(if job.alert.is_some() { "message" } else { "badge" }));
-        let notification =
-            Notification { token: job.token.clone(), collapse_key: job.conversation_id.clone(), alert: job.alert.clone(), badge, data, ttl_secs: job.ttl_secs };
+        data.insert("type".into(), json!(if alert.is_some() { "message" } else { "badge" }));
+        let notification = Notification { token: job.token.clone(), collapse_key: job.conversation_id.clone(), alert, badge, data, ttl_secs: job.ttl_secs };
         if job.message_id.is_some() {
             let waited = confab_schemas::ids::now_ms() - job.message_ts;
             self.metrics.latency(waited.max(0) as u64);

@@ -30,7 +30,7 @@ use crate::{Error, Limits, Result};
 pub use admin::ComplianceScope;
 pub use messages::PendingSend;
 pub(crate) use notifications::settings_of;
-pub use notifications::{PushAudience, PushDevice, PushMember, SettingsChange};
+pub use notifications::{PushAudience, PushDevice, PushMember, PushText, SettingsChange};
 
 /// Who is asking: an authenticated user on one of their devices.
 #[derive(Debug, Clone)]

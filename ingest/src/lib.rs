@@ -25,7 +25,8 @@ mod state;
 pub mod store;
 
 pub use commands::{
-    Caller, ComplianceScope, Ingest, NewConversation, NewMessage, OpenReport, PendingSend, PushAudience, PushDevice, PushMember, SettingsChange, STATE_CONSUMER,
+    Caller, ComplianceScope, Ingest, NewConversation, NewMessage, OpenReport, PendingSend, PushAudience, PushDevice, PushMember, PushText, SettingsChange,
+    STATE_CONSUMER,
 };
 pub use confab_schemas::cursor::SyncCursor;
 pub use config::StateConfig;

@@ -37,6 +37,8 @@ pub(crate) struct PushOptions {
     pub(crate) seconds: u64,
     pub(crate) groups: usize,
     pub(crate) partitions: u32,
+    pub(crate) temporal: Option<String>,
+    pub(crate) temporal_namespace: String,
 }
 
 fn user(name: &str) -> String {
@@ -170,6 +172,15 @@ pub(crate) async fn run(options: PushOptions) -> anyhow::Result<()> {
         fcm.base_url(),
         account.to_string_lossy()
     );
+    let mut extra = extra;
+    if let Some(address) = &options.temporal {
+        extra.push_str(&format!(
+            "[workflows]\nengine = \"temporal\"\naddress = {address:?}\nnamespace = {:?}\ntask_queue = \"confab-bench-{}\"\n",
+            options.temporal_namespace,
+            now_ms()
+        ));
+    }
+    println!("workflow engine: {}", if options.temporal.is_some() { "temporal" } else { "embedded" });
     let config_path = dir.join("confab.toml");
     std::fs::write(&config_path, super::bench_config(options.partitions, &top_level, &extra))?;
     let server = super::start_bench_server_on(&data_dir, &config_path).await?;

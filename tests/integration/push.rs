@@ -348,4 +348,16 @@ async fn failed_pushes(on: On) {
     crate::harness::poll_sql(&alice, &query, |rows| rows.as_array().is_some_and(|rows| rows.len() >= 2)).await;
     let rows = crate::harness::sql_rows(&alice, &query).await;
     assert_eq!(rows, json!([["unregistered"], ["sent"]]), "the rejected token, then the fresh one");
+
+    // A message deleted while its push waits to retry is not pushed again:
+    // the push reads its text when it goes out.
+    let gina = server.user("gina").await;
+    register(&gina, "apns", "down1-gina").await;
+    let dm = alice.conversation("dm", &[&gina]).await;
+    let doomed = alice.say(&dm, "k4", "oops, wrong chat").await;
+    assert_eq!(pushes_to(&fakes.apns, "down1-gina", 1).await[0].status, 503);
+    assert_eq!(alice.delete(&format!("/v1/messages/{}", doomed["messageId"].as_str().unwrap())).await.0, 204);
+    let query = format!("SELECT attempt, outcome FROM push_attempts WHERE device_id = '{}' ORDER BY attempt", gina.device_id);
+    crate::harness::sql_until(&alice, &query, json!([[1, "retryable"], [2, "withdrawn"]])).await;
+    assert_eq!(fakes.apns.requests().iter().filter(|request| request.path.ends_with("down1-gina")).count(), 1, "no second request");
 }

@@ -69,6 +69,8 @@ pub(crate) async fn run_worker(
         let runtime =
             temporalio_sdk::Runtime::from_current_tokio(Default::default()).map_err(|error| format!("could not start Temporal's runtime: {error}"))?;
         let client = connect(&config).await.map_err(|error| error.to_string())?;
+        // The SDK's pollers (five of each). More hung under a burst of a
+        // thousand flows on the dev server in our runs: left as it is.
         let options = WorkerOptions::new(config.task_queue.clone())
             .register_workflow::<PushDeliveryWorkflow>()
             .and_then(|options| options.register_workflow::<RetentionRunWorkflow>())

@@ -481,12 +481,31 @@ impl Engine {
     }
 
     /// Starts many flows of kind `F`, 64 requests at a time; how many
-    /// were new.
+    /// were new. One refused start does not stop the others: the refused
+    /// are logged, and the call fails only when none could start.
     pub async fn start_many<F: Flow>(&self, flows: Vec<(String, F::Input)>) -> Result<usize> {
-        use futures_util::stream::{self, StreamExt, TryStreamExt};
-        let started: Vec<bool> =
-            stream::iter(flows).map(|(flow_id, input)| async move { self.start::<F>(&flow_id, input).await }).buffer_unordered(64).try_collect().await?;
-        Ok(started.into_iter().filter(|new| *new).count())
+        use futures_util::stream::{self, StreamExt};
+        let results: Vec<Result<bool>> =
+            stream::iter(flows).map(|(flow_id, input)| async move { self.start::<F>(&flow_id, input).await }).buffer_unordered(64).collect().await;
+        let (mut started, mut failed, mut first_error) = (0, 0, None);
+        for result in results {
+            match result {
+                Ok(true) => started += 1,
+                Ok(false) => {}
+                Err(error) => {
+                    failed += 1;
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        match first_error {
+            Some(error) if started == 0 => Err(error),
+            Some(error) => {
+                tracing::error!(%error, failed, started, "Temporal refused some workflow starts; those are skipped");
+                Ok(started)
+            }
+            None => Ok(started),
+        }
     }
 
     /// Sends signal `name` to a running flow.

@@ -69,6 +69,8 @@ async fn retries_wait_for_the_clock_and_then_complete() {
     until("completion", || engine.record("p1").unwrap().unwrap().status == Status::Completed).await;
     let record = engine.record("p1").unwrap().unwrap();
     assert_eq!(record.outcome, Some(json!({"outcome": "sent", "attempts": 3})));
+    assert_eq!(record.state, Value::Null, "a finished flow keeps its outcome, not its state");
+    assert!(!engine.start::<PushDelivery>("p1", PushInput { push: json!({}), policy: policy() }).unwrap(), "nor is a finished id started again");
     assert_eq!(activities.calls.lock()["p1"], 3);
     // Finished flows are removed once older than asked; running ones never.
     engine.start::<PushDelivery>("p2", PushInput { push: json!({"fail": 9}), policy: policy() }).unwrap();

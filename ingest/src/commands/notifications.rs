@@ -64,6 +64,16 @@ pub struct PushAudience {
     pub members: Vec<PushMember>,
 }
 
+/// What one member's push for a message says, read when it is sent.
+#[derive(Debug, Clone)]
+pub struct PushText {
+    pub conversation_type: ConversationType,
+    pub title: Option<String>,
+    pub sender_name: String,
+    pub body: String,
+    pub preview: PushPreview,
+}
+
 fn check_token(token: &str, app_id: Option<&str>) -> Result<()> {
     if token.is_empty() || token.len() > TOKEN_MAX_BYTES || !token.bytes().all(|byte| byte.is_ascii_graphic()) {
         return Err(Error::invalid("token", format!("a push token is 1 to {TOKEN_MAX_BYTES} printable ASCII characters without spaces")));
@@ -212,6 +222,24 @@ impl Ingest {
         }
         let message = crate::queries::render_message(conversation_id, seq, &message);
         Ok(Some(PushAudience { conversation_type, title, member_count, message, sender_name, members }))
+    }
+
+    /// The text of `user_id`'s push for message `seq`, read at send time
+    /// so that no message text waits in a workflow's store (which erasure
+    /// and retention do not reach), and a message deleted or erased
+    /// meanwhile is not pushed: None then.
+    pub fn push_text(&self, conversation_id: &str, seq: u64, user_id: &str) -> Result<Option<PushText>> {
+        let Some(handle) = self.state.conversation(conversation_id)? else { return Ok(None) };
+        let Some(message) = self.state.message(&handle, seq)?.filter(|message| !message.deleted) else { return Ok(None) };
+        let (conversation_type, title) = {
+            let conversation = handle.state.read();
+            (conversation.conversation_type, conversation.title.clone())
+        };
+        let sender = self.state.user(&message.sender_id)?;
+        let sender_name = sender.as_ref().map(|user| user.display_name.clone().unwrap_or_else(|| user.username.clone())).unwrap_or_default();
+        let preview = self.state.user(user_id)?.map(|user| user.push_preview).unwrap_or_default();
+        let body = crate::queries::render_message(conversation_id, seq, &message).body;
+        Ok(Some(PushText { conversation_type, title, sender_name, body, preview }))
     }
 
     /// Writes push attempts to the log (for the `push_attempts` history).
