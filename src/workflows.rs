@@ -24,7 +24,7 @@ pub struct WorkflowsConfig {
     /// the embedded engine) and their nice level (10).
     pub threads: Option<usize>,
     pub nice: Option<i32>,
-    /// Temporal: the frontend's URL (`http://127.0.0.1:7233`).
+    /// Temporal: the frontend's URL (`http://127.0.0.1:7233`; no TLS yet).
     pub address: Option<String>,
     /// Temporal: the namespace (`default`).
     pub namespace: Option<String>,
@@ -210,6 +210,7 @@ mod tests {
         let problems = parse("engine = \"temporal\"\naddress = \"127.0.0.1:7233\"\nnamespace = \"\"\nactivity_timeout_secs = 0").problems();
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(problems.iter().any(|problem| problem.contains("address") && problem.contains("http://")), "{problems:?}");
+        assert!(parse("engine = \"temporal\"\naddress = \"https://temporal:7233\"").problems()[0].contains("TLS"), "TLS is refused, not ignored");
         assert!(problems.iter().any(|problem| problem.contains("namespace")), "{problems:?}");
         assert!(problems.iter().any(|problem| problem.contains("activity_timeout_secs")), "{problems:?}");
         let problems = parse("address = \"http://x:7233\"\ntask_queue = \"q\"").problems();
