@@ -411,8 +411,13 @@ impl PushWiring {
             }
             Err(error) => {
                 self.metrics.attempt(provider, &error.reason);
+                // The flow's own rule for "no more tries", so that the row says so.
+                let out_of_time = || {
+                    let pause = call.input["pause"].as_u64().unwrap_or(0).max(error.retry_after.map_or(0, |after| after.as_millis() as u64));
+                    call.input["deadline"].as_i64().is_some_and(|deadline| confab_schemas::ids::now_ms() + pause as i64 > deadline)
+                };
                 let outcome = match error.kind {
-                    ErrorKind::Retryable if last => "dead_letter",
+                    ErrorKind::Retryable if last || out_of_time() => "dead_letter",
                     ErrorKind::Retryable => "retryable",
                     ErrorKind::Permanent => "refused",
                     ErrorKind::Unregistered => "unregistered",

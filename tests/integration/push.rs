@@ -119,6 +119,11 @@ enum On {
 /// A server whose push services are the local fakes, retrying fast; None
 /// when the engine is not there (Temporal, outside `tests/run`).
 async fn push_server(max_attempts: u32, on: On) -> Option<(TestServer, Fakes, tempfile::TempDir)> {
+    push_server_aged(max_attempts, None, on).await
+}
+
+/// The same, with `[push] max_age_secs`.
+async fn push_server_aged(max_attempts: u32, max_age_secs: Option<u64>, on: On) -> Option<(TestServer, Fakes, tempfile::TempDir)> {
     let keys_dir = tempfile::tempdir().unwrap();
     let keys = fake::generate_keys(keys_dir.path()).unwrap();
     let apns =
@@ -133,6 +138,7 @@ async fn push_server(max_attempts: u32, on: On) -> Option<(TestServer, Fakes, te
     config.push = toml::from_str(&format!(
         r#"
         max_attempts = {max_attempts}
+        {max_age}
         backoff_ms = 50
         backoff_max_ms = 200
         [apns]
@@ -149,7 +155,8 @@ async fn push_server(max_attempts: u32, on: On) -> Option<(TestServer, Fakes, te
         apns.base_url(),
         keys.apns_key.display(),
         fcm.base_url(),
-        account.display()
+        account.display(),
+        max_age = max_age_secs.map(|secs| format!("max_age_secs = {secs}")).unwrap_or_default(),
     ))
     .unwrap();
     config.gateway.metrics_token = Some("scrape".into());
@@ -360,4 +367,21 @@ async fn failed_pushes(on: On) {
     let query = format!("SELECT attempt, outcome FROM push_attempts WHERE device_id = '{}' ORDER BY attempt", gina.device_id);
     crate::harness::sql_until(&alice, &query, json!([[1, "retryable"], [2, "withdrawn"]])).await;
     assert_eq!(fakes.apns.requests().iter().filter(|request| request.path.ends_with("down1-gina")).count(), 1, "no second request");
+}
+
+#[tokio::test]
+async fn a_push_that_runs_out_of_time_is_a_dead_letter_in_its_last_row() {
+    // One second to live, and the service asks for a second's pause: no retry.
+    let Some((server, fakes, _data)) = push_server_aged(8, Some(1), On::Embedded).await else { return };
+    let alice = server.user("alice").await;
+    let hank = server.user("hank").await;
+    register(&hank, "apns", "down9-hank").await;
+    let dm = alice.conversation("dm", &[&hank]).await;
+    alice.say(&dm, "k1", "are you there?").await;
+    assert_eq!(pushes_to(&fakes.apns, "down9-hank", 1).await[0].status, 503);
+    metrics_until(&alice, &["confab_workflow_dead_letters_total 1"]).await;
+    assert_eq!(alice.post("/v1/admin/roles", json!({"userId": alice.user_id, "role": "compliance"})).await.0, 204);
+    let query = format!("SELECT attempt, outcome FROM push_attempts WHERE device_id = '{}'", hank.device_id);
+    crate::harness::sql_until(&alice, &query, json!([[1, "dead_letter"]])).await;
+    assert_eq!(fakes.apns.requests().iter().filter(|request| request.path.ends_with("down9-hank")).count(), 1);
 }

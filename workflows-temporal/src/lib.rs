@@ -42,6 +42,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -56,7 +57,7 @@ use temporalio_client::{Client, ClientOptions, Connection, ConnectionOptions, Wo
 use temporalio_common::RetryPolicy;
 use temporalio_macros::activities;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
-use temporalio_sdk::{ActivityOptions, ApplicationFailure, WorkflowContext, WorkflowResult};
+use temporalio_sdk::{ActivityOptions, ApplicationFailure, WorkflowContext, WorkflowResult, WorkflowTermination};
 
 pub mod flows;
 
@@ -250,7 +251,12 @@ pub async fn interpret<F: Flow, W: Inbox + 'static>(ctx: &mut WorkflowContext<W>
     let input: F::Input = serde_json::from_value(start.input).map_err(|error| {
         ApplicationFailure::builder(format!("the input of {flow_id} does not decode: {error}")).type_name(DEAD_LETTER.to_string()).non_retryable(true).build()
     })?;
-    let (mut flow, mut commands) = F::start(&flow_id, input, millis(ctx.workflow_time()));
+    // A flow that panics is dead-lettered, as on the embedded engine (a
+    // panic left to the SDK would fail the workflow task again and again).
+    let panicked =
+        || WorkflowTermination::from(ApplicationFailure::builder("the workflow panicked").type_name(DEAD_LETTER.to_string()).non_retryable(true).build());
+    let now = millis(ctx.workflow_time());
+    let (mut flow, mut commands) = std::panic::catch_unwind(AssertUnwindSafe(|| F::start(&flow_id, input, now))).map_err(|_| panicked())?;
     let options = ActivityOptions::with_start_to_close_timeout(Duration::from_millis(start.activity_timeout_ms.max(1_000)))
         .retry_policy(
             RetryPolicy::builder()
@@ -300,7 +306,8 @@ pub async fn interpret<F: Flow, W: Inbox + 'static>(ctx: &mut WorkflowContext<W>
         if matches!(event, Event::TimerFired { .. }) {
             count(ctx, &stats().timers_fired);
         }
-        commands = flow.on_event(&flow_id, event, millis(ctx.workflow_time()));
+        let now = millis(ctx.workflow_time());
+        commands = std::panic::catch_unwind(AssertUnwindSafe(|| flow.on_event(&flow_id, event, now))).map_err(|_| panicked())?;
     }
 }
 

@@ -68,10 +68,18 @@ pub struct PushDelivery {
 }
 
 impl PushDelivery {
-    fn send(&mut self) -> Vec<Command> {
+    fn send(&mut self, id: &str) -> Vec<Command> {
         self.next_id += 1;
-        // `last`: a retryable failure now ends the push (for the attempt's record).
-        let input = json!({"push": self.push, "attempt": self.attempt, "last": self.attempt >= self.policy.max_attempts});
+        // For the attempt's record: `last`, a retryable failure now ends the
+        // push; else it ends it too when the pause before the next try
+        // (`max(pause, Retry-After)`) would end after `deadline`.
+        let input = json!({
+            "push": self.push,
+            "attempt": self.attempt,
+            "last": self.attempt >= self.policy.max_attempts,
+            "pause": self.policy.backoff(id, self.attempt),
+            "deadline": self.started_at + self.policy.max_age_ms as Millis,
+        });
         vec![Command::Activity { id: self.next_id, name: SEND.to_string(), input }]
     }
 
@@ -88,9 +96,9 @@ impl Flow for PushDelivery {
     const KIND: &'static str = "push_delivery";
     type Input = PushInput;
 
-    fn start(_id: &str, input: PushInput, now: Millis) -> (Self, Vec<Command>) {
+    fn start(id: &str, input: PushInput, now: Millis) -> (Self, Vec<Command>) {
         let mut flow = PushDelivery { push: input.push, policy: input.policy, started_at: now, attempt: 1, next_id: 0, last_reason: None };
-        let commands = flow.send();
+        let commands = flow.send(id);
         (flow, commands)
     }
 
@@ -128,7 +136,7 @@ impl Flow for PushDelivery {
             }
             Event::TimerFired { .. } => {
                 self.attempt += 1;
-                self.send()
+                self.send(id)
             }
             Event::Signal { name, .. } if name == "superseded" => {
                 vec![Command::Complete { output: json!({"outcome": "superseded", "attempts": self.attempt}) }]
