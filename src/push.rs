@@ -43,7 +43,7 @@ use confab_push::apns::{ApnsClient, ApnsConfig};
 use confab_push::fcm::{FcmClient, FcmConfig, ServiceAccount};
 use confab_push::{Alert, ErrorKind, Notification};
 use confab_schemas::events::{ConversationType, LogEvent, PushPreview, PushProvider};
-use confab_workflows::push::{PushDelivery, PushInput, RetryPolicy, FORGET_TOKEN, SEND};
+use confab_workflows::push::{next_try, PushDelivery, PushInput, RetryPolicy, FORGET_TOKEN, SEND};
 use confab_workflows::{Activities, ActivityCall, Failure, FailureKind};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -412,9 +412,10 @@ impl PushWiring {
             Err(error) => {
                 self.metrics.attempt(provider, &error.reason);
                 // The flow's own rule for "no more tries", so that the row says so.
+                let retry_after_ms = error.retry_after.map(|after| after.as_millis() as u64);
                 let out_of_time = || {
-                    let pause = call.input["pause"].as_u64().unwrap_or(0).max(error.retry_after.map_or(0, |after| after.as_millis() as u64));
-                    call.input["deadline"].as_i64().is_some_and(|deadline| confab_schemas::ids::now_ms() + pause as i64 > deadline)
+                    let pause = call.input["pause"].as_u64().unwrap_or(0);
+                    call.input["deadline"].as_i64().is_some_and(|deadline| next_try(confab_schemas::ids::now_ms(), pause, retry_after_ms, deadline).is_none())
                 };
                 let outcome = match error.kind {
                     ErrorKind::Retryable if last || out_of_time() => "dead_letter",
@@ -428,7 +429,7 @@ impl PushWiring {
                     ErrorKind::Permanent => FailureKind::Permanent,
                     ErrorKind::Unregistered => FailureKind::Unregistered,
                 };
-                Err(Failure { kind, retry_after_ms: error.retry_after.map(|after| after.as_millis() as u64), reason: error.reason })
+                Err(Failure { kind, retry_after_ms, reason: error.reason })
             }
         }
     }
@@ -477,10 +478,10 @@ impl Pusher for SharedPush {
                         }
                     }
                     match &work.workflows {
-                        // Already on a blocking thread: start them here, one hop.
-                        Workflows::Embedded(engine) if !jobs.is_empty() => Started::Done(engine.start_many::<PushDelivery>(jobs).map_err(anyhow::Error::from)),
                         _ if jobs.is_empty() => Started::Done(Ok(0)),
-                        _ => Started::Later(jobs),
+                        // Already on a blocking thread: start them here, one hop.
+                        Workflows::Embedded(engine) => Started::Done(engine.start_many::<PushDelivery>(jobs).map_err(anyhow::Error::from)),
+                        Workflows::Temporal { .. } => Started::Later(jobs),
                     }
                 })
                 .await;

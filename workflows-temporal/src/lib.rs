@@ -205,7 +205,7 @@ pub struct FlowActivities {
 
 #[activities]
 impl FlowActivities {
-    #[activity(name = "confab_activity")]
+    #[activity(name = ACTIVITY)]
     pub async fn run(self: Arc<Self>, _ctx: ActivityContext, input: ActivityInput) -> std::result::Result<ActivityOutput, ActivityError> {
         let activities = self.registry.kinds.read().get(&input.call.kind).cloned();
         let Some(activities) = activities else {
@@ -248,15 +248,12 @@ type Wait<'a> = Pin<Box<dyn Future<Output = Event> + 'a>>;
 pub async fn interpret<F: Flow, W: Inbox + 'static>(ctx: &mut WorkflowContext<W>, start: FlowStart) -> WorkflowResult<Value> {
     let ctx: &WorkflowContext<W> = ctx;
     let flow_id = ctx.workflow_id().to_string();
-    let input: F::Input = serde_json::from_value(start.input).map_err(|error| {
-        ApplicationFailure::builder(format!("the input of {flow_id} does not decode: {error}")).type_name(DEAD_LETTER.to_string()).non_retryable(true).build()
-    })?;
+    let input: F::Input = serde_json::from_value(start.input).map_err(|error| dead_letter(format!("the input of {flow_id} does not decode: {error}")))?;
     // A flow that panics is dead-lettered, as on the embedded engine (a
     // panic left to the SDK would fail the workflow task again and again).
-    let panicked =
-        || WorkflowTermination::from(ApplicationFailure::builder("the workflow panicked").type_name(DEAD_LETTER.to_string()).non_retryable(true).build());
+    let panicked = |_| dead_letter("the workflow panicked".to_string());
     let now = millis(ctx.workflow_time());
-    let (mut flow, mut commands) = std::panic::catch_unwind(AssertUnwindSafe(|| F::start(&flow_id, input, now))).map_err(|_| panicked())?;
+    let (mut flow, mut commands) = std::panic::catch_unwind(AssertUnwindSafe(|| F::start(&flow_id, input, now))).map_err(panicked)?;
     let options = ActivityOptions::with_start_to_close_timeout(Duration::from_millis(start.activity_timeout_ms.max(1_000)))
         .retry_policy(
             RetryPolicy::builder()
@@ -297,7 +294,7 @@ pub async fn interpret<F: Flow, W: Inbox + 'static>(ctx: &mut WorkflowContext<W>
                 }
                 Command::DeadLetter { reason } => {
                     count(ctx, &stats().dead_letters);
-                    return Err(ApplicationFailure::builder(reason).type_name(DEAD_LETTER.to_string()).non_retryable(true).build().into());
+                    return Err(dead_letter(reason));
                 }
             }
         }
@@ -307,8 +304,14 @@ pub async fn interpret<F: Flow, W: Inbox + 'static>(ctx: &mut WorkflowContext<W>
             count(ctx, &stats().timers_fired);
         }
         let now = millis(ctx.workflow_time());
-        commands = std::panic::catch_unwind(AssertUnwindSafe(|| flow.on_event(&flow_id, event, now))).map_err(|_| panicked())?;
+        commands = std::panic::catch_unwind(AssertUnwindSafe(|| flow.on_event(&flow_id, event, now))).map_err(panicked)?;
     }
+}
+
+/// How a flow that gives up ends on Temporal: failed, not retried, with
+/// the type operators search for.
+fn dead_letter(reason: String) -> WorkflowTermination {
+    ApplicationFailure::builder(reason).type_name(DEAD_LETTER.to_string()).non_retryable(true).build().into()
 }
 
 /// The next thing that happens: a wait that finished (the earliest asked
@@ -413,10 +416,6 @@ impl Engine {
 
     pub fn stats(&self) -> &Stats {
         stats()
-    }
-
-    pub fn config(&self) -> &Config {
-        &self.inner.config
     }
 
     /// Starts the worker on threads of its own: it polls the task queue
@@ -531,7 +530,7 @@ impl Engine {
         let handle = self.inner.client.get_workflow_handle::<Named>(flow_id.to_string());
         match handle.get_result(WorkflowGetResultOptions::default()).await {
             Ok(output) => Ok(Outcome::Completed(output)),
-            Err(temporalio_client::errors::WorkflowGetResultError::Failed(failure)) => Ok(Outcome::DeadLetter(dead_letter_reason(&failure.to_string()))),
+            Err(temporalio_client::errors::WorkflowGetResultError::Failed(failure)) => Ok(Outcome::DeadLetter(failure.to_string())),
             Err(error) => Err(self.refused(error)),
         }
     }
@@ -550,9 +549,4 @@ impl Engine {
             Error::Refused(reason)
         }
     }
-}
-
-/// The reason of a dead letter, from the failure's text.
-fn dead_letter_reason(failure: &str) -> String {
-    failure.to_string()
 }

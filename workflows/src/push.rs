@@ -49,6 +49,15 @@ impl RetryPolicy {
     }
 }
 
+/// When to try again after a retryable failure at `now`: after the
+/// backoff, or the service's `Retry-After` when that is longer; None when
+/// that would come after `deadline` (the push gives up). The flow decides
+/// with it, and the send activity labels its attempt with it.
+pub fn next_try(now: Millis, backoff_ms: u64, retry_after_ms: Option<u64>, deadline: Millis) -> Option<Millis> {
+    let at = now + backoff_ms.max(retry_after_ms.unwrap_or(0)) as Millis;
+    (at <= deadline).then_some(at)
+}
+
 /// One push: what the activity sends, opaque to the flow.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PushInput {
@@ -78,9 +87,14 @@ impl PushDelivery {
             "attempt": self.attempt,
             "last": self.attempt >= self.policy.max_attempts,
             "pause": self.policy.backoff(id, self.attempt),
-            "deadline": self.started_at + self.policy.max_age_ms as Millis,
+            "deadline": self.deadline(),
         });
         vec![Command::Activity { id: self.next_id, name: SEND.to_string(), input }]
+    }
+
+    /// No try after this.
+    fn deadline(&self) -> Millis {
+        self.started_at + self.policy.max_age_ms as Millis
     }
 
     fn dead(&self, why: &str) -> Vec<Command> {
@@ -124,11 +138,9 @@ impl Flow for PushDelivery {
                         if self.attempt >= self.policy.max_attempts {
                             return self.dead(&format!("gave up after {} attempts", self.attempt));
                         }
-                        let pause = self.policy.backoff(id, self.attempt).max(failure.retry_after_ms.unwrap_or(0));
-                        let at = now + pause as Millis;
-                        if at > self.started_at + self.policy.max_age_ms as Millis {
+                        let Some(at) = next_try(now, self.policy.backoff(id, self.attempt), failure.retry_after_ms, self.deadline()) else {
                             return self.dead(&format!("gave up after {} attempts: the next would come after {} ms", self.attempt, self.policy.max_age_ms));
-                        }
+                        };
                         self.next_id += 1;
                         vec![Command::Timer { id: self.next_id, at }]
                     }
