@@ -32,6 +32,8 @@ pub struct Config {
     pub push: crate::push::PushConfig,
     /// Where durable workflows run.
     pub workflows: crate::workflows::WorkflowsConfig,
+    /// Uploads: where their bytes are stored, their limits and checks.
+    pub media: confab_media::MediaConfig,
 }
 
 /// Where the history tables live.
@@ -72,6 +74,7 @@ impl Default for Config {
             sql: confab_query::SqlConfig::default(),
             push: Default::default(),
             workflows: Default::default(),
+            media: Default::default(),
         }
     }
 }
@@ -83,6 +86,7 @@ impl Config {
         let mut problems = config.state.problems();
         problems.extend(config.sql.problems());
         problems.extend(config.gateway.problems());
+        problems.extend(config.media.problems());
         if !problems.is_empty() {
             anyhow::bail!("invalid config file `{}`:\n{}", path.display(), problems.join("\n"));
         }

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod media;
 pub mod push;
 pub mod retention;
 pub mod server;

@@ -110,6 +110,9 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let policies = confab_query::PolicyRegistry::open(store_for_policies).await.context("could not open the retention policies")?;
     let compliance = Arc::new(confab_query::Compliance::new(Arc::new(maintenance), live, policies, config.history.default_retention_days));
     workflows.register::<confab_workflows::retention::RetentionRun>(Arc::new(crate::retention::RetentionActivities(compliance.clone())));
+    let media = crate::media::open(&config.media, &config.data_dir, ingest.clone())?;
+    workflows.register::<confab_workflows::moderation::MediaModeration>(Arc::new(crate::media::ModerationActivities(media.clone())));
+    media.set_moderation(Arc::new(crate::media::EngineModeration(workflows.clone())));
     workflows.run()?;
     let retention_schedule =
         crate::retention::schedule(workflows.clone(), compliance.clone(), Duration::from_secs(config.history.retention_interval_secs.unwrap_or(3_600).max(1)));
@@ -117,12 +120,14 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let readiness =
         crate::wiring::ReadinessView { log: log.clone(), sink: history_sink.as_ref().map(|sink| sink.handle()), push, workflows: workflows.clone() };
     let _ = state.readiness.set(Arc::new(readiness));
+    let _ = state.media.set(media.clone());
     let sql_server = match config.sql_listen {
         Some(address) => Some(start_pgwire(&config, address, (*history).clone(), state.clone()).await?),
         None => None,
     };
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("could not listen on `{}`", config.listen))?;
     let address = listener.local_addr()?;
+    crate::media::set_base_url(&media, address, config.gateway.tls.is_some());
     let (stop, stopped) = oneshot::channel::<()>();
     let janitor_state = state.clone();
     let checkpoint_ingest = ingest_for_shutdown;
@@ -227,7 +232,7 @@ pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
 }
 
 /// The key that signs access tokens: made once, kept with the data.
-fn load_or_create_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn load_or_create_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
     if let Ok(secret) = std::fs::read(path) {
         if secret.len() >= 32 {
             return Ok(secret);

@@ -63,6 +63,21 @@ impl From<confab_ingest::Error> for ApiError {
     }
 }
 
+impl From<confab_media::Error> for ApiError {
+    fn from(error: confab_media::Error) -> ApiError {
+        match error {
+            confab_media::Error::State(error) => error.into(),
+            error => match error.code() {
+                ErrorCode::Unavailable | ErrorCode::Internal => {
+                    tracing::error!(%error, "the media store or scanner is unavailable");
+                    ApiError::new(error.code(), "the media store is unavailable; retry shortly")
+                }
+                code => ApiError::new(code, error.to_string()),
+            },
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

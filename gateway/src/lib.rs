@@ -74,6 +74,8 @@ pub struct Shared {
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<client_ip::Block>,
     pub started_at: Instant,
+    /// Uploads; set once by the binary when the media layer is up.
+    pub media: std::sync::OnceLock<Arc<confab_media::Media>>,
     /// Set once by the binary when the parts are up.
     pub readiness: std::sync::OnceLock<Arc<dyn Readiness>>,
 }
@@ -118,6 +120,7 @@ impl AppState {
             trusted_proxies: client_ip::trusted_proxies(&config.trusted_proxies, config.trust_forwarded_for).unwrap_or_default(),
             config,
             started_at: Instant::now(),
+            media: std::sync::OnceLock::new(),
             readiness: std::sync::OnceLock::new(),
         }))
     }
@@ -126,7 +129,10 @@ impl AppState {
 /// The gateway's router: every route of the API.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config.request_body_max_bytes;
-    Router::new()
+    // The local store's upload and download URLs: their bodies are files,
+    // bounded by the signed length, not by the API's body limit.
+    let objects = state.media.get().map(|media| confab_media::routes::objects(media.clone()));
+    let api = Router::new()
         .route("/healthz", get(routes::ops::health))
         .route("/readyz", get(routes::ops::ready))
         .route("/metrics", get(routes::ops::metrics))
@@ -148,6 +154,9 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/messages", post(routes::messages::send))
         .route("/v1/messages/{id}", axum::routing::patch(routes::messages::edit).delete(routes::messages::delete))
         .route("/v1/sync", get(routes::messages::sync))
+        .route("/v1/media", post(routes::media::declare))
+        .route("/v1/media/{id}", get(routes::media::view))
+        .route("/v1/media/{id}/complete", post(routes::media::complete))
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/admin/roles", post(routes::admin::grant_role))
         .route("/v1/admin/roles/{user_id}/{role}", delete(routes::admin::revoke_role))
@@ -162,6 +171,10 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), extract::refuse_declared_oversize))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track_requests))
-        .with_state(state)
+        .with_state(state.clone());
+    let app = match objects {
+        Some(objects) => objects.merge(api),
+        None => api,
+    };
+    app.layer(axum::middleware::from_fn_with_state(state, metrics::track_requests))
 }

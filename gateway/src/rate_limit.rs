@@ -40,6 +40,9 @@ pub struct RateLimitConfig {
     pub members_added_per_account: Option<Rate>,
     /// Delivery receipts, per account.
     pub receipts_per_account: Option<Rate>,
+    /// Uploads declared, per account (`POST /v1/media`): 200 an hour by
+    /// default, all at once if need be.
+    pub uploads_per_account: Option<Rate>,
 }
 
 impl Default for RateLimitConfig {
@@ -59,6 +62,7 @@ impl Default for RateLimitConfig {
             conversations_per_account: Some(Rate { per_second: 0.1, burst: 20 }),
             members_added_per_account: Some(Rate { per_second: 1.0, burst: 1_000 }),
             receipts_per_account: Some(Rate { per_second: 100.0, burst: 1_000 }),
+            uploads_per_account: Some(Rate { per_second: 200.0 / 3_600.0, burst: 200 }),
         }
     }
 }
@@ -76,6 +80,7 @@ pub enum Limit {
     ConversationsPerAccount,
     MembersAddedPerAccount,
     ReceiptsPerAccount,
+    UploadsPerAccount,
 }
 
 /// A write other than a send, for [`RateLimiter::check_write`].
@@ -125,6 +130,7 @@ impl RateLimiter {
             Limit::ConversationsPerAccount => self.config.conversations_per_account,
             Limit::MembersAddedPerAccount => self.config.members_added_per_account,
             Limit::ReceiptsPerAccount => self.config.receipts_per_account,
+            Limit::UploadsPerAccount => self.config.uploads_per_account,
         }
     }
 

@@ -3,6 +3,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod conversations;
+pub mod media;
 pub mod messages;
 pub mod notifications;
 pub mod ops;

@@ -23,7 +23,8 @@ use parking_lot::RwLock;
 
 use crate::queries::render_message;
 use crate::rows::{
-    self, ConversationRow, EventKind, EventRow, IdempotencyRow, MemberRow, MessageRef, MessageRow, PushToken, ReceiptKind, ReceiptRow, UserConversationRow,
+    self, ConversationRow, EventKind, EventRow, IdempotencyRow, MediaRow, MediaState, MemberRow, MessageRef, MessageRow, PushToken, ReceiptKind, ReceiptRow,
+    UserConversationRow,
 };
 use crate::state::{dm_pair, ConversationHandle, ConversationState, Device, Pin, SendOutcome, State, User};
 use crate::store::{Space, StoreResult, WriteBatch};
@@ -61,6 +62,8 @@ pub(crate) struct Round<'a> {
     usernames: Vec<String>,
     dms: Vec<(String, String)>,
     sent_keys: Vec<(String, String)>,
+    /// Uploads changed earlier in this round (`None`: removed).
+    media: HashMap<String, Option<MediaRow>>,
     render: bool,
     outcomes: Vec<RecordOutcome>,
     applied_end: Option<u64>,
@@ -84,6 +87,7 @@ impl State {
             usernames: Vec::new(),
             dms: Vec::new(),
             sent_keys: Vec::new(),
+            media: HashMap::new(),
             render,
             outcomes: Vec::new(),
             applied_end: None,
@@ -165,6 +169,75 @@ impl Round<'_> {
                 self.dirty_members.entry((conversation_id, user_id)).or_insert(false);
             }
             LogEvent::Audited { .. } | LogEvent::PushAttempts { .. } | LogEvent::Lost {} => {}
+            LogEvent::MediaDeclared { media_id, conversation_id, uploader_id, device_id, filename, content_type, size, sha256, upload_expires_at, ts } => {
+                if self.media_row(&media_id)?.is_some() {
+                    return Ok(()); // Applied already.
+                }
+                self.batch.put(Space::Media, rows::uploader_media_key(&uploader_id, &media_id), size.to_be_bytes().to_vec());
+                let row = MediaRow {
+                    conversation_id,
+                    uploader_id,
+                    device_id,
+                    filename,
+                    content_type,
+                    size,
+                    sha256,
+                    state: MediaState::Declared,
+                    reason: None,
+                    width: None,
+                    height: None,
+                    served_content_type: None,
+                    thumbnail: false,
+                    created_at: ts,
+                    upload_expires_at,
+                    messages: Vec::new(),
+                };
+                self.put_media(media_id, row);
+            }
+            LogEvent::MediaUploaded { media_id, .. } => {
+                let Some(mut row) = self.media_row(&media_id)? else { return Ok(()) };
+                if row.state == MediaState::Declared {
+                    row.state = MediaState::Uploaded;
+                    self.put_media(media_id, row);
+                }
+            }
+            LogEvent::MediaChecked { media_id, conversation_id, verdict, reason, width, height, served_content_type, thumbnail, ts } => {
+                let Some(mut row) = self.media_row(&media_id)? else { return Ok(()) };
+                if matches!(row.state, MediaState::Ready | MediaState::Blocked) {
+                    return Ok(()); // Decided already: a verdict is final.
+                }
+                row.state = MediaState::of_verdict(verdict);
+                row.reason = reason;
+                row.width = width;
+                row.height = height;
+                row.served_content_type = served_content_type;
+                row.thumbnail = thumbnail;
+                let rendered = serde_json::to_value(row.render(&media_id)).expect("a media object serializes");
+                let seqs = row.messages.clone();
+                self.put_media(media_id.clone(), row);
+                let Some(handle) = self.touch(&conversation_id)? else { return Ok(()) };
+                let mut conversation = handle.state.write();
+                let mut produced = Vec::new();
+                for seq in seqs {
+                    let changed = self.change_message(&mut conversation, seq, |message| {
+                        for attachment in &mut message.attachments {
+                            if attachment.get("mediaId").and_then(|id| id.as_str()) == Some(media_id.as_str()) {
+                                *attachment = rendered.clone();
+                            }
+                        }
+                    })?;
+                    if changed {
+                        produced.push(Produced::Event(EventKind::MediaUpdate { seq, media_id: media_id.clone() }));
+                    }
+                }
+                self.record(&mut conversation, offset, ts, produced)?;
+            }
+            LogEvent::MediaRemoved { media_id, .. } => {
+                let Some(row) = self.media_row(&media_id)? else { return Ok(()) };
+                self.batch.remove(Space::Media, rows::uploader_media_key(&row.uploader_id, &media_id));
+                self.batch.remove(Space::Media, rows::id_key(&media_id));
+                self.media.insert(media_id, None);
+            }
             LogEvent::SessionCreated { user_id, device_id, device_name, platform, ts } => {
                 let device = Device { device_id: device_id.clone(), user_id: user_id.clone(), name: device_name, platform, created_at: ts, push: None };
                 self.batch.put(Space::Devices, rows::id_key(&device_id), device.row().encode());
@@ -237,6 +310,7 @@ impl Round<'_> {
                     mentions,
                 };
                 self.write_mentions(&conversation_id, seq, &Mentions::default(), &message.mentions);
+                self.link_media(&conversation_id, seq, &message.attachments, true)?;
                 self.batch.put(Space::Messages, rows::seq_key(&conversation_id, seq), message.encode());
                 conversation.recent.push_back(message);
                 conversation.last_seq = seq;
@@ -263,13 +337,15 @@ impl Round<'_> {
                 let Some(handle) = self.touch(&conversation_id)? else { return Ok(()) };
                 let mut conversation = handle.state.write();
                 let mut old_mentions = Mentions::default();
+                let mut old_attachments = Vec::new();
                 let changed = self.change_message(&mut conversation, seq, |message| {
                     message.deleted = true;
                     message.body.clear();
-                    message.attachments.clear();
+                    old_attachments = std::mem::take(&mut message.attachments);
                     old_mentions = std::mem::take(&mut message.mentions);
                 })?;
                 if changed {
+                    self.link_media(&conversation_id, seq, &old_attachments, false)?;
                     self.write_mentions(&conversation_id, seq, &old_mentions, &Mentions::default());
                     self.batch.put(Space::Deleted, rows::seq_key(&conversation_id, seq), Vec::new());
                     self.record(&mut conversation, offset, ts, vec![Produced::Event(EventKind::MessageDelete { seq })])?;
@@ -333,6 +409,37 @@ impl Round<'_> {
         change(&mut changed);
         self.batch.put(Space::Devices, rows::id_key(device_id), changed.row().encode());
         self.devices.push(Arc::new(changed));
+        Ok(())
+    }
+
+    /// An upload as this round left it, else as stored.
+    fn media_row(&self, media_id: &str) -> StoreResult<Option<MediaRow>> {
+        match self.media.get(media_id) {
+            Some(row) => Ok(row.clone()),
+            None => self.state.media(media_id),
+        }
+    }
+
+    fn put_media(&mut self, media_id: String, row: MediaRow) {
+        self.batch.put(Space::Media, rows::id_key(&media_id), row.encode());
+        self.media.insert(media_id, Some(row));
+    }
+
+    /// Records that message `seq` carries (or, deleted, no longer carries)
+    /// each upload among its attachments.
+    fn link_media(&mut self, conversation_id: &str, seq: u64, attachments: &[serde_json::Value], carried: bool) -> StoreResult<()> {
+        for media_id in attachments.iter().filter_map(|attachment| attachment.get("mediaId")?.as_str()) {
+            let Some(mut row) = self.media_row(media_id)? else { continue };
+            if row.conversation_id != conversation_id {
+                continue;
+            }
+            match carried {
+                true if !row.messages.contains(&seq) => row.messages.push(seq),
+                false => row.messages.retain(|carrier| *carrier != seq),
+                true => continue,
+            }
+            self.put_media(media_id.to_string(), row);
+        }
         Ok(())
     }
 
@@ -570,6 +677,7 @@ impl Round<'_> {
             EventKind::Member { user_id, change } => {
                 Ok(ClientEvent::ConversationMember { conversation_id: conversation_id.clone(), user_id: user_id.clone(), change: *change })
             }
+            EventKind::MediaUpdate { seq, media_id } => with_message(*seq, &|message| media_update(conversation_id, message, media_id)),
         }
     }
 
@@ -625,6 +733,33 @@ impl Round<'_> {
         }
         Ok(std::mem::take(&mut self.outcomes))
     }
+}
+
+/// `media.update` for attachment `media_id` of `message`, as the message carries it now.
+pub(crate) fn media_update(conversation_id: &str, message: &MessageRow, media_id: &str) -> ClientEvent {
+    let media = message
+        .attachments
+        .iter()
+        .find(|attachment| attachment.get("mediaId").and_then(|id| id.as_str()) == Some(media_id))
+        .and_then(|attachment| serde_json::from_value::<confab_schemas::api::Media>(attachment.clone()).ok());
+    // A deleted message carries nothing: the event then says only that the upload is gone.
+    let media = media.unwrap_or_else(|| confab_schemas::api::Media {
+        media_id: media_id.to_string(),
+        conversation_id: conversation_id.to_string(),
+        uploader_id: message.sender_id.clone(),
+        filename: String::new(),
+        content_type: String::new(),
+        size: 0,
+        sha256: String::new(),
+        status: "blocked".into(),
+        reason: Some("deleted".into()),
+        width: None,
+        height: None,
+        url: None,
+        thumbnail_url: None,
+        url_expires_at: None,
+    });
+    ClientEvent::MediaUpdate { conversation_id: conversation_id.to_string(), message_id: message.message_id.clone(), media }
 }
 
 pub(crate) fn render_receipt(conversation_id: &str, row: &ReceiptRow) -> ClientEvent {

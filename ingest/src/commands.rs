@@ -8,6 +8,7 @@
 mod accounts;
 mod admin;
 mod conversations;
+mod media;
 mod messages;
 mod notifications;
 
@@ -28,6 +29,7 @@ use crate::store::Store;
 use crate::{Error, Limits, Result};
 
 pub use admin::ComplianceScope;
+pub use media::{is_content_type, MediaAllowance, MediaCheck, NewMedia};
 pub use messages::PendingSend;
 pub(crate) use notifications::settings_of;
 pub use notifications::{PushAudience, PushDevice, PushMember, PushText, SettingsChange};

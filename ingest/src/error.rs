@@ -30,6 +30,10 @@ pub enum Error {
     UserNotFound(String),
     #[error("{0}")]
     Blocked(String),
+    #[error("upload `{0}` not found")]
+    MediaNotFound(String),
+    #[error("your uploads keep {kept} bytes; {size} more would pass your quota of {quota} bytes: send a smaller file, or ask an operator to raise `[media] quota_bytes`")]
+    QuotaExceeded { kept: u64, size: u64, quota: u64 },
     #[error("username `{0}` is taken; choose another")]
     UsernameTaken(String),
     #[error("message `{0}` was deleted and can no longer be edited")]
@@ -63,11 +67,14 @@ impl Error {
     pub fn code(&self) -> ErrorCode {
         match self {
             Error::Invalid { .. } => ErrorCode::BadRequest,
-            Error::TooLarge { .. } | Error::TooManyMembers { .. } => ErrorCode::TooLarge,
+            Error::TooLarge { .. } | Error::TooManyMembers { .. } | Error::QuotaExceeded { .. } => ErrorCode::TooLarge,
             Error::NotMember(_) | Error::NotAllowed { .. } | Error::NotAdmin | Error::Blocked(_) => ErrorCode::Forbidden,
-            Error::ConversationNotFound(_) | Error::MessageNotFound(_) | Error::MemberNotFound { .. } | Error::DeviceNotFound(_) | Error::UserNotFound(_) => {
-                ErrorCode::NotFound
-            }
+            Error::ConversationNotFound(_)
+            | Error::MessageNotFound(_)
+            | Error::MemberNotFound { .. }
+            | Error::DeviceNotFound(_)
+            | Error::UserNotFound(_)
+            | Error::MediaNotFound(_) => ErrorCode::NotFound,
             Error::UsernameTaken(_) | Error::MessageDeleted(_) | Error::ClientMsgIdReused { .. } => ErrorCode::Conflict,
             Error::OriginalSendFailed(_) | Error::Log(_) | Error::Store(_) | Error::StateFailed | Error::UnreadableEvent { .. } => ErrorCode::Unavailable,
             Error::StateBehindLog { .. } => ErrorCode::Internal,

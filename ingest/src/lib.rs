@@ -25,8 +25,8 @@ mod state;
 pub mod store;
 
 pub use commands::{
-    Caller, ComplianceScope, Ingest, NewConversation, NewMessage, OpenReport, PendingSend, PushAudience, PushDevice, PushMember, PushText, SettingsChange,
-    STATE_CONSUMER,
+    is_content_type, Caller, ComplianceScope, Ingest, MediaAllowance, MediaCheck, NewConversation, NewMedia, NewMessage, OpenReport, PendingSend, PushAudience,
+    PushDevice, PushMember, PushText, SettingsChange, STATE_CONSUMER,
 };
 pub use confab_schemas::cursor::SyncCursor;
 pub use config::StateConfig;
@@ -34,5 +34,5 @@ pub use error::{Error, Result};
 pub use limits::Limits;
 pub use queries::{SyncPage, PAGE_DEFAULT, PAGE_MAX, SYNC_PAGE_MAX};
 pub use realtime::EventAt;
-pub use rows::PushToken;
+pub use rows::{MediaRow, MediaState, PushToken};
 pub use state::{Device, User};

@@ -65,7 +65,7 @@ impl Ingest {
     }
 
     /// The seqs sent during the current membership interval, inclusive.
-    fn visible_seqs(&self, conversation_id: &str, intervals: &rows::Intervals, last_seq: u64) -> Result<Vec<(u64, u64)>> {
+    pub(crate) fn visible_seqs(&self, conversation_id: &str, intervals: &rows::Intervals, last_seq: u64) -> Result<Vec<(u64, u64)>> {
         let Some(&(from, None)) = intervals.last() else { return Ok(Vec::new()) };
         let (start, stop) = key_range(rows::position_key(conversation_id, from, 0), rows::position_key(conversation_id, u64::MAX, 0));
         Ok(self.first_message_new(self.state.store.range(Space::Events, start, stop, false))?.map(|first| (first, last_seq)).into_iter().collect())
@@ -312,7 +312,9 @@ impl Ingest {
         let row = EventRow::decode(value).ok_or_else(|| rows::corrupt(Space::Events, "event"))?;
         let seq = match &row.kind {
             EventKind::MessageNew { seq } | EventKind::MessageEdit { seq } => *seq,
-            EventKind::MessageDelete { .. } | EventKind::Member { .. } => return self.render_row(conversation_id, Space::Events, value).map(Some),
+            EventKind::MessageDelete { .. } | EventKind::Member { .. } | EventKind::MediaUpdate { .. } => {
+                return self.render_row(conversation_id, Space::Events, value).map(Some)
+            }
         };
         let record = match self.log.read(partition, offset, 1, usize::MAX) {
             Ok(records) => records.into_iter().next().filter(|record| record.offset == offset),
@@ -361,6 +363,7 @@ impl Ingest {
             EventKind::MessageEdit { seq } => ClientEvent::MessageEdit { message: render_message(&conversation_id, seq, &message(seq)?) },
             EventKind::MessageDelete { seq } => ClientEvent::MessageDelete { message_id: message(seq)?.message_id, conversation_id, seq },
             EventKind::Member { user_id, change } => ClientEvent::ConversationMember { conversation_id, user_id, change },
+            EventKind::MediaUpdate { seq, media_id } => crate::apply::media_update(&conversation_id, &message(seq)?, &media_id),
         };
         Ok((row.ts, event))
     }
@@ -387,7 +390,7 @@ impl Source<'_> {
         let Some(joined_from) = &self.joined_from else { return Ok(true) };
         let row = EventRow::decode(value).ok_or_else(|| rows::corrupt(Space::Events, "event"))?;
         let seq = match row.kind {
-            EventKind::MessageEdit { seq } | EventKind::MessageDelete { seq } => seq,
+            EventKind::MessageEdit { seq } | EventKind::MessageDelete { seq } | EventKind::MediaUpdate { seq, .. } => seq,
             EventKind::MessageNew { .. } | EventKind::Member { .. } => return Ok(true),
         };
         // The interval holding this offset: the last one starting at or before it.

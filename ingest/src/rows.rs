@@ -17,12 +17,13 @@
 //! | deleted | conversation, seq | nothing: deleted seqs, for unread counts |
 //! | idempotency | sender, clientMsgId | [`IdempotencyRow`], its time first (the compaction filter reads it) |
 //! | mentions | conversation, user (or `*` for `@channel`/`@here`), seq | nothing: who a message mentions, for `unreadMentions` |
+//! | media | media | [`MediaRow`]; and uploader, media: the size (a user's uploads, for the quota) |
 //!
 //! Fields added after a row's first version are appended at its end and
 //! read with a default when absent, so older stores still open.
 
 use confab_schemas::api::MemberChange;
-use confab_schemas::events::{AccountRole, ConversationType, HistoryVisibility, MemberRole, Mentions, Notify, PushPreview, PushProvider};
+use confab_schemas::events::{AccountRole, ConversationType, HistoryVisibility, MediaVerdict, MemberRole, Mentions, Notify, PushPreview, PushProvider};
 use serde_json::Value;
 
 use crate::codec::{Decoder, Encoder};
@@ -529,6 +530,166 @@ impl MessageRow {
     }
 }
 
+/// Where an upload is: declared (its bytes awaited), uploaded (being
+/// checked), ready or blocked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaState {
+    Declared,
+    Uploaded,
+    Ready,
+    Blocked,
+}
+
+impl MediaState {
+    /// As the API names it: `pending` until moderation decided.
+    pub fn status(self) -> &'static str {
+        match self {
+            MediaState::Declared | MediaState::Uploaded => "pending",
+            MediaState::Ready => "ready",
+            MediaState::Blocked => "blocked",
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            MediaState::Declared => 0,
+            MediaState::Uploaded => 1,
+            MediaState::Ready => 2,
+            MediaState::Blocked => 3,
+        }
+    }
+
+    fn of(code: u8) -> Option<MediaState> {
+        Some(match code {
+            0 => MediaState::Declared,
+            1 => MediaState::Uploaded,
+            2 => MediaState::Ready,
+            3 => MediaState::Blocked,
+            _ => return None,
+        })
+    }
+
+    pub(crate) fn of_verdict(verdict: MediaVerdict) -> MediaState {
+        match verdict {
+            MediaVerdict::Ready => MediaState::Ready,
+            MediaVerdict::Blocked => MediaState::Blocked,
+        }
+    }
+}
+
+/// An upload: what was declared, where moderation got, and the messages
+/// that carry it (by seq, in its conversation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaRow {
+    pub conversation_id: String,
+    pub uploader_id: String,
+    pub device_id: String,
+    pub filename: String,
+    pub content_type: String,
+    pub size: u64,
+    pub sha256: String,
+    pub state: MediaState,
+    pub reason: Option<String>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    /// The type of the cleaned copy that is served, when there is one.
+    pub served_content_type: Option<String>,
+    pub thumbnail: bool,
+    pub created_at: i64,
+    pub upload_expires_at: i64,
+    pub messages: Vec<u64>,
+}
+
+impl MediaRow {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut encoder = Encoder::new()
+            .str(&self.conversation_id)
+            .str(&self.uploader_id)
+            .str(&self.device_id)
+            .str(&self.filename)
+            .str(&self.content_type)
+            .u64(self.size)
+            .str(&self.sha256)
+            .u8(self.state.code())
+            .opt_str(self.reason.as_deref())
+            .opt_u64(self.width.map(u64::from))
+            .opt_u64(self.height.map(u64::from))
+            .opt_str(self.served_content_type.as_deref())
+            .bool(self.thumbnail)
+            .i64(self.created_at)
+            .i64(self.upload_expires_at)
+            .u32(self.messages.len() as u32);
+        for seq in &self.messages {
+            encoder = encoder.u64(*seq);
+        }
+        encoder.finish()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<MediaRow> {
+        let mut decoder = Decoder::new(bytes);
+        let conversation_id = decoder.str()?;
+        let uploader_id = decoder.str()?;
+        let device_id = decoder.str()?;
+        let filename = decoder.str()?;
+        let content_type = decoder.str()?;
+        let size = decoder.u64()?;
+        let sha256 = decoder.str()?;
+        let state = MediaState::of(decoder.u8()?)?;
+        let reason = decoder.opt_str()?;
+        let width = decoder.opt_u64()?.map(|value| value as u32);
+        let height = decoder.opt_u64()?.map(|value| value as u32);
+        let served_content_type = decoder.opt_str()?;
+        let thumbnail = decoder.bool()?;
+        let created_at = decoder.i64()?;
+        let upload_expires_at = decoder.i64()?;
+        let count = decoder.u32()?;
+        let messages = (0..count).map(|_| decoder.u64()).collect::<Option<Vec<_>>>()?;
+        Some(MediaRow {
+            conversation_id,
+            uploader_id,
+            device_id,
+            filename,
+            content_type,
+            size,
+            sha256,
+            state,
+            reason,
+            width,
+            height,
+            served_content_type,
+            thumbnail,
+            created_at,
+            upload_expires_at,
+            messages,
+        })
+    }
+
+    /// The media object without URLs (messages and `media.update` carry this).
+    pub fn render(&self, media_id: &str) -> confab_schemas::api::Media {
+        confab_schemas::api::Media {
+            media_id: media_id.to_string(),
+            conversation_id: self.conversation_id.clone(),
+            uploader_id: self.uploader_id.clone(),
+            filename: self.filename.clone(),
+            content_type: self.content_type.clone(),
+            size: self.size,
+            sha256: self.sha256.clone(),
+            status: self.state.status().to_string(),
+            reason: self.reason.clone(),
+            width: self.width,
+            height: self.height,
+            url: None,
+            thumbnail_url: None,
+            url_expires_at: None,
+        }
+    }
+}
+
+/// In `media`, beside each upload's row: uploader, media -> size.
+pub(crate) fn uploader_media_key(user_id: &str, media_id: &str) -> Vec<u8> {
+    Encoder::new().id(user_id).id(media_id).finish()
+}
+
 /// A message's place: its conversation and seq (`message_ids`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct MessageRef {
@@ -552,10 +713,24 @@ impl MessageRef {
 /// so a deleted message's body is never served again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum EventKind {
-    MessageNew { seq: u64 },
-    MessageEdit { seq: u64 },
-    MessageDelete { seq: u64 },
-    Member { user_id: String, change: MemberChange },
+    MessageNew {
+        seq: u64,
+    },
+    MessageEdit {
+        seq: u64,
+    },
+    MessageDelete {
+        seq: u64,
+    },
+    Member {
+        user_id: String,
+        change: MemberChange,
+    },
+    /// Attachment `media_id` of message `seq` changed status.
+    MediaUpdate {
+        seq: u64,
+        media_id: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -573,6 +748,7 @@ impl EventRow {
             EventKind::MessageDelete { seq } => encoder.u8(2).u64(*seq),
             EventKind::Member { user_id, change: MemberChange::Joined } => encoder.u8(3).str(user_id),
             EventKind::Member { user_id, change: MemberChange::Left } => encoder.u8(4).str(user_id),
+            EventKind::MediaUpdate { seq, media_id } => encoder.u8(5).u64(*seq).str(media_id),
         }
         .finish()
     }
@@ -586,6 +762,7 @@ impl EventRow {
             2 => EventKind::MessageDelete { seq: decoder.u64()? },
             3 => EventKind::Member { user_id: decoder.str()?, change: MemberChange::Joined },
             4 => EventKind::Member { user_id: decoder.str()?, change: MemberChange::Left },
+            5 => EventKind::MediaUpdate { seq: decoder.u64()?, media_id: decoder.str()? },
             _ => return None,
         };
         Some(EventRow { ts, kind })

@@ -400,6 +400,23 @@ impl State {
         MessageRow::decode(&bytes).ok_or_else(|| rows::corrupt(Space::Messages, "message")).map(Some)
     }
 
+    pub fn media(&self, media_id: &str) -> StoreResult<Option<rows::MediaRow>> {
+        let Some(bytes) = self.store.get(Space::Media, &rows::id_key(media_id))? else { return Ok(None) };
+        rows::MediaRow::decode(&bytes).ok_or_else(|| rows::corrupt(Space::Media, "media")).map(Some)
+    }
+
+    /// The bytes and count of a user's uploads that the store keeps.
+    pub fn uploaded_by(&self, user_id: &str) -> StoreResult<(u64, u64)> {
+        let (start, end) = crate::store::prefix_range(&rows::user_prefix(user_id));
+        let (mut bytes, mut count) = (0u64, 0u64);
+        for entry in self.store.range(Space::Media, start, end, false) {
+            let (_, value) = entry?;
+            bytes = bytes.saturating_add(rows::u64_value(&value).unwrap_or(0));
+            count += 1;
+        }
+        Ok((bytes, count))
+    }
+
     pub fn message_ref(&self, message_id: &str) -> StoreResult<Option<MessageRef>> {
         let Some(bytes) = self.store.get(Space::MessageIds, &rows::id_key(message_id))? else { return Ok(None) };
         MessageRef::decode(&bytes).ok_or_else(|| rows::corrupt(Space::MessageIds, "message id")).map(Some)

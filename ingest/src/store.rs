@@ -35,10 +35,11 @@ pub enum Space {
     Deleted,
     Idempotency,
     Mentions,
+    Media,
 }
 
 impl Space {
-    pub const ALL: [Space; 15] = [
+    pub const ALL: [Space; 16] = [
         Space::Meta,
         Space::Users,
         Space::Usernames,
@@ -54,6 +55,7 @@ impl Space {
         Space::Deleted,
         Space::Idempotency,
         Space::Mentions,
+        Space::Media,
     ];
 
     pub fn name(self) -> &'static str {
@@ -73,6 +75,7 @@ impl Space {
             Space::Deleted => "deleted",
             Space::Idempotency => "idempotency",
             Space::Mentions => "mentions",
+            Space::Media => "media",
         }
     }
 }

@@ -208,6 +208,7 @@ pub fn event_type(event: &ClientEvent) -> &'static str {
         ClientEvent::ReceiptDelivered { .. } => "receipt.delivered",
         ClientEvent::ReceiptRead { .. } => "receipt.read",
         ClientEvent::ConversationMember { .. } => "conversation.member",
+        ClientEvent::MediaUpdate { .. } => "media.update",
     }
 }
 

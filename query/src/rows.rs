@@ -14,6 +14,8 @@ use crate::tables::Table;
 pub enum Cell {
     Text(Option<String>),
     Int(i64),
+    /// An integer that is absent (a nullable integer column).
+    NoInt,
     /// Milliseconds since the epoch (stored as microseconds).
     Time(i64),
 }
@@ -160,6 +162,33 @@ pub fn rows_of(event: &LogEvent) -> Vec<(Table, i64, Vec<Cell>)> {
         LogEvent::UserCreated { user_id, username, display_name, ts, .. } => {
             vec![(Table::Users, *ts, vec![text(user_id), text(username), Cell::Text(display_name.clone()), Cell::Time(*ts)])]
         }
+        LogEvent::MediaDeclared { media_id, conversation_id, uploader_id, filename, content_type, size, sha256, ts, .. } => vec![(
+            Table::Media,
+            *ts,
+            vec![
+                text(media_id),
+                text(conversation_id),
+                text(uploader_id),
+                text("declared"),
+                text(filename),
+                text(content_type),
+                Cell::Int(*size as i64),
+                text(sha256),
+                Cell::Text(None),
+                Cell::Time(*ts),
+            ],
+        )],
+        LogEvent::MediaUploaded { media_id, conversation_id, ts } => vec![media_change(media_id, conversation_id, "uploaded", None, *ts)],
+        LogEvent::MediaChecked { media_id, conversation_id, verdict, reason, ts, .. } => {
+            let event_type = match verdict {
+                confab_schemas::events::MediaVerdict::Ready => "ready",
+                confab_schemas::events::MediaVerdict::Blocked => "blocked",
+            };
+            vec![media_change(media_id, conversation_id, event_type, reason.clone(), *ts)]
+        }
+        LogEvent::MediaRemoved { media_id, conversation_id, reason, ts } => {
+            vec![media_change(media_id, conversation_id, "removed", Some(reason.clone()), *ts)]
+        }
         // Audited separately (`role.revoke`, `session.end` rows in `audit`).
         LogEvent::SessionCreated { .. }
         | LogEvent::SessionEnded { .. }
@@ -173,6 +202,13 @@ pub fn rows_of(event: &LogEvent) -> Vec<(Table, i64, Vec<Cell>)> {
         | LogEvent::PushTokenRemoved { .. }
         | LogEvent::Lost {} => Vec::new(),
     }
+}
+
+/// A `media` row after the declaration: what happened and why.
+fn media_change(media_id: &str, conversation_id: &str, event_type: &str, reason: Option<String>, ts: i64) -> (Table, i64, Vec<Cell>) {
+    let none = || Cell::Text(None);
+    let cells = vec![text(media_id), text(conversation_id), none(), text(event_type), none(), none(), Cell::NoInt, none(), Cell::Text(reason), Cell::Time(ts)];
+    (Table::Media, ts, cells)
 }
 
 /// Rows waiting to be written, by table.
@@ -214,6 +250,7 @@ impl Rows {
                         for row in rows {
                             match &row[index] {
                                 Cell::Int(value) => builder.append_value(*value),
+                                Cell::NoInt => builder.append_null(),
                                 other => panic!("column `{}` holds integers, not {other:?}", field.name()),
                             }
                         }

@@ -23,6 +23,8 @@ pub enum Table {
     Users,
     /// Every push request and its outcome.
     PushAttempts,
+    /// Uploads: declared, uploaded, checked (ready or blocked), removed.
+    Media,
     /// The legal-hold registry: written by [`crate::holds`], not by the sink.
     LegalHolds,
     /// Retention policies: written by [`crate::policies`], not by the sink.
@@ -31,7 +33,7 @@ pub enum Table {
 
 impl Table {
     /// Every table SQL sees.
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 10] = [
         Table::MessageEvents,
         Table::Conversations,
         Table::MembershipEvents,
@@ -39,13 +41,14 @@ impl Table {
         Table::Audit,
         Table::Users,
         Table::PushAttempts,
+        Table::Media,
         Table::LegalHolds,
         Table::RetentionPolicies,
     ];
     /// The tables the history sink fills from the log. A table added here
     /// later is backfilled: the sink starts from the lowest table's position.
-    pub const SUNK: [Table; 7] =
-        [Table::MessageEvents, Table::Conversations, Table::MembershipEvents, Table::Receipts, Table::Audit, Table::Users, Table::PushAttempts];
+    pub const SUNK: [Table; 8] =
+        [Table::MessageEvents, Table::Conversations, Table::MembershipEvents, Table::Receipts, Table::Audit, Table::Users, Table::PushAttempts, Table::Media];
 
     /// Whether the rows come from the log (and carry their log position and day).
     pub fn is_sunk(self) -> bool {
@@ -61,6 +64,7 @@ impl Table {
             Table::Audit => "audit",
             Table::Users => "users",
             Table::PushAttempts => "push_attempts",
+            Table::Media => "media",
             Table::LegalHolds => "legal_holds",
             Table::RetentionPolicies => "retention_policies",
         }
@@ -114,6 +118,18 @@ impl Table {
                 ("reason", Text, true),
                 ("ts", Time, false),
             ],
+            Table::Media => vec![
+                ("media_id", Text, false),
+                ("conversation_id", Text, false),
+                ("uploader_id", Text, true),
+                ("event_type", Text, false),
+                ("filename", Text, true),
+                ("content_type", Text, true),
+                ("size", Int, true),
+                ("sha256", Text, true),
+                ("reason", Text, true),
+                ("ts", Time, false),
+            ],
             Table::LegalHolds => {
                 return vec![
                     ("hold_id", Text, false),
@@ -137,7 +153,7 @@ impl Table {
     /// each file's min and max per column in the log, which a vacuum does
     /// not remove, so an erased body would live on there.
     fn is_free_text(column: &str) -> bool {
-        matches!(column, "body" | "title" | "details" | "reason" | "display_name")
+        matches!(column, "body" | "title" | "details" | "reason" | "display_name" | "filename")
     }
 
     /// The columns Delta keeps statistics for (to skip files): all but free text.

@@ -22,6 +22,35 @@ pub struct Message {
     pub mentions: crate::events::Mentions,
 }
 
+/// An upload as the API shows it (`shared/API.md`, Media). Messages carry
+/// it without the URLs (they are stored and replayed, and a signed URL in
+/// them would go stale): `GET /v1/media/{mediaId}` signs fresh ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Media {
+    pub media_id: String,
+    pub conversation_id: String,
+    pub uploader_id: String,
+    pub filename: String,
+    pub content_type: String,
+    pub size: u64,
+    pub sha256: String,
+    /// `pending`, `ready` or `blocked`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbnail_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_expires_at: Option<i64>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Conversation {
@@ -105,6 +134,9 @@ pub enum ClientEvent {
     ReceiptRead { conversation_id: String, user_id: String, seq: u64 },
     #[serde(rename = "conversation.member", rename_all = "camelCase")]
     ConversationMember { conversation_id: String, user_id: String, change: MemberChange },
+    /// An attachment's status changed (moderation decided).
+    #[serde(rename = "media.update", rename_all = "camelCase")]
+    MediaUpdate { conversation_id: String, message_id: String, media: Media },
 }
 
 /// A client event with the cursor a device resumes from after it.

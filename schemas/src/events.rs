@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::ids::{ConversationId, DeviceId, MessageId, UserId};
+use crate::ids::{ConversationId, DeviceId, MediaId, MessageId, UserId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -137,6 +137,14 @@ impl PushProvider {
             PushProvider::Fcm => "fcm",
         }
     }
+}
+
+/// What the moderation of an upload decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaVerdict {
+    Ready,
+    Blocked,
 }
 
 /// Who a message mentions, worked out by the server from its body.
@@ -339,6 +347,57 @@ pub enum LogEvent {
     /// place, at the same offset, so that positions after it still hold.
     /// Every reader skips it.
     Lost {},
+    /// A member declared an upload: the bytes are to come through a
+    /// pre-signed URL.
+    MediaDeclared {
+        media_id: MediaId,
+        conversation_id: ConversationId,
+        uploader_id: UserId,
+        device_id: DeviceId,
+        filename: String,
+        content_type: String,
+        size: u64,
+        /// Lowercase hex SHA-256 of the bytes, as the uploader declared it.
+        sha256: String,
+        /// When the upload URL stops working (ms).
+        upload_expires_at: i64,
+        ts: i64,
+    },
+    /// The uploader said the bytes are in, and the store holds `size` bytes:
+    /// moderation starts.
+    MediaUploaded {
+        media_id: MediaId,
+        conversation_id: ConversationId,
+        ts: i64,
+    },
+    /// Moderation's outcome: `ready` (with what it found) or `blocked`.
+    MediaChecked {
+        media_id: MediaId,
+        conversation_id: ConversationId,
+        verdict: MediaVerdict,
+        /// Why it is blocked (`type_mismatch`, `malware`, ...).
+        #[serde(default)]
+        reason: Option<String>,
+        #[serde(default)]
+        width: Option<u32>,
+        #[serde(default)]
+        height: Option<u32>,
+        /// The content type of the copy that is served (a cleaned image may
+        /// be re-encoded); `None`: the upload itself is served.
+        #[serde(default)]
+        served_content_type: Option<String>,
+        #[serde(default)]
+        thumbnail: bool,
+        ts: i64,
+    },
+    /// An upload is gone (never completed in time, its messages deleted,
+    /// retention or erasure); its files are removed from the store.
+    MediaRemoved {
+        media_id: MediaId,
+        conversation_id: ConversationId,
+        reason: String,
+        ts: i64,
+    },
     /// Delivery receipts of many devices, coalesced by the receipts pipeline.
     DeliveryReceipts {
         conversation_id: ConversationId,
@@ -401,6 +460,10 @@ impl LogEvent {
             | LogEvent::MessageDeleted { conversation_id, .. }
             | LogEvent::ReadCursorMoved { conversation_id, .. }
             | LogEvent::ConversationSettingsChanged { conversation_id, .. }
+            | LogEvent::MediaDeclared { conversation_id, .. }
+            | LogEvent::MediaUploaded { conversation_id, .. }
+            | LogEvent::MediaChecked { conversation_id, .. }
+            | LogEvent::MediaRemoved { conversation_id, .. }
             | LogEvent::DeliveryReceipts { conversation_id, .. } => conversation_id,
             LogEvent::Lost {} => "",
         }

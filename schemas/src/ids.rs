@@ -6,6 +6,8 @@ pub type UserId = String;
 pub type DeviceId = String;
 pub type ConversationId = String;
 pub type MessageId = String;
+/// An upload (`f_...`).
+pub type MediaId = String;
 
 const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
 

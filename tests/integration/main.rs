@@ -8,6 +8,7 @@ mod crash;
 mod doors;
 mod fuzz;
 mod harness;
+mod media;
 mod messages;
 mod notebook;
 mod psql;

@@ -56,6 +56,11 @@ temporal_flow!(
     RetentionRunWorkflow,
     confab_workflows::retention::RetentionRun
 );
+temporal_flow!(
+    /// `media_moderation`: the checks of one uploaded file.
+    MediaModerationWorkflow,
+    confab_workflows::moderation::MediaModeration
+);
 
 /// The worker's body, on its own runtime: connects, says it is ready
 /// (or why not), and polls until `stop`.
@@ -74,6 +79,7 @@ pub(crate) async fn run_worker(
         let options = WorkerOptions::new(config.task_queue.clone())
             .register_workflow::<PushDeliveryWorkflow>()
             .and_then(|options| options.register_workflow::<RetentionRunWorkflow>())
+            .and_then(|options| options.register_workflow::<MediaModerationWorkflow>())
             .map_err(|error| format!("could not register the workflows: {error}"))?
             .register_activities(FlowActivities { registry })
             .build();
@@ -115,6 +121,7 @@ pub async fn replay(history_json: &[u8]) -> Result<(), String> {
     let options = WorkflowReplayerOptions::new()
         .register_workflow::<PushDeliveryWorkflow>()
         .and_then(|options| options.register_workflow::<RetentionRunWorkflow>())
+        .and_then(|options| options.register_workflow::<MediaModerationWorkflow>())
         .map_err(|error| format!("could not register the workflows: {error}"))?
         .build();
     let replayer = WorkflowReplayer::new(options).map_err(|error| format!("could not start the replayer: {error}"))?;

@@ -19,6 +19,7 @@
 
 pub mod clock;
 pub mod embedded;
+pub mod moderation;
 pub mod push;
 pub mod retention;
 

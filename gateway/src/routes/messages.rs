@@ -21,6 +21,8 @@ use crate::AppState;
 pub struct SendMessage {
     conversation_id: String,
     client_msg_id: String,
+    /// May be empty (or absent) when the message has attachments.
+    #[serde(default)]
     body: String,
     #[serde(default)]
     attachments: Vec<Value>,

@@ -61,7 +61,7 @@ impl Ingest {
     /// Validates, takes the seq and appends, in call order: sends begun one
     /// after another get seqs in that order.
     pub async fn begin_send(&self, caller: &Caller, request: NewMessage) -> Result<PendingSend> {
-        self.check_body(&request.body)?;
+        self.check_body(&request.body, !request.attachments.is_empty())?;
         check_client_msg_id(&request.client_msg_id, self.limits.client_msg_id_max_bytes)?;
         self.check_attachments(&request.attachments)?;
         let partition = self.partition_of(&request.conversation_id);
@@ -107,6 +107,13 @@ impl Ingest {
                 }
             },
         };
+        let attachments = match self.resolve_attachments(caller, &request.conversation_id, request.attachments) {
+            Ok(attachments) => attachments,
+            Err(error) => {
+                self.release_failed(&key, &reservation);
+                return Err(error);
+            }
+        };
         let mentions = self.mentions_in(&pin.0, &request.body);
         let ts = now_ms();
         let event = LogEvent::MessageCreated {
@@ -117,7 +124,7 @@ impl Ingest {
             device_id: caller.device_id.clone(),
             client_msg_id: request.client_msg_id,
             body: request.body,
-            attachments: request.attachments,
+            attachments,
             ts,
             mentions,
         };
@@ -184,7 +191,7 @@ impl Ingest {
     }
 
     pub async fn edit_message(&self, caller: &Caller, message_id: &str, body: String) -> Result<api::Message> {
-        self.check_body(&body)?;
+        self.check_body(&body, false)?;
         let (conversation_id, seq) = self.member_message(caller, message_id)?;
         let partition = self.partition_of(&conversation_id);
         let _writer = partition.writer.lock().await;
@@ -306,8 +313,9 @@ impl Ingest {
         partition.finish(&*self.log, &self.state, ticket).await
     }
 
-    fn check_body(&self, body: &str) -> Result<()> {
-        if body.is_empty() {
+    /// A message with attachments may have an empty body.
+    fn check_body(&self, body: &str, has_attachments: bool) -> Result<()> {
+        if body.is_empty() && !has_attachments {
             return Err(Error::invalid("body", "must not be empty"));
         }
         if body.len() > self.limits.body_max_bytes {
