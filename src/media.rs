@@ -49,8 +49,11 @@ pub fn set_base_url(media: &Media, bound: std::net::SocketAddr, tls: bool) {
     }
 }
 
-/// The moderation flow's activities.
-pub struct ModerationActivities(pub Arc<Media>);
+/// The moderation flow's activities. They hold the media layer weakly:
+/// the media layer holds the engine (to start flows), and the engine its
+/// activities, so a strong reference would be a cycle that keeps the state
+/// store open after the server stops.
+pub struct ModerationActivities(pub std::sync::Weak<Media>);
 
 fn failure(error: confab_media::Error) -> Failure {
     use confab_schemas::ErrorCode;
@@ -64,15 +67,16 @@ fn failure(error: confab_media::Error) -> Failure {
 #[async_trait::async_trait]
 impl Activities for ModerationActivities {
     async fn run(&self, call: &ActivityCall, _id: u32) -> Result<Value, Failure> {
+        let media = self.0.upgrade().ok_or_else(|| Failure::retryable("the server is stopping", None))?;
         let media_id = call.input["mediaId"].as_str().ok_or_else(|| Failure::permanent("the activity's input names no `mediaId`"))?;
         match call.name.as_str() {
-            CHECK => match self.0.moderate(media_id).await.map_err(failure)? {
+            CHECK => match media.moderate(media_id).await.map_err(failure)? {
                 Some(check) => Ok(json!({"status": check.verdict, "reason": check.reason})),
                 None => Ok(json!({"status": "decided"})),
             },
             GIVE_UP => {
                 let reason = call.input["reason"].as_str().unwrap_or("the checks failed");
-                self.0.give_up(media_id, reason).await.map_err(failure)?;
+                media.give_up(media_id, reason).await.map_err(failure)?;
                 Ok(json!({"status": "blocked", "reason": "unchecked"}))
             }
             other => Err(Failure::permanent(format!("no activity `{other}`"))),

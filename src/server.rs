@@ -111,7 +111,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let compliance = Arc::new(confab_query::Compliance::new(Arc::new(maintenance), live, policies, config.history.default_retention_days));
     workflows.register::<confab_workflows::retention::RetentionRun>(Arc::new(crate::retention::RetentionActivities(compliance.clone())));
     let media = crate::media::open(&config.media, &config.data_dir, ingest.clone())?;
-    workflows.register::<confab_workflows::moderation::MediaModeration>(Arc::new(crate::media::ModerationActivities(media.clone())));
+    workflows.register::<confab_workflows::moderation::MediaModeration>(Arc::new(crate::media::ModerationActivities(Arc::downgrade(&media))));
     media.set_moderation(Arc::new(crate::media::EngineModeration(workflows.clone())));
     workflows.run()?;
     let retention_schedule =
@@ -121,6 +121,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         crate::wiring::ReadinessView { log: log.clone(), sink: history_sink.as_ref().map(|sink| sink.handle()), push, workflows: workflows.clone() };
     let _ = state.readiness.set(Arc::new(readiness));
     let _ = state.media.set(media.clone());
+    let media_sweep = media.clone().sweep();
     let sql_server = match config.sql_listen {
         Some(address) => Some(start_pgwire(&config, address, (*history).clone(), state.clone()).await?),
         None => None,
@@ -167,6 +168,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         }
         pipelines.shutdown().await;
         retention_schedule.abort();
+        media_sweep.abort();
+        let _ = media_sweep.await;
         workflows.shutdown().await;
         if let Some(flusher) = attempts_flusher {
             flusher.abort();

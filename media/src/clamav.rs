@@ -76,6 +76,63 @@ fn parse_reply(reply: &[u8]) -> Result<Scan> {
     Err(Error::Scanner(format!("clamd answered `{verdict}`")))
 }
 
+/// A stand-in clamd for tests and benchmarks: it speaks the `zINSTREAM`
+/// framing exactly (and checks it), answers `FOUND` (as `Test.Evil`) when
+/// the bytes hold `EVIL!` and `OK` otherwise, and, given `release`, holds
+/// each answer until it is set (so a test can watch a file stay pending).
+pub mod fake {
+    use std::path::Path;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    pub const SIGNATURE: &str = "Test.Evil";
+
+    /// Listens on `socket` (a Unix socket path) until the runtime ends.
+    pub fn serve(socket: &Path, release: Option<tokio::sync::watch::Receiver<bool>>) -> std::io::Result<()> {
+        let listener = tokio::net::UnixListener::bind(socket)?;
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let release = release.clone();
+                tokio::spawn(async move {
+                    let Some(body) = read_stream(&mut stream).await else { return };
+                    if let Some(mut release) = release {
+                        let _ = release.wait_for(|released| *released).await;
+                    }
+                    let reply =
+                        if body.windows(5).any(|window| window == b"EVIL!") { format!("stream: {SIGNATURE} FOUND\0") } else { "stream: OK\0".to_string() };
+                    let _ = stream.write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+        Ok(())
+    }
+
+    /// The command and the chunks, or None (and the connection dropped)
+    /// when the framing is not clamd's.
+    async fn read_stream(stream: &mut tokio::net::UnixStream) -> Option<Vec<u8>> {
+        let mut command = [0u8; 10];
+        stream.read_exact(&mut command).await.ok()?;
+        if &command != b"zINSTREAM\0" {
+            return None;
+        }
+        let mut body = Vec::new();
+        loop {
+            let mut length = [0u8; 4];
+            stream.read_exact(&mut length).await.ok()?;
+            let length = u32::from_be_bytes(length) as usize;
+            if length == 0 {
+                return Some(body);
+            }
+            if length > super::CHUNK_BYTES {
+                return None;
+            }
+            let mut chunk = vec![0u8; length];
+            stream.read_exact(&mut chunk).await.ok()?;
+            body.extend(chunk);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,30 +149,7 @@ mod tests {
     async fn the_stream_is_framed_in_chunks_ended_by_a_zero_length() {
         let folder = tempfile::tempdir().unwrap();
         let socket = folder.path().join("clamd.sock");
-        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-        tokio::spawn(async move {
-            loop {
-                let (mut stream, _) = listener.accept().await.unwrap();
-                let mut command = [0u8; 10];
-                stream.read_exact(&mut command).await.unwrap();
-                assert_eq!(&command, b"zINSTREAM\0");
-                let mut body = Vec::new();
-                loop {
-                    let mut length = [0u8; 4];
-                    stream.read_exact(&mut length).await.unwrap();
-                    let length = u32::from_be_bytes(length) as usize;
-                    if length == 0 {
-                        break;
-                    }
-                    assert!(length <= CHUNK_BYTES);
-                    let mut chunk = vec![0u8; length];
-                    stream.read_exact(&mut chunk).await.unwrap();
-                    body.extend(chunk);
-                }
-                let reply: &[u8] = if body.windows(5).any(|window| window == b"EVIL!") { b"stream: Test.Evil FOUND\0" } else { b"stream: OK\0" };
-                stream.write_all(reply).await.unwrap();
-            }
-        });
+        fake::serve(&socket, None).unwrap();
         let clamav = Clamav { socket, timeout: Duration::from_secs(5) };
         let mut big = vec![b'a'; 200_000];
         assert_eq!(clamav.scan(&big).await.unwrap(), Scan::Clean);

@@ -25,8 +25,11 @@ pub struct MediaConfig {
     pub upload_url_ttl_secs: u64,
     /// How long a download URL works.
     pub download_url_ttl_secs: u64,
-    /// Uploads never completed are removed after this.
+    /// Uploads never completed are removed this long after their upload
+    /// URL expired (their bytes, and the record).
     pub incomplete_ttl_secs: u64,
+    /// How often the server looks for such uploads.
+    pub sweep_interval_secs: u64,
     /// Content types that may be uploaded.
     pub allowed_types: Vec<String>,
     /// Images with more pixels are blocked before they are decoded.
@@ -74,6 +77,7 @@ impl Default for MediaConfig {
             upload_url_ttl_secs: 3_600,
             download_url_ttl_secs: 600,
             incomplete_ttl_secs: 24 * 3_600,
+            sweep_interval_secs: 600,
             allowed_types: [
                 "image/jpeg",
                 "image/png",
@@ -136,6 +140,7 @@ impl MediaConfig {
             (self.upload_url_ttl_secs, "upload_url_ttl_secs"),
             (self.download_url_ttl_secs, "download_url_ttl_secs"),
             (self.incomplete_ttl_secs, "incomplete_ttl_secs"),
+            (self.sweep_interval_secs, "sweep_interval_secs"),
             (self.image_max_pixels, "image_max_pixels"),
             (self.image_max_alloc_bytes, "image_max_alloc_bytes"),
             (u64::from(self.thumbnail_px), "thumbnail_px"),

@@ -238,6 +238,43 @@ impl Media {
         Ok(())
     }
 
+    /// Removes the uploads never completed, `incomplete_ttl_secs` after
+    /// their upload URL expired: their files first, then the record (a
+    /// crash between the two leaves a record whose files are gone, which
+    /// the next sweep removes). How many were removed.
+    pub async fn remove_incomplete(&self, now: i64) -> Result<usize> {
+        let ingest = self.ingest.clone();
+        let uploads = tokio::task::spawn_blocking(move || ingest.all_media())
+            .await
+            .map_err(|error| Error::store(&self.store.location(), format!("the scan stopped: {error}")))??;
+        let grace = (self.config.incomplete_ttl_secs * 1000) as i64;
+        let mut removed = 0;
+        for (media_id, row) in uploads {
+            if row.state == MediaState::Declared && row.upload_expires_at.saturating_add(grace) <= now {
+                self.store.delete_media(&media_id).await?;
+                self.ingest.remove_media(&media_id, "incomplete").await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Runs [`Media::remove_incomplete`] every `sweep_interval_secs`.
+    pub fn sweep(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_secs(self.config.sweep_interval_secs.max(1)));
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                match self.remove_incomplete(now_ms()).await {
+                    Ok(0) => {}
+                    Ok(removed) => tracing::info!(removed, "removed uploads that were never completed"),
+                    Err(error) => tracing::warn!(%error, "could not remove uploads that were never completed; the next sweep tries again"),
+                }
+            }
+        })
+    }
+
     /// Whether a download of `variant` may be served now, and how: only a
     /// ready upload's objects (never a blocked or unchecked one's).
     pub fn servable(&self, media_id: &str, variant: Variant) -> Result<(MediaRow, String)> {

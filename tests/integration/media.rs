@@ -229,45 +229,12 @@ async fn images_are_cleaned_and_bombs_and_lies_are_blocked() {
     poll_sql(&alice, &sql, |rows| rows.as_array().is_some_and(|rows| rows.iter().any(|row| row[0] == "blocked" && row[1] == "too_many_pixels"))).await;
 }
 
-/// A clamd on a Unix socket that answers each scan once `release` fires:
-/// `FOUND` when the bytes hold `EVIL!`, else `OK`.
-fn fake_clamd(path: &std::path::Path, release: tokio::sync::watch::Receiver<bool>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::UnixListener::bind(path).unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            let mut release = release.clone();
-            tokio::spawn(async move {
-                let mut command = [0u8; 10];
-                stream.read_exact(&mut command).await.unwrap();
-                assert_eq!(&command, b"zINSTREAM\0");
-                let mut body = Vec::new();
-                loop {
-                    let mut length = [0u8; 4];
-                    stream.read_exact(&mut length).await.unwrap();
-                    let length = u32::from_be_bytes(length) as usize;
-                    if length == 0 {
-                        break;
-                    }
-                    let mut chunk = vec![0u8; length];
-                    stream.read_exact(&mut chunk).await.unwrap();
-                    body.extend(chunk);
-                }
-                let _ = release.wait_for(|released| *released).await;
-                let reply: &[u8] = if body.windows(5).any(|window| window == b"EVIL!") { b"stream: Test.Evil FOUND\0" } else { b"stream: OK\0" };
-                stream.write_all(reply).await.unwrap();
-            });
-        }
-    });
-}
-
 #[tokio::test]
 async fn a_scanner_verdict_reaches_members_as_media_update() {
     let temporary = tempfile::tempdir().unwrap();
     let socket = temporary.path().join("clamd.sock");
     let (release, released) = tokio::sync::watch::channel(false);
-    fake_clamd(&socket, released);
+    confab_media::clamav::fake::serve(&socket, Some(released)).unwrap();
     let mut config = crate::harness::test_config(&temporary.path().join("data"));
     config.media.clamav = Some(confab_media::ClamavConfig { socket, timeout_ms: 30_000 });
     let server = TestServer::start_with(config).await;
@@ -317,4 +284,58 @@ async fn uploads_are_bounded_per_hour_and_by_quota() {
         alice.post("/v1/media", json!({"conversationId": dm, "filename": "d.txt", "contentType": "text/plain", "size": 1, "sha256": sha256(b"d")})).await;
     assert_error(&limited, 429, "rate_limited");
     declare(&bob, &dm, "e.txt", "text/plain", b"e").await;
+}
+
+#[tokio::test]
+async fn uploads_never_completed_are_removed_with_their_bytes() {
+    let temporary = tempfile::tempdir().unwrap();
+    let mut config = crate::harness::test_config(temporary.path());
+    config.media.upload_url_ttl_secs = 1;
+    config.media.incomplete_ttl_secs = 1;
+    config.media.sweep_interval_secs = 1;
+    config.media.quota_bytes = 1_000;
+    let server = TestServer::start_with(config).await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let dm = alice.conversation("dm", &[&bob]).await;
+    let bytes = vec![b'x'; 800];
+    let abandoned = declare(&alice, &dm, "left.txt", "text/plain", &bytes).await;
+    assert_eq!(put_bytes(&abandoned["upload"], bytes.clone()).await.0, 200, "the bytes arrive, but complete never comes");
+    let media_id = abandoned["mediaId"].as_str().unwrap();
+    let folder = server.data_dir.join("media").join("objects").join(media_id);
+    assert!(folder.join("original").exists());
+    let kept = upload(&alice, &dm, "kept.txt", "text/plain", b"kept").await;
+    for _ in 0..100 {
+        if !folder.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!folder.exists(), "the abandoned upload's directory is gone");
+    assert_error(&alice.get(&format!("/v1/media/{media_id}")).await, 404, "not_found");
+    assert_eq!(decided(&alice, &kept).await["status"], "ready", "a completed upload stays");
+    assert!(server.data_dir.join("media").join("objects").join(&kept).exists());
+    // Its quota is free again.
+    declare(&alice, &dm, "again.txt", "text/plain", &bytes).await;
+}
+
+#[tokio::test]
+async fn moderation_runs_on_temporal_with_the_same_verdicts() {
+    let Some(workflows) = crate::harness::temporal_workflows() else { return };
+    let temporary = tempfile::tempdir().unwrap();
+    let mut config = crate::harness::test_config(temporary.path());
+    config.workflows = workflows;
+    let server = TestServer::start_with(config).await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let dm = alice.conversation("dm", &[&bob]).await;
+    let photo = jpeg_with_exif("SECRET");
+    let photo_id = upload(&alice, &dm, "p.jpg", "image/jpeg", &photo).await;
+    let bomb_id = upload(&alice, &dm, "b.png", "image/png", &png_bomb()).await;
+    let photo = decided(&alice, &photo_id).await;
+    assert_eq!(photo["status"], "ready", "{photo}");
+    let served = download(photo["url"].as_str().unwrap(), None).await.bytes().await.unwrap();
+    assert!(!contains(&served, b"SECRET"));
+    assert_eq!(decided(&alice, &bomb_id).await["reason"], "too_many_pixels");
+    server.stop().await;
 }
