@@ -203,7 +203,7 @@ impl Round<'_> {
             }
             LogEvent::MediaChecked { media_id, conversation_id, verdict, reason, width, height, served_content_type, thumbnail, ts } => {
                 let Some(mut row) = self.media_row(&media_id)? else { return Ok(()) };
-                if matches!(row.state, MediaState::Ready | MediaState::Blocked) {
+                if row.state.is_decided() {
                     return Ok(()); // Decided already: a verdict is final.
                 }
                 row.state = MediaState::of_verdict(verdict);

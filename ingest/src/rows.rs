@@ -550,6 +550,11 @@ impl MediaState {
         }
     }
 
+    /// Whether moderation decided (a verdict is final).
+    pub fn is_decided(self) -> bool {
+        matches!(self, MediaState::Ready | MediaState::Blocked)
+    }
+
     fn code(self) -> u8 {
         match self {
             MediaState::Declared => 0,

@@ -161,7 +161,7 @@ impl Media {
     /// retrying (the store or the scanner).
     pub async fn moderate(&self, media_id: &str) -> Result<Option<MediaCheck>> {
         let Some(row) = self.ingest.media_row(media_id)? else { return Ok(None) };
-        if matches!(row.state, MediaState::Ready | MediaState::Blocked) {
+        if row.state.is_decided() {
             return Ok(None);
         }
         let _permit = self.checking.acquire().await.expect("the semaphore is never closed");

@@ -179,7 +179,7 @@ impl Ingest {
     /// upload get `media.update`. A second verdict changes nothing.
     pub async fn record_media_check(&self, media_id: &str, check: MediaCheck) -> Result<()> {
         let Some(row) = self.state.media(media_id)? else { return Ok(()) };
-        if matches!(row.state, MediaState::Ready | MediaState::Blocked) {
+        if row.state.is_decided() {
             return Ok(());
         }
         let event = LogEvent::MediaChecked {
@@ -211,7 +211,7 @@ impl Ingest {
             let (key, value) = entry?;
             let Some(id) = crate::codec::Decoder::new(&key).id() else { continue };
             // The uploader index rows start with a user id; uploads with `f_`.
-            if !id.starts_with("f_") || crate::codec::Decoder::new(&key).id().is_none() {
+            if !id.starts_with("f_") {
                 continue;
             }
             if let Some(row) = MediaRow::decode(&value) {
