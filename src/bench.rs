@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 mod history;
+mod media;
 mod push;
 mod state;
 mod ws;
@@ -164,6 +165,33 @@ pub enum BenchCommand {
         #[arg(long, default_value = "default")]
         temporal_namespace: String,
     },
+    /// Uploads through the local signed URLs with moderation running, and
+    /// the live sends meanwhile; then complete -> ready for 5 MB JPEGs.
+    Media {
+        /// Clients uploading at once.
+        #[arg(long, default_value_t = 16)]
+        uploaders: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Size of the (non-image) files uploaded, in MiB.
+        #[arg(long, default_value_t = 8)]
+        file_mib: u64,
+        /// 5 MB JPEGs timed from complete to ready, one at a time.
+        #[arg(long, default_value_t = 50)]
+        jpegs: usize,
+        /// Live sends per second, during and without the uploads.
+        #[arg(long, default_value_t = 200.0)]
+        send_rate: f64,
+        /// Connections the sends go over.
+        #[arg(long, default_value_t = 8)]
+        senders: usize,
+        /// All uploaders together at most this many MB/s (0: unpaced).
+        #[arg(long, default_value_t = 0.0)]
+        upload_mbps: f64,
+        /// One upload in this many is a 5 MB JPEG (0: none).
+        #[arg(long, default_value_t = 4)]
+        jpeg_every: usize,
+    },
     /// (Used by `bench ws`.) Holds idle WebSockets until stdin closes.
     #[command(hide = true)]
     Hold {
@@ -181,6 +209,9 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Log { dir, writers, seconds, record_bytes } => bench_log(dir, writers, seconds, record_bytes).await,
         BenchCommand::Ws { scenarios, pairs, rate, seconds, members, idle_connections, sockets, window } => {
             ws::run(ws::WsOptions { scenarios, pairs, rate, seconds, members, idle_connections, sockets, window }).await
+        }
+        BenchCommand::Media { uploaders, seconds, file_mib, jpegs, send_rate, senders, upload_mbps, jpeg_every } => {
+            media::run(media::MediaOptions { uploaders, seconds, file_mib, jpegs, send_rate, senders, upload_mbps, jpeg_every }).await
         }
         BenchCommand::Hold { url, token, connections } => ws::hold(url, token, connections).await,
         BenchCommand::Push { members, rate, seconds, groups, partitions, temporal, temporal_namespace } => {

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use confab_ingest::Ingest;
 use confab_media::local::LocalStore;
+use confab_media::s3::S3Store;
 use confab_media::signing::Signer;
 use confab_media::{Media, MediaConfig, MediaStore, StartModeration};
 use confab_workflows::moderation::{MediaModeration, ModerationInput, CHECK, GIVE_UP};
@@ -23,13 +24,19 @@ use crate::workflows::Workflows;
 
 /// Opens the configured store and the media layer on it. The local
 /// store's URLs point at `base_url` until [`set_base_url`] knows better.
-pub fn open(config: &MediaConfig, data_dir: &Path, ingest: Arc<Ingest>) -> anyhow::Result<Arc<Media>> {
+pub async fn open(config: &MediaConfig, data_dir: &Path, ingest: Arc<Ingest>) -> anyhow::Result<Arc<Media>> {
     let problems = config.problems();
     if !problems.is_empty() {
         anyhow::bail!("the configuration has {} problem(s):\n  {}", problems.len(), problems.join("\n  "));
     }
     if config.is_s3() {
-        anyhow::bail!("[media] location: `{}`: the S3 store is not built yet; use \"local\"", config.location);
+        let store = S3Store::open(&config.location, &config.storage_options, config.multipart_threshold_bytes, config.part_bytes)
+            .await
+            .with_context(|| format!("[media] location: could not open `{}`", config.location))?;
+        // Refused keys or a missing bucket stop the start, not the first upload.
+        store.check().await.with_context(|| format!("[media] location: `{}` cannot be listed; check the bucket and storage_options", config.location))?;
+        let store: Arc<dyn MediaStore> = Arc::new(store);
+        return Ok(Arc::new(Media::new(ingest, store, None, config.clone())));
     }
     let key = crate::server::load_or_create_secret(&data_dir.join("secrets").join("media.key"))?;
     let root = data_dir.join("media");

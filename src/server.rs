@@ -75,6 +75,9 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     })
     .await??;
     let ingest = Arc::new(ingest);
+    // The media store first: a bucket that refuses the keys stops the start
+    // before anything else runs.
+    let media = crate::media::open(&config.media, &config.data_dir, ingest.clone()).await?;
     let (stop_checkpoints, checkpoints_stopped) = tokio::sync::watch::channel(false);
     let checkpoints = tokio::spawn(ingest.clone().run_checkpoints(checkpoints_stopped));
     let hub = Arc::new(Hub::new(config.gateway.connection_queue_max_frames));
@@ -106,11 +109,10 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         confab_query::SqlEngine::new(store, config.sql.clone(), config.data_dir.join("sql-spill")).context("could not start the compliance SQL threads")?,
     );
     let ingest_for_shutdown = ingest.clone();
-    let live = Arc::new(crate::wiring::LiveMessagesView { ingest: ingest.clone() });
+    let live = Arc::new(crate::wiring::LiveMessagesView { ingest: ingest.clone(), media: Arc::downgrade(&media) });
     let policies = confab_query::PolicyRegistry::open(store_for_policies).await.context("could not open the retention policies")?;
     let compliance = Arc::new(confab_query::Compliance::new(Arc::new(maintenance), live, policies, config.history.default_retention_days));
     workflows.register::<confab_workflows::retention::RetentionRun>(Arc::new(crate::retention::RetentionActivities(compliance.clone())));
-    let media = crate::media::open(&config.media, &config.data_dir, ingest.clone())?;
     workflows.register::<confab_workflows::moderation::MediaModeration>(Arc::new(crate::media::ModerationActivities(Arc::downgrade(&media))));
     media.set_moderation(Arc::new(crate::media::EngineModeration(workflows.clone())));
     workflows.run()?;

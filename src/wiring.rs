@@ -182,19 +182,31 @@ impl confab_gateway::Readiness for ReadinessView {
 /// deletes, and the audit log.
 pub struct LiveMessagesView {
     pub ingest: Arc<Ingest>,
+    /// The media layer, which deletes the files of the uploads the deleted
+    /// messages carried. Weakly: the media layer holds the workflow engine,
+    /// which holds the retention activities, which hold this.
+    pub media: std::sync::Weak<confab_media::Media>,
 }
 
 #[async_trait::async_trait]
 impl confab_query::LiveMessages for LiveMessagesView {
     async fn delete(&self, actor: &confab_query::Actor, scope: confab_query::Scope<'_>) -> Result<u64, String> {
         let caller = confab_ingest::Caller { user_id: actor.user_id.clone(), device_id: actor.device_id.clone() };
-        let scope = match scope {
-            confab_query::Scope::SentBy(user_id) => confab_ingest::ComplianceScope::SentBy(user_id),
+        let (scope, reason) = match scope {
+            confab_query::Scope::SentBy(user_id) => (confab_ingest::ComplianceScope::SentBy(user_id), "erasure"),
             confab_query::Scope::ConversationBefore { conversation_id, before_ms } => {
-                confab_ingest::ComplianceScope::ConversationBefore { conversation_id, before_ms }
+                (confab_ingest::ComplianceScope::ConversationBefore { conversation_id, before_ms }, "retention")
             }
         };
-        self.ingest.delete_for_compliance(&caller, scope).await.map_err(|error| error.to_string())
+        let deletion = self.ingest.delete_for_compliance(&caller, scope).await.map_err(|error| error.to_string())?;
+        // Then the files of what the messages carried (a failure here fails
+        // the run, which is retried; the sweep is the last resort).
+        if !deletion.released_media.is_empty() {
+            let media = self.media.upgrade().ok_or("the server is stopping")?;
+            let removed = media.release(&deletion.released_media, reason).await.map_err(|error| format!("deleting the media of deleted messages: {error}"))?;
+            tracing::info!(removed, reason, "deleted the media of deleted messages");
+        }
+        Ok(deletion.messages)
     }
 
     async fn audit(&self, actor_id: &str, action: &str, details: String) -> Result<(), String> {

@@ -28,7 +28,7 @@ use crate::state::{ConversationHandle, Pin, State};
 use crate::store::Store;
 use crate::{Error, Limits, Result};
 
-pub use admin::ComplianceScope;
+pub use admin::{ComplianceDeletion, ComplianceScope};
 pub use media::{is_content_type, MediaAllowance, MediaCheck, NewMedia};
 pub use messages::PendingSend;
 pub(crate) use notifications::settings_of;

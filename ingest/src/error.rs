@@ -12,6 +12,8 @@ pub enum Error {
     Invalid { field: &'static str, reason: String },
     #[error("`{field}` is {size} bytes; the limit is {max} bytes")]
     TooLarge { field: &'static str, size: usize, max: usize },
+    #[error("`{field}` has {count} items; the limit is {max}")]
+    TooMany { field: &'static str, count: usize, max: usize },
     #[error("you are not a member of conversation `{0}`")]
     NotMember(String),
     #[error("{action} in conversation `{conversation_id}` is allowed only to {allowed}")]
@@ -67,7 +69,7 @@ impl Error {
     pub fn code(&self) -> ErrorCode {
         match self {
             Error::Invalid { .. } => ErrorCode::BadRequest,
-            Error::TooLarge { .. } | Error::TooManyMembers { .. } | Error::QuotaExceeded { .. } => ErrorCode::TooLarge,
+            Error::TooLarge { .. } | Error::TooMany { .. } | Error::TooManyMembers { .. } | Error::QuotaExceeded { .. } => ErrorCode::TooLarge,
             Error::NotMember(_) | Error::NotAllowed { .. } | Error::NotAdmin | Error::Blocked(_) => ErrorCode::Forbidden,
             Error::ConversationNotFound(_)
             | Error::MessageNotFound(_)

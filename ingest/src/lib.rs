@@ -25,8 +25,8 @@ mod state;
 pub mod store;
 
 pub use commands::{
-    is_content_type, Caller, ComplianceScope, Ingest, MediaAllowance, MediaCheck, NewConversation, NewMedia, NewMessage, OpenReport, PendingSend, PushAudience,
-    PushDevice, PushMember, PushText, SettingsChange, STATE_CONSUMER,
+    is_content_type, Caller, ComplianceDeletion, ComplianceScope, Ingest, MediaAllowance, MediaCheck, NewConversation, NewMedia, NewMessage, OpenReport,
+    PendingSend, PushAudience, PushDevice, PushMember, PushText, SettingsChange, STATE_CONSUMER,
 };
 pub use confab_schemas::cursor::SyncCursor;
 pub use config::StateConfig;

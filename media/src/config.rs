@@ -28,6 +28,9 @@ pub struct MediaConfig {
     /// Uploads never completed are removed this long after their upload
     /// URL expired (their bytes, and the record).
     pub incomplete_ttl_secs: u64,
+    /// Completed uploads that no message carries (never sent, or their
+    /// messages deleted) are removed this long after they were declared.
+    pub unattached_ttl_secs: u64,
     /// How often the server looks for such uploads.
     pub sweep_interval_secs: u64,
     /// Content types that may be uploaded.
@@ -40,8 +43,12 @@ pub struct MediaConfig {
     pub thumbnail_px: u32,
     /// SHA-256 (lowercase hex) of files that are always blocked.
     pub blocked_sha256: Vec<String>,
-    /// Uploads checked at once (each holds its bytes in memory).
+    /// Uploads checked at once (each holds its bytes in memory), each on
+    /// a thread of its own.
     pub moderation_concurrency: usize,
+    /// The priority of those threads (0 to 19): the checks are CPU work
+    /// that should wait for the cores while the chat path does not.
+    pub moderation_nice: i32,
     /// Above this size an S3 upload is offered in parts too.
     pub multipart_threshold_bytes: u64,
     /// The size of each part of a multipart upload.
@@ -77,6 +84,7 @@ impl Default for MediaConfig {
             upload_url_ttl_secs: 3_600,
             download_url_ttl_secs: 600,
             incomplete_ttl_secs: 24 * 3_600,
+            unattached_ttl_secs: 7 * 24 * 3_600,
             sweep_interval_secs: 600,
             allowed_types: [
                 "image/jpeg",
@@ -99,6 +107,7 @@ impl Default for MediaConfig {
             thumbnail_px: 320,
             blocked_sha256: Vec::new(),
             moderation_concurrency: 2,
+            moderation_nice: 19,
             multipart_threshold_bytes: 16 * MIB,
             part_bytes: 8 * MIB,
             clamav: None,
@@ -129,6 +138,14 @@ impl MediaConfig {
         if !self.is_s3() && !self.storage_options.is_empty() {
             problems.push("[media] storage_options: only used with an `s3://` location; remove them or set the location".into());
         }
+        if self.is_s3() {
+            let mut unknown: Vec<&String> =
+                self.storage_options.keys().filter(|key| !crate::s3::OPTIONS.contains(&key.to_ascii_uppercase().as_str())).collect();
+            unknown.sort();
+            for key in unknown {
+                problems.push(format!("[media] storage_options: `{key}` is not one of {}", crate::s3::OPTIONS.join(", ")));
+            }
+        }
         if let Some(url) = &self.public_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) || url.ends_with('/') {
                 problems.push(format!("[media] public_url: `{url}` must be an http(s) URL without a trailing `/`, e.g. \"https://chat.example.com\""));
@@ -140,6 +157,7 @@ impl MediaConfig {
             (self.upload_url_ttl_secs, "upload_url_ttl_secs"),
             (self.download_url_ttl_secs, "download_url_ttl_secs"),
             (self.incomplete_ttl_secs, "incomplete_ttl_secs"),
+            (self.unattached_ttl_secs, "unattached_ttl_secs"),
             (self.sweep_interval_secs, "sweep_interval_secs"),
             (self.image_max_pixels, "image_max_pixels"),
             (self.image_max_alloc_bytes, "image_max_alloc_bytes"),
@@ -149,6 +167,9 @@ impl MediaConfig {
             if value == 0 {
                 problems.push(format!("[media] {name} must be over 0"));
             }
+        }
+        if !(0..=19).contains(&self.moderation_nice) {
+            problems.push(format!("[media] moderation_nice: {} is not between 0 and 19", self.moderation_nice));
         }
         // S3 parts are 5 MiB at least (but the last), 10,000 at most.
         if self.part_bytes < 5 * MIB {

@@ -10,6 +10,7 @@ pub mod config;
 mod error;
 pub mod local;
 pub mod routes;
+pub mod s3;
 mod service;
 pub mod signing;
 pub mod store;

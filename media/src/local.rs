@@ -144,7 +144,7 @@ impl MediaStore for LocalStore {
         Ok(self.url(object, &format!("expires={expires_at}&signature={signature}")))
     }
 
-    async fn finish_upload(&self, object: &str) -> Result<Option<u64>> {
+    async fn finish_upload(&self, object: &str, _size: u64) -> Result<Option<u64>> {
         match tokio::fs::metadata(self.path(object)?).await {
             Ok(metadata) => Ok(Some(metadata.len())),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),

@@ -109,8 +109,9 @@ pub trait MediaStore: Send + Sync + 'static {
     async fn download_url(&self, object: &str, served: &Served<'_>, expires_at: i64) -> Result<String>;
 
     /// The size of `object` once its upload is finished (a multipart
-    /// upload is completed here); `None` while nothing is there.
-    async fn finish_upload(&self, object: &str) -> Result<Option<u64>>;
+    /// upload of the declared `size` is completed here, once every part is
+    /// in); `None` while nothing is there.
+    async fn finish_upload(&self, object: &str, size: u64) -> Result<Option<u64>>;
 
     /// The bytes of `object`, refusing more than `max_bytes`.
     async fn read(&self, object: &str, max_bytes: u64) -> Result<Vec<u8>>;

@@ -284,6 +284,10 @@ async fn uploads_are_bounded_per_hour_and_by_quota() {
         alice.post("/v1/media", json!({"conversationId": dm, "filename": "d.txt", "contentType": "text/plain", "size": 1, "sha256": sha256(b"d")})).await;
     assert_error(&limited, 429, "rate_limited");
     declare(&bob, &dm, "e.txt", "text/plain", b"e").await;
+    // Files per message: `[limits] attachments_max_count` (10).
+    let eleven: Vec<Value> = (0..11).map(|index| json!({"name": format!("link {index}")})).collect();
+    let message = assert_error(&bob.post("/v1/messages", json!({"conversationId": dm, "clientMsgId": "many", "attachments": eleven})).await, 413, "too_large");
+    assert!(message.contains("attachments") && message.contains("10"), "{message}");
 }
 
 #[tokio::test]
@@ -338,4 +342,232 @@ async fn moderation_runs_on_temporal_with_the_same_verdicts() {
     assert!(!contains(&served, b"SECRET"));
     assert_eq!(decided(&alice, &bomb_id).await["reason"], "too_many_pixels");
     server.stop().await;
+}
+
+/// Where a test's uploads are, to list them as an operator would: the
+/// directory of the local store, or the bucket (through SeaweedFS's filer,
+/// not through Confab).
+enum Listing<'a> {
+    Local(&'a std::path::Path),
+    Bucket(&'a crate::s3::S3, &'a str),
+}
+
+impl Listing<'_> {
+    async fn objects_of(&self, media_id: &str) -> Vec<String> {
+        match self {
+            Listing::Local(data_dir) => match std::fs::read_dir(data_dir.join("media").join("objects").join(media_id)) {
+                Ok(files) => files.flatten().map(|file| file.file_name().to_string_lossy().to_string()).collect(),
+                Err(_) => Vec::new(),
+            },
+            Listing::Bucket(s3, prefix) => crate::s3::objects_under(s3, &format!("{prefix}/{media_id}")).await,
+        }
+    }
+}
+
+/// Retention and erasure delete the files of the messages they delete;
+/// what a kept message carries stays.
+async fn retention_and_erasure_take_the_files_along(server: &TestServer, admin: &Client, listing: Listing<'_>) {
+    let admin = admin.clone();
+    let bob = server.user("sam").await;
+    let carol = server.user("officer").await;
+    assert_eq!(admin.post("/v1/admin/roles", json!({"userId": carol.user_id, "role": "compliance"})).await.0, 204);
+    let group = admin.conversation("group", &[&bob]).await;
+    let send = |client: &Client, id: &str, media_id: &str| {
+        let body = json!({"conversationId": group, "clientMsgId": id, "body": "", "attachments": [{"mediaId": media_id}]});
+        let client = client.clone();
+        async move {
+            let (status, message) = client.post("/v1/messages", body).await;
+            assert_eq!(status, 201, "{message}");
+        }
+    };
+    let old = upload(&admin, &group, "old.txt", "text/plain", b"an old file").await;
+    send(&admin, "a1", &old).await;
+    let bobs = upload(&bob, &group, "bob.txt", "text/plain", b"bob's file").await;
+    send(&bob, "b1", &bobs).await;
+    let unsent = upload(&bob, &group, "draft.txt", "text/plain", b"bob's draft").await;
+    for (uploader, media_id) in [(&admin, &old), (&bob, &bobs), (&bob, &unsent)] {
+        assert_eq!(decided(uploader, media_id).await["status"], "ready");
+        assert!(!listing.objects_of(media_id).await.is_empty(), "`{media_id}` is stored");
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let cutoff = confab_schemas::ids::now_ms();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let kept = upload(&admin, &group, "kept.txt", "text/plain", b"a newer file").await;
+    send(&admin, "a2", &kept).await;
+
+    let (status, outcome) = carol.post("/v1/admin/retention", json!({"conversationId": group, "before": cutoff})).await;
+    assert_eq!(status, 200, "{outcome}");
+    assert!(listing.objects_of(&old).await.is_empty(), "retention deleted the file of the message it deleted");
+    assert_error(&admin.get(&format!("/v1/media/{old}")).await, 404, "not_found");
+    assert!(!listing.objects_of(&kept).await.is_empty(), "a newer message's file stays");
+    assert_eq!(decided(&bob, &kept).await["status"], "ready");
+
+    // Bob's own messages went with retention; erasure takes his draft too.
+    assert!(!listing.objects_of(&unsent).await.is_empty(), "an upload no message carried is not retention's");
+    let (status, erased) = carol.post("/v1/admin/erasure", json!({"userId": bob.user_id})).await;
+    assert_eq!(status, 200, "{erased}");
+    assert!(listing.objects_of(&unsent).await.is_empty(), "erasure deleted every upload of the user");
+    assert!(listing.objects_of(&bobs).await.is_empty());
+    assert!(!listing.objects_of(&kept).await.is_empty());
+
+    let sql = format!("SELECT media_id, reason FROM media WHERE event_type = 'removed' AND conversation_id = '{group}' ORDER BY media_id");
+    let mut expected = vec![json!([old, "retention"]), json!([bobs, "retention"]), json!([unsent, "erasure"])];
+    expected.sort_by_key(|row| row[0].as_str().unwrap().to_string());
+    poll_sql(&carol, &sql, |rows| rows.as_array() == Some(&expected)).await;
+}
+
+#[tokio::test]
+async fn retention_and_erasure_delete_the_files_of_what_they_delete() {
+    let server = TestServer::start().await;
+    let admin = server.user("admin").await;
+    retention_and_erasure_take_the_files_along(&server, &admin, Listing::Local(&server.data_dir)).await;
+}
+
+/// The `[media]` section of a server whose files live in the test bucket.
+fn s3_media(s3: &crate::s3::S3, prefix: &str, secret_key: &str) -> confab_media::MediaConfig {
+    let mut media = confab_media::MediaConfig { location: format!("s3://{}/{prefix}", s3.bucket), ..Default::default() };
+    media.storage_options = crate::s3::storage_options(s3, secret_key);
+    media
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_in_an_s3_bucket_goes_through_its_signatures() {
+    let Some(s3) = crate::s3::s3_server() else { return };
+    let temporary = tempfile::tempdir().unwrap();
+    let prefix = confab_schemas::ids::new_id("media", confab_schemas::ids::now_ms());
+
+    // A wrong secret is refused by the bucket: no start.
+    let mut refused = crate::harness::test_config(temporary.path());
+    refused.media = s3_media(&s3, &prefix, "not-the-secret");
+    let error = match confab::server::start(refused).await {
+        Ok(_) => panic!("a server with a wrong S3 secret for its media started"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(error.contains("[media]") && error.contains("SignatureDoesNotMatch") || error.contains("403"), "{error}");
+
+    let mut config = crate::harness::test_config(temporary.path());
+    config.media = s3_media(&s3, &prefix, &s3.secret_key);
+    config.media.download_url_ttl_secs = 3;
+    config.media.multipart_threshold_bytes = 6 << 20;
+    config.media.part_bytes = 5 << 20;
+    let server = TestServer::start_with(config).await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let carol = server.user("carol").await;
+    let group = alice.conversation("group", &[&bob]).await;
+
+    let bytes = b"minutes kept in a bucket\n".repeat(400);
+    let declared = declare(&alice, &group, "minutes.txt", "text/plain", &bytes).await;
+    assert!(declared["upload"]["parts"].is_null(), "a small file goes in one PUT: {declared}");
+    let url = declared["upload"]["url"].as_str().unwrap();
+    assert!(url.starts_with(&s3.endpoint) && url.contains("X-Amz-Signature="), "the client talks to the bucket: {url}");
+    let media_id = declared["mediaId"].as_str().unwrap().to_string();
+    let (status, _) = put_bytes(&declared["upload"], bytes[1..].to_vec()).await;
+    assert_eq!(status, 403, "the bucket refuses a length other than the signed one");
+    let mut forged = declared["upload"].clone();
+    forged["url"] = json!(url.replace("X-Amz-Signature=", "X-Amz-Signature=0"));
+    assert_eq!(put_bytes(&forged, bytes.clone()).await.0, 403, "the bucket refuses a forged signature");
+    assert_error(&alice.post(&format!("/v1/media/{media_id}/complete"), json!({})).await, 409, "conflict");
+    assert_eq!(put_bytes(&declared["upload"], bytes.clone()).await.0, 200);
+    assert_eq!(alice.post(&format!("/v1/media/{media_id}/complete"), json!({})).await.0, 202);
+    assert_eq!(decided(&alice, &media_id).await["status"], "ready");
+    let (status, message) =
+        alice.post("/v1/messages", json!({"conversationId": group, "clientMsgId": "m1", "body": "", "attachments": [{"mediaId": media_id}]})).await;
+    assert_eq!(status, 201, "{message}");
+    assert_error(&carol.get(&format!("/v1/media/{media_id}")).await, 404, "not_found");
+    let (status, media) = bob.get(&format!("/v1/media/{media_id}")).await;
+    assert_eq!(status, 200, "{media}");
+    let download_url = media["url"].as_str().unwrap().to_string();
+    assert!(download_url.starts_with(&s3.endpoint), "{download_url}");
+    let response = download(&download_url, None).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/plain");
+    assert!(response.headers()["content-disposition"].to_str().unwrap().contains("minutes.txt"));
+    assert_eq!(response.bytes().await.unwrap().as_ref(), bytes.as_slice());
+    assert_eq!(download(&download_url, Some("bytes=0-6")).await.bytes().await.unwrap().as_ref(), b"minutes");
+    let tampered = download_url.replace("X-Amz-Signature=", "X-Amz-Signature=0");
+    assert_eq!(download(&tampered, None).await.status(), 403, "a forged download URL");
+
+    // Images are cleaned on the way through the bucket too.
+    let photo = jpeg_with_exif("GPS 48.8584N 2.2945E SECRET");
+    let photo_id = upload(&alice, &group, "tower.jpg", "image/jpeg", &photo).await;
+    let media = decided(&alice, &photo_id).await;
+    assert_eq!(media["status"], "ready", "{media}");
+    let served = download(media["url"].as_str().unwrap(), None).await.bytes().await.unwrap();
+    assert!(!contains(&served, b"SECRET") && image::load_from_memory(&served).is_ok(), "the clean copy is served");
+    let mut stored = crate::s3::objects_under(&s3, &format!("{prefix}/{photo_id}")).await;
+    stored.sort();
+    let names: Vec<&str> = stored.iter().map(|path| path.rsplit('/').next().unwrap()).collect();
+    assert_eq!(names, ["clean", "original", "thumbnail"], "{stored:?}");
+
+    // A file above the threshold may go up in parts, each signed with its length.
+    let large: Vec<u8> = (0..(11u32 << 20)).map(|index| b"abcdefghijklmnopqrstuvwxyz\n"[(index % 27) as usize]).collect();
+    let declared = declare(&alice, &group, "large.txt", "text/plain", &large).await;
+    let large_id = declared["mediaId"].as_str().unwrap().to_string();
+    let parts = declared["upload"]["parts"].as_array().expect("parts for a large file").clone();
+    let sizes: Vec<u64> = parts.iter().map(|part| part["size"].as_u64().unwrap()).collect();
+    assert_eq!(sizes, [5 << 20, 5 << 20, 1 << 20]);
+    let put_part = |part: &Value, bytes: Vec<u8>| {
+        let url = part["url"].as_str().unwrap().to_string();
+        async move { reqwest::Client::new().put(url).body(bytes).send().await.unwrap().status().as_u16() }
+    };
+    let slice = |part: &Value| {
+        let (offset, size) = (part["offset"].as_u64().unwrap() as usize, part["size"].as_u64().unwrap() as usize);
+        large[offset..offset + size].to_vec()
+    };
+    assert_eq!(put_part(&parts[1], slice(&parts[1])[1..].to_vec()).await, 403, "a part of another length is refused");
+    assert_eq!(put_part(&parts[0], slice(&parts[0])).await, 200);
+    assert_eq!(put_part(&parts[2], slice(&parts[2])).await, 200);
+    assert_error(&alice.post(&format!("/v1/media/{large_id}/complete"), json!({})).await, 409, "conflict");
+    assert_eq!(put_part(&parts[1], slice(&parts[1])).await, 200);
+    let (status, body) = alice.post(&format!("/v1/media/{large_id}/complete"), json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    let media = decided(&alice, &large_id).await;
+    assert_eq!(media["status"], "ready", "the parts make the declared file: {media}");
+    let fetched = download(media["url"].as_str().unwrap(), None).await.bytes().await.unwrap();
+    assert_eq!(sha256(&fetched), sha256(&large));
+
+    // A download URL stops working when it expires.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(download(&download_url, None).await.status(), 403, "an expired download URL");
+
+    // Alice, the first account, is the administrator.
+    retention_and_erasure_take_the_files_along(&server, &alice, Listing::Bucket(&s3, &prefix)).await;
+}
+
+/// The real clamd that `tests/run` starts, with a signature database
+/// built by `sigtool` (see `tests/servers/clamav`).
+fn clamd() -> Option<(std::path::PathBuf, Vec<u8>)> {
+    match (std::env::var_os("CONFAB_TEST_CLAMD_SOCKET"), std::env::var_os("CONFAB_TEST_EICAR")) {
+        (Some(socket), Some(eicar)) => Some((socket.into(), std::fs::read(eicar).unwrap())),
+        _ if std::env::var_os("CONFAB_REQUIRE_EXTERNAL").is_some() => {
+            panic!("CONFAB_TEST_CLAMD_SOCKET is not set: run the tests with tests/run, which starts clamd")
+        }
+        _ => {
+            eprintln!("skipped: no clamd (CONFAB_TEST_CLAMD_SOCKET); tests/run starts one");
+            None
+        }
+    }
+}
+
+#[tokio::test]
+async fn clamav_blocks_the_eicar_file() {
+    let Some((socket, eicar)) = clamd() else { return };
+    let temporary = tempfile::tempdir().unwrap();
+    let mut config = crate::harness::test_config(temporary.path());
+    config.media.clamav = Some(confab_media::ClamavConfig { socket, timeout_ms: 30_000 });
+    let server = TestServer::start_with(config).await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let dm = alice.conversation("dm", &[&bob]).await;
+    let infected = upload(&alice, &dm, "eicar.txt", "text/plain", &eicar).await;
+    let media = decided(&alice, &infected).await;
+    assert_eq!((media["status"].as_str(), media["reason"].as_str()), (Some("blocked"), Some("malware")), "{media}");
+    assert!(media["url"].is_null());
+    let photo = upload(&alice, &dm, "tower.jpg", "image/jpeg", &jpeg_with_exif("clean")).await;
+    assert_eq!(decided(&alice, &photo).await["status"], "ready", "a clean file passes the same scanner");
+    // The block is audited with the file's hash.
+    assert_eq!(alice.post("/v1/admin/roles", json!({"userId": alice.user_id, "role": "compliance"})).await.0, 204);
+    let sql = format!("SELECT action FROM audit WHERE action = 'media.block' AND details LIKE '%{infected}%'");
+    poll_sql(&alice, &sql, |rows| rows.as_array().is_some_and(|rows| rows.len() == 1)).await;
 }

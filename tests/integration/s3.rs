@@ -7,17 +7,17 @@ use serde_json::{json, Value};
 
 use crate::harness::{sql_until, test_config, TestServer};
 
-struct S3 {
-    endpoint: String,
-    filer: String,
-    bucket: String,
-    access_key: String,
-    secret_key: String,
+pub(crate) struct S3 {
+    pub endpoint: String,
+    pub filer: String,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
 }
 
 /// The test server's address, from `tests/run`. Without it the test is
 /// skipped, unless `CONFAB_REQUIRE_EXTERNAL` says the servers must be there.
-fn s3_server() -> Option<S3> {
+pub(crate) fn s3_server() -> Option<S3> {
     let var = |name: &str| std::env::var(name).ok();
     match (var("CONFAB_TEST_S3_ENDPOINT"), var("CONFAB_TEST_S3_FILER"), var("CONFAB_TEST_S3_ACCESS_KEY"), var("CONFAB_TEST_S3_SECRET_KEY")) {
         (Some(endpoint), Some(filer), Some(access_key), Some(secret_key)) => {
@@ -33,7 +33,7 @@ fn s3_server() -> Option<S3> {
     }
 }
 
-fn storage_options(s3: &S3, secret_key: &str) -> HashMap<String, String> {
+pub(crate) fn storage_options(s3: &S3, secret_key: &str) -> HashMap<String, String> {
     HashMap::from([
         ("AWS_ENDPOINT_URL".to_string(), s3.endpoint.clone()),
         ("AWS_ALLOW_HTTP".to_string(), "true".to_string()),
@@ -45,7 +45,7 @@ fn storage_options(s3: &S3, secret_key: &str) -> HashMap<String, String> {
 }
 
 /// Names under a folder of the bucket, read through the filer (no signature needed).
-async fn objects_under(s3: &S3, path: &str) -> Vec<String> {
+pub(crate) async fn objects_under(s3: &S3, path: &str) -> Vec<String> {
     let url = format!("{}/buckets/{}/{}/", s3.filer, s3.bucket, path);
     let response = reqwest::Client::new().get(url).header("accept", "application/json").send().await.unwrap();
     let listing: Value = response.json().await.unwrap_or(Value::Null);

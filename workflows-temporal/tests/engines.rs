@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use confab_workflows::clock::SystemClock;
 use confab_workflows::embedded::{self, Status};
+use confab_workflows::moderation::{MediaModeration, ModerationInput, CHECK, GIVE_UP};
 use confab_workflows::push::{PushDelivery, PushInput, RetryPolicy, FORGET_TOKEN, SEND};
 use confab_workflows::retention::{RetentionInput, RetentionRun, APPLY, AUDIT, PLAN};
 use confab_workflows::{Activities, ActivityCall, Failure, FailureKind, Flow};
@@ -283,4 +284,21 @@ async fn a_retention_run_whose_plan_fails_for_good_is_a_dead_letter() {
     let script = || vec![(PLAN, Err(Failure::permanent("the history is gone")))];
     let expected = Ran { outcome: Outcome::DeadLetter("retention run failed: the history is gone".into()), calls: calls(&[(PLAN, 1)]) };
     on_both_engines::<RetentionRun>("retention_plan_fails", script, RetentionInput { now: 2_000 }, None, expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moderation_retries_a_failed_check_then_completes_with_the_verdict() {
+    let script = || vec![(CHECK, Err(Failure::retryable("the virus scanner failed: connection refused", None))), (CHECK, Ok(json!({"status": "ready"})))];
+    let expected = Ran { outcome: Outcome::Completed(json!({"status": "ready"})), calls: calls(&[(CHECK, 1), (CHECK, 3)]) };
+    let input = ModerationInput { media_id: format!("f_{}", nonce()) };
+    on_both_engines::<MediaModeration>("media_checked_after_retry", script, input, None, expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moderation_that_cannot_check_records_the_upload_as_unchecked() {
+    let script = || vec![(CHECK, Err(Failure::permanent("no such object"))), (GIVE_UP, Ok(json!({"status": "blocked", "reason": "unchecked"})))];
+    let output = json!({"status": "blocked", "reason": "unchecked", "failure": "no such object"});
+    let expected = Ran { outcome: Outcome::Completed(output), calls: calls(&[(CHECK, 1), (GIVE_UP, 2)]) };
+    let input = ModerationInput { media_id: format!("f_{}", nonce()) };
+    on_both_engines::<MediaModeration>("media_unchecked", script, input, None, expected).await;
 }

@@ -10,7 +10,7 @@ async fn recorded_histories_replay_on_todays_code() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/histories");
     let mut files: Vec<_> = std::fs::read_dir(&dir).expect("tests/histories").map(|entry| entry.unwrap().path()).collect();
     files.sort();
-    assert!(files.len() >= 7, "expected the seven recorded histories in {}, found {}", dir.display(), files.len());
+    assert!(files.len() >= 9, "expected the nine recorded histories in {}, found {}", dir.display(), files.len());
     for file in files {
         let json = std::fs::read(&file).unwrap();
         if let Err(error) = confab_workflows_temporal::flows::replay(&json).await {

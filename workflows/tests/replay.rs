@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+use confab_workflows::moderation::{MediaModeration, ModerationInput};
 use confab_workflows::push::{PushDelivery, PushInput, RetryPolicy};
 use confab_workflows::retention::{RetentionInput, RetentionRun};
 use confab_workflows::{Command, Event, Failure, FailureKind, Flow};
@@ -103,4 +104,17 @@ fn a_retention_run_replays_the_same() {
     ];
     let name = "retention_run";
     check(name, replay::<RetentionRun>("retention:86400000", input, 0, &events(name, fallback)));
+}
+
+#[test]
+fn a_moderation_that_retries_then_gives_up_replays_the_same() {
+    let input = serde_json::to_value(ModerationInput { media_id: "f_01j9z3abcdefghjkmnpq".into() }).unwrap();
+    let fallback = vec![
+        (Event::ActivityFailed { id: 1, failure: Failure::retryable("the virus scanner failed: connection refused", None) }, 1_000),
+        (Event::TimerFired { id: 2 }, 2_400),
+        (Event::ActivityFailed { id: 3, failure: Failure::permanent("the media store failed: no such object") }, 2_500),
+        (Event::ActivityDone { id: 4, output: json!({"status": "blocked", "reason": "unchecked"}) }, 2_600),
+    ];
+    let name = "media_moderation_unchecked";
+    check(name, replay::<MediaModeration>("media:f_01j9z3abcdefghjkmnpq", input, 0, &events(name, fallback)));
 }

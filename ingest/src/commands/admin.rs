@@ -31,6 +31,16 @@ impl ComplianceScope<'_> {
     }
 }
 
+/// What a compliance deletion did in the live state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ComplianceDeletion {
+    pub messages: u64,
+    /// Uploads that no message carries any more (their files are the
+    /// media layer's to delete): those of the deleted messages, and for an
+    /// erasure every upload of the user.
+    pub released_media: Vec<String>,
+}
+
 /// Deletes appended at once by a compliance deletion.
 const COMPLIANCE_DELETES_PER_APPEND: usize = 1_000;
 
@@ -90,24 +100,42 @@ impl Ingest {
     /// needed: the caller's role was checked by the gateway. Then the store
     /// is purged, so the old bodies leave its files (the log keeps them
     /// until log retention removes their segments). Returns how many
-    /// messages it deleted.
-    pub async fn delete_for_compliance(&self, caller: &Caller, scope: ComplianceScope<'_>) -> Result<u64> {
+    /// messages it deleted, and the uploads no message carries any more.
+    pub async fn delete_for_compliance(&self, caller: &Caller, scope: ComplianceScope<'_>) -> Result<ComplianceDeletion> {
         let conversation_ids: Vec<String> = match scope {
             // A user can only have sent where they were a member once.
             ComplianceScope::SentBy(user_id) => self.state.user_conversations(user_id)?.into_iter().map(|(conversation_id, _)| conversation_id).collect(),
             ComplianceScope::ConversationBefore { conversation_id, .. } => vec![conversation_id.to_string()],
         };
         let mut deleted = 0u64;
+        let mut carried = Vec::new();
         for conversation_id in conversation_ids {
-            deleted += self.delete_in_conversation(caller, &conversation_id, scope).await?;
+            deleted += self.delete_in_conversation(caller, &conversation_id, scope, &mut carried).await?;
         }
         if deleted > 0 {
             self.purge_store().await?;
         }
-        Ok(deleted)
+        if let ComplianceScope::SentBy(user_id) = scope {
+            // Erasure: every upload of the user goes, sent or not.
+            for (media_id, row) in self.all_media()? {
+                if row.uploader_id == user_id {
+                    carried.push(media_id);
+                }
+            }
+        }
+        carried.sort();
+        carried.dedup();
+        let mut released_media = Vec::new();
+        for media_id in carried {
+            let Some(row) = self.state.media(&media_id)? else { continue };
+            if row.messages.is_empty() || matches!(scope, ComplianceScope::SentBy(user_id) if row.uploader_id == user_id) {
+                released_media.push(media_id);
+            }
+        }
+        Ok(ComplianceDeletion { messages: deleted, released_media })
     }
 
-    async fn delete_in_conversation(&self, caller: &Caller, conversation_id: &str, scope: ComplianceScope<'_>) -> Result<u64> {
+    async fn delete_in_conversation(&self, caller: &Caller, conversation_id: &str, scope: ComplianceScope<'_>, carried: &mut Vec<String>) -> Result<u64> {
         let partition = self.partition_of(conversation_id);
         let _writer = partition.writer.lock().await;
         let Some(pin) = self.state.conversation_pinned(conversation_id)? else { return Ok(0) };
@@ -131,6 +159,7 @@ impl Ingest {
                 let seq = rows::seq_of(&key).ok_or_else(|| rows::corrupt(Space::Messages, "message key"))?;
                 last_key = Some(key);
                 if scope.takes(&message) {
+                    carried.extend(message.attachments.iter().filter_map(|attachment| Some(attachment.get("mediaId")?.as_str()?.to_string())));
                     events.push(LogEvent::MessageDeleted {
                         message_id: message.message_id,
                         conversation_id: conversation_id.to_string(),

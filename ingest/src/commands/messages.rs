@@ -326,7 +326,7 @@ impl Ingest {
 
     fn check_attachments(&self, attachments: &[Value]) -> Result<()> {
         if attachments.len() > self.limits.attachments_max_count {
-            return Err(Error::invalid("attachments", format!("at most {} attachments per message", self.limits.attachments_max_count)));
+            return Err(Error::TooMany { field: "attachments", count: attachments.len(), max: self.limits.attachments_max_count });
         }
         for attachment in attachments {
             if !attachment.is_object() {
