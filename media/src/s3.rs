@@ -5,7 +5,7 @@
 //!
 //! Happy path of an upload:
 //!
-//! 1. `upload` pre-signs a `PutObject` of `{prefix}/{mediaId}/original`
+//! 1. `upload` pre-signs a `PutObject` of `{prefix}/{mediaId}/original.incoming`
 //!    with its `Content-Length` and `Content-Type` among the signed
 //!    headers: the bucket refuses any other length or type (the signature
 //!    no longer matches) and any use after the expiry.
@@ -13,11 +13,15 @@
 //!    multipart upload is created now, and each part (`part_bytes`, the
 //!    last one shorter) gets a pre-signed `UploadPart` URL with its own
 //!    length signed. The client may use either the one URL or the parts.
-//! 3. `finish_upload` (on `complete`) asks the bucket for the object; when
-//!    it is not there, it lists the parts of the multipart upload and, when
-//!    every part is in with its expected size, completes it. Either way the
-//!    object's size is returned and compared with the declaration. A whole
-//!    upload that arrived by the one URL aborts the unused multipart one.
+//! 3. `finish_upload` (on `complete`) asks the bucket for the incoming
+//!    object; when it is not there, it lists the parts of the multipart
+//!    upload (every page) and, when every part is in with its expected
+//!    size, completes it. Either way the object is then copied to
+//!    `{mediaId}/original`, which no client URL can write (an upload URL
+//!    still works until it expires, after `complete` too, and S3 cannot
+//!    refuse it: what it writes then is never read, and goes with the
+//!    upload), the incoming object and any unused multipart upload go, and
+//!    the copy's size is compared with the declaration.
 //! 4. Downloads are pre-signed `GetObject` URLs that also make the bucket
 //!    answer with the checked type, the `Content-Disposition` and a cache
 //!    header (`response-content-type` and friends are signed too).
@@ -115,6 +119,15 @@ impl S3Store {
         Ok(())
     }
 
+    /// Where a client's upload of `object` lands: a key of its own, copied
+    /// to `object` at `complete`. The upload URL works until it expires,
+    /// also after `complete`, and S3 cannot refuse it then; a PUT after
+    /// `complete` lands where nothing is read or served (and is deleted
+    /// with the upload).
+    fn incoming_key(&self, object: &str) -> String {
+        self.key(&format!("{object}.incoming"))
+    }
+
     fn key(&self, object: &str) -> String {
         match self.prefix.is_empty() {
             true => object.to_string(),
@@ -165,11 +178,15 @@ impl S3Store {
     /// its parts is in with the size it was signed for. Whether it did.
     async fn complete_parts(&self, key: &str, upload_id: &str, size: u64) -> Result<bool> {
         let expected = parts(size, self.part_bytes);
-        let listed =
-            self.client.list_parts().bucket(&self.bucket).key(key).upload_id(upload_id).send().await.map_err(|error| self.error("list parts", error))?;
+        // Up to 1,000 parts an answer: every page.
+        let mut listed = Vec::new();
+        let mut pages = self.client.list_parts().bucket(&self.bucket).key(key).upload_id(upload_id).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            listed.extend(page.map_err(|error| self.error("list parts", error))?.parts().iter().cloned());
+        }
         let mut completed = Vec::with_capacity(expected.len());
         for (number, _, part_size) in &expected {
-            let Some(part) = listed.parts().iter().find(|part| part.part_number() == Some(*number as i32)) else { return Ok(false) };
+            let Some(part) = listed.iter().find(|part| part.part_number() == Some(*number as i32)) else { return Ok(false) };
             if part.size() != Some(*part_size as i64) {
                 return Ok(false);
             }
@@ -188,8 +205,12 @@ impl S3Store {
     }
 
     async fn abort(&self, key: &str, upload_id: &str) -> Result<()> {
-        self.client.abort_multipart_upload().bucket(&self.bucket).key(key).upload_id(upload_id).send().await.map_err(|error| self.error("abort", error))?;
-        Ok(())
+        match self.client.abort_multipart_upload().bucket(&self.bucket).key(key).upload_id(upload_id).send().await {
+            Ok(_) => Ok(()),
+            // Completed or aborted meanwhile: nothing left to abort.
+            Err(error) if error.raw_response().is_some_and(|response| response.status().as_u16() == 404) => Ok(()),
+            Err(error) => Err(self.error("abort", error)),
+        }
     }
 }
 
@@ -221,7 +242,7 @@ impl MediaStore for S3Store {
     }
 
     async fn upload(&self, object: &str, size: u64, content_type: &str, expires_at: i64) -> Result<Upload> {
-        let key = self.key(object);
+        let key = self.incoming_key(object);
         let put = self
             .client
             .put_object()
@@ -282,20 +303,37 @@ impl MediaStore for S3Store {
 
     async fn finish_upload(&self, object: &str, size: u64) -> Result<Option<u64>> {
         let key = self.key(object);
-        let pending = self.multipart_uploads(&key).await?;
         if let Some(stored) = self.size(&key).await? {
-            // Sent whole through the one URL: the parts are not needed.
-            for upload_id in &pending {
-                self.abort(&key, upload_id).await?;
-            }
-            return Ok(Some(stored));
+            return Ok(Some(stored)); // Finished already (a repeated complete).
         }
-        for upload_id in &pending {
-            if self.complete_parts(&key, upload_id, size).await? {
-                return self.size(&key).await;
+        let incoming = self.incoming_key(object);
+        if self.size(&incoming).await?.is_none() {
+            let mut completed = false;
+            for upload_id in self.multipart_uploads(&incoming).await? {
+                if self.complete_parts(&incoming, &upload_id, size).await? {
+                    completed = true;
+                    break;
+                }
+            }
+            if !completed {
+                return Ok(None);
             }
         }
-        Ok(None)
+        // What is checked and served is a copy that no client URL can write.
+        self.client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .copy_source(format!("{}/{incoming}", self.bucket))
+            .send()
+            .await
+            .map_err(|error| self.error("copy the upload", error))?;
+        self.client.delete_object().bucket(&self.bucket).key(&incoming).send().await.map_err(|error| self.error("delete", error))?;
+        // Sent whole through the one URL, or completed: no parts are needed.
+        for upload_id in self.multipart_uploads(&incoming).await? {
+            self.abort(&incoming, &upload_id).await?;
+        }
+        self.size(&key).await
     }
 
     async fn read(&self, object: &str, max_bytes: u64) -> Result<Vec<u8>> {
@@ -329,13 +367,12 @@ impl MediaStore for S3Store {
     }
 
     async fn delete_media(&self, media_id: &str) -> Result<()> {
-        for variant in Variant::ALL {
-            let key = self.key(&object_name(media_id, variant));
-            if variant == Variant::Original {
-                for upload_id in self.multipart_uploads(&key).await? {
-                    self.abort(&key, &upload_id).await?;
-                }
-            }
+        let incoming = self.incoming_key(&object_name(media_id, Variant::Original));
+        for upload_id in self.multipart_uploads(&incoming).await? {
+            self.abort(&incoming, &upload_id).await?;
+        }
+        let keys = Variant::ALL.into_iter().map(|variant| self.key(&object_name(media_id, variant))).chain([incoming]);
+        for key in keys {
             self.client.delete_object().bucket(&self.bucket).key(&key).send().await.map_err(|error| self.error("delete", error))?;
         }
         Ok(())

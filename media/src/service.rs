@@ -295,32 +295,33 @@ impl Media {
         Ok(())
     }
 
-    /// Deletes the files, then the records, of uploads that no message
-    /// carries any more after retention or erasure deleted their messages
-    /// (`reason` is `retention` or `erasure`, in the history's `media`
-    /// table). An upload that a message still carries is left. A crash
-    /// between the files and the record leaves a record whose files are
-    /// gone; the sweep removes it with the other uploads no message carries.
+    /// Removes the uploads that no message carries any more after
+    /// retention or erasure deleted their messages (`reason` is
+    /// `retention` or `erasure`, in the history's `media` table): the
+    /// record first (only if still carried by nothing, checked under the
+    /// writer lock that sends take; an erasure takes every upload of the
+    /// user), then the files. A crash or failure between the two leaves
+    /// files without a record, which the sweep's janitor pass deletes.
     pub async fn release(&self, media_ids: &[String], reason: &str) -> Result<usize> {
         let mut removed = 0;
         for media_id in media_ids {
-            let Some(row) = self.ingest.media_row(media_id)? else { continue };
-            if !row.messages.is_empty() && reason != "erasure" {
-                continue;
+            if self.ingest.remove_media(media_id, reason, reason != "erasure").await? {
+                self.store.delete_media(media_id).await?;
+                removed += 1;
             }
-            self.store.delete_media(media_id).await?;
-            self.ingest.remove_media(media_id, reason).await?;
-            removed += 1;
         }
         Ok(removed)
     }
 
     /// The sweep: removes the uploads never completed, `incomplete_ttl_secs`
-    /// after their upload URL expired, and the completed ones that no
-    /// message carries (never sent, or their messages deleted since),
-    /// `unattached_ttl_secs` after they were declared: their files first,
-    /// then the record (a crash between the two leaves a record whose files
-    /// are gone, which the next sweep removes). How many were removed.
+    /// after their upload URL expired, and the decided ones that no message
+    /// carries (never sent, or their messages deleted since),
+    /// `unattached_ttl_secs` after they were declared; the record first
+    /// (under the writer lock, so a send in the meantime keeps the upload),
+    /// then the files. Then a janitor pass deletes files that have no
+    /// record (a crash between the two steps, or a cleaned copy written by
+    /// a check that raced a removal). One upload that fails is logged and
+    /// the sweep goes on. How many were removed.
     pub async fn sweep_once(&self, now: i64) -> Result<usize> {
         let ingest = self.ingest.clone();
         let uploads = tokio::task::spawn_blocking(move || ingest.all_media())
@@ -329,16 +330,35 @@ impl Media {
         let grace = (self.config.incomplete_ttl_secs * 1000) as i64;
         let unattached = (self.config.unattached_ttl_secs * 1000) as i64;
         let mut removed = 0;
-        for (media_id, row) in uploads {
+        for (media_id, row) in &uploads {
             let reason = match row.state {
                 MediaState::Declared if row.upload_expires_at.saturating_add(grace) <= now => "incomplete",
-                MediaState::Declared => continue,
-                _ if row.messages.is_empty() && row.created_at.saturating_add(unattached) <= now => "unattached",
+                _ if row.state.is_decided() && row.messages.is_empty() && row.created_at.saturating_add(unattached) <= now => "unattached",
                 _ => continue,
             };
-            self.store.delete_media(&media_id).await?;
-            self.ingest.remove_media(&media_id, reason).await?;
-            removed += 1;
+            let outcome = async {
+                if self.ingest.remove_media(media_id, reason, true).await? {
+                    self.store.delete_media(media_id).await?;
+                    return Ok::<bool, Error>(true);
+                }
+                Ok(false)
+            };
+            match outcome.await {
+                Ok(true) => removed += 1,
+                Ok(false) => {}
+                Err(error) => tracing::warn!(%error, media_id, "could not remove an upload; the next sweep tries again"),
+            }
+        }
+        // Files whose record is gone.
+        let mut orphans: Vec<String> = self.store.list().await?.into_iter().filter_map(|object| object.split('/').next().map(str::to_string)).collect();
+        orphans.dedup();
+        for media_id in orphans {
+            if crate::store::is_media_id(&media_id) && self.ingest.media_row(&media_id)?.is_none() {
+                match self.store.delete_media(&media_id).await {
+                    Ok(()) => tracing::info!(media_id, "deleted files that no upload record names"),
+                    Err(error) => tracing::warn!(%error, media_id, "could not delete files that no upload record names"),
+                }
+            }
         }
         Ok(removed)
     }

@@ -196,12 +196,22 @@ impl Ingest {
         self.commit(self.partition_of(&row.conversation_id), vec![event], None).await
     }
 
-    /// Forgets an upload (its files are removed by the media layer first).
-    pub async fn remove_media(&self, media_id: &str, reason: &str) -> Result<()> {
-        let Some(row) = self.state.media(media_id)? else { return Ok(()) };
+    /// Forgets an upload (the media layer then deletes its files). With
+    /// `unless_carried`, only if no message carries it, checked under the
+    /// partition's writer lock, which sends take to attach it: a send in
+    /// the meantime keeps the upload. Whether it was forgotten.
+    pub async fn remove_media(&self, media_id: &str, reason: &str, unless_carried: bool) -> Result<bool> {
+        let Some(row) = self.state.media(media_id)? else { return Ok(false) };
+        let partition = self.partition_of(&row.conversation_id);
+        let _writer = partition.writer.lock().await;
+        let Some(row) = self.state.media(media_id)? else { return Ok(false) };
+        if unless_carried && !row.messages.is_empty() {
+            return Ok(false);
+        }
         let event =
             LogEvent::MediaRemoved { media_id: media_id.to_string(), conversation_id: row.conversation_id.clone(), reason: reason.to_string(), ts: now_ms() };
-        self.commit(self.partition_of(&row.conversation_id), vec![event], None).await
+        self.commit_locked(partition, vec![event], None).await?;
+        Ok(true)
     }
 
     /// Every upload (a scan: for the janitor and erasure), with its id.
