@@ -173,7 +173,7 @@ async fn run(ingest: &Ingest, world: &mut World, op: &Op) {
             let caller = &world.callers[*user];
             let _ = match op {
                 Op::Edit { .. } => ingest.edit_message(caller, &message_id, format!("edited by {user}")).await.map(|_| ()),
-                _ => ingest.delete_message(caller, &message_id).await,
+                _ => ingest.delete_message(caller, &message_id).await.map(|_| ()),
             };
         }
         Op::Edit { .. } | Op::Delete { .. } => {}

@@ -416,8 +416,25 @@ async fn retention_and_erasure_take_the_files_along(server: &TestServer, admin: 
     assert!(listing.objects_of(&bobs).await.is_empty());
     assert!(!listing.objects_of(&kept).await.is_empty());
 
+    // A message deleted by its sender takes its file along too.
+    let regretted = upload(&admin, &group, "oops.txt", "text/plain", b"sent by mistake").await;
+    assert_eq!(decided(&admin, &regretted).await["status"], "ready");
+    let (status, message) =
+        admin.post("/v1/messages", json!({"conversationId": group, "clientMsgId": "a3", "body": "", "attachments": [{"mediaId": regretted}]})).await;
+    assert_eq!(status, 201, "{message}");
+    let (status, _) = admin.delete(&format!("/v1/messages/{}", message["messageId"].as_str().unwrap())).await;
+    assert_eq!(status, 204);
+    for _ in 0..100 {
+        if listing.objects_of(&regretted).await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(listing.objects_of(&regretted).await.is_empty(), "the deleted message's file is gone");
+    assert_error(&admin.get(&format!("/v1/media/{regretted}")).await, 404, "not_found");
+
     let sql = format!("SELECT media_id, reason FROM media WHERE event_type = 'removed' AND conversation_id = '{group}' ORDER BY media_id");
-    let mut expected = vec![json!([old, "retention"]), json!([bobs, "retention"]), json!([unsent, "erasure"])];
+    let mut expected = vec![json!([old, "retention"]), json!([bobs, "retention"]), json!([unsent, "erasure"]), json!([regretted, "deleted"])];
     expected.sort_by_key(|row| row[0].as_str().unwrap().to_string());
     poll_sql(&carol, &sql, |rows| rows.as_array() == Some(&expected)).await;
 }

@@ -103,7 +103,16 @@ pub async fn delete(
 ) -> ApiResult<StatusCode> {
     let conversation_id = state.ingest.message_conversation(&caller, &message_id)?;
     limit_write(&state, Write::Delete, &caller.user_id, &ip_key(&ip), Some(&conversation_id))?;
-    state.ingest.delete_message(&caller, &message_id).await?;
+    let released = state.ingest.delete_message(&caller, &message_id).await?;
+    // The files of uploads no message carries now go in the background (a
+    // failure leaves them to the sweep, `unattached_ttl_secs` later).
+    if let (false, Some(media)) = (released.is_empty(), state.media.get().cloned()) {
+        tokio::spawn(async move {
+            if let Err(error) = media.release(&released, "deleted").await {
+                tracing::warn!(%error, "could not remove the media of a deleted message; the sweep will");
+            }
+        });
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -229,7 +229,10 @@ impl Ingest {
 
     /// Deletes a message (its sender or a conversation admin). Deleting a
     /// deleted message succeeds and changes nothing.
-    pub async fn delete_message(&self, caller: &Caller, message_id: &str) -> Result<()> {
+    /// Deletes a message (its sender or a conversation admin). Returns the
+    /// uploads it carried that no message carries any more, whose files the
+    /// media layer then removes.
+    pub async fn delete_message(&self, caller: &Caller, message_id: &str) -> Result<Vec<String>> {
         let (conversation_id, seq) = self.member_message(caller, message_id)?;
         let partition = self.partition_of(&conversation_id);
         let _writer = partition.writer.lock().await;
@@ -246,8 +249,9 @@ impl Ingest {
             return Err(Error::NotAllowed { action: "deleting a message", conversation_id, allowed: "its sender and conversation admins" });
         }
         if message.deleted {
-            return Ok(());
+            return Ok(Vec::new());
         }
+        let carried: Vec<String> = message.attachments.iter().filter_map(|attachment| Some(attachment.get("mediaId")?.as_str()?.to_string())).collect();
         let event = LogEvent::MessageDeleted {
             message_id: message_id.to_string(),
             conversation_id,
@@ -257,7 +261,14 @@ impl Ingest {
             device_id: caller.device_id.clone(),
             ts: now_ms(),
         };
-        self.commit_locked(partition, vec![event], Some(pin)).await
+        self.commit_locked(partition, vec![event], Some(pin)).await?;
+        let mut released = Vec::new();
+        for media_id in carried {
+            if self.state.media(&media_id)?.is_some_and(|row| row.messages.is_empty()) {
+                released.push(media_id);
+            }
+        }
+        Ok(released)
     }
 
     /// A message the caller may see: its conversation and seq.
