@@ -428,7 +428,7 @@ impl Round<'_> {
     /// Records that message `seq` carries (or, deleted, no longer carries)
     /// each upload among its attachments.
     fn link_media(&mut self, conversation_id: &str, seq: u64, attachments: &[serde_json::Value], carried: bool) -> StoreResult<()> {
-        for media_id in attachments.iter().filter_map(|attachment| attachment.get("mediaId")?.as_str()) {
+        for media_id in rows::media_ids(attachments) {
             let Some(mut row) = self.media_row(media_id)? else { continue };
             if row.conversation_id != conversation_id {
                 continue;

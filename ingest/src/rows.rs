@@ -690,6 +690,11 @@ impl MediaRow {
     }
 }
 
+/// The uploads a message's attachments refer to (`{mediaId}`).
+pub(crate) fn media_ids(attachments: &[Value]) -> impl Iterator<Item = &str> {
+    attachments.iter().filter_map(|attachment| attachment.get("mediaId")?.as_str())
+}
+
 /// In `media`, beside each upload's row: uploader, media -> size.
 pub(crate) fn uploader_media_key(user_id: &str, media_id: &str) -> Vec<u8> {
     Encoder::new().id(user_id).id(media_id).finish()

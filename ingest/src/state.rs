@@ -407,14 +407,21 @@ impl State {
 
     /// The bytes and count of a user's uploads that the store keeps.
     pub fn uploaded_by(&self, user_id: &str) -> StoreResult<(u64, u64)> {
+        let uploads = self.uploads_of(user_id)?;
+        Ok((uploads.iter().fold(0u64, |bytes, (_, size)| bytes.saturating_add(*size)), uploads.len() as u64))
+    }
+
+    /// A user's uploads not removed, with their sizes (the uploader index).
+    pub fn uploads_of(&self, user_id: &str) -> StoreResult<Vec<(String, u64)>> {
         let (start, end) = crate::store::prefix_range(&rows::user_prefix(user_id));
-        let (mut bytes, mut count) = (0u64, 0u64);
+        let mut uploads = Vec::new();
         for entry in self.store.range(Space::Media, start, end, false) {
-            let (_, value) = entry?;
-            bytes = bytes.saturating_add(rows::u64_value(&value).unwrap_or(0));
-            count += 1;
+            let (key, value) = entry?;
+            let mut decoder = crate::codec::Decoder::new(&key);
+            let media_id = decoder.id().and_then(|_| decoder.id()).ok_or_else(|| rows::corrupt(Space::Media, "uploader index"))?;
+            uploads.push((media_id, rows::u64_value(&value).unwrap_or(0)));
         }
-        Ok((bytes, count))
+        Ok(uploads)
     }
 
     pub fn message_ref(&self, message_id: &str) -> StoreResult<Option<MessageRef>> {

@@ -63,8 +63,8 @@ struct Uploader {
 }
 
 impl Uploader {
-    /// Declares and PUTs one file; its id and how long the PUT took.
-    async fn send(&self, filename: &str, content_type: &str, bytes: &bytes::Bytes, sha: &str) -> anyhow::Result<(String, Duration)> {
+    /// Declares and PUTs one file; its id.
+    async fn send(&self, filename: &str, content_type: &str, bytes: &bytes::Bytes, sha: &str) -> anyhow::Result<String> {
         let declared = post(
             &self.http,
             &format!("{}/v1/media", self.base),
@@ -78,12 +78,11 @@ impl Uploader {
         for (name, value) in upload["headers"].as_object().into_iter().flatten() {
             request = request.header(name.as_str(), value.as_str().unwrap_or_default());
         }
-        let started = Instant::now();
         let response = request.send().await?;
         if !response.status().is_success() {
             bail!("the upload answered {}: {}", response.status(), response.text().await.unwrap_or_default());
         }
-        Ok((media_id, started.elapsed()))
+        Ok(media_id)
     }
 
     async fn complete(&self, media_id: &str) -> anyhow::Result<()> {
@@ -187,7 +186,7 @@ pub(crate) async fn run(options: MediaOptions) -> anyhow::Result<()> {
                     false => ("file.txt", "text/plain", &file, &file_sha),
                 };
                 turn += 1;
-                let (media_id, _) = uploader.send(name, content_type, bytes, sha).await?;
+                let media_id = uploader.send(name, content_type, bytes, sha).await?;
                 uploader.complete(&media_id).await?;
                 bytes_put += bytes.len() as u64;
                 uploads += 1;
@@ -241,7 +240,7 @@ pub(crate) async fn run(options: MediaOptions) -> anyhow::Result<()> {
     let uploader = &uploaders[0];
     let mut latencies = Vec::new();
     for _ in 0..options.jpegs {
-        let (media_id, _) = uploader.send("photo.jpg", "image/jpeg", &photo, &photo_sha).await?;
+        let media_id = uploader.send("photo.jpg", "image/jpeg", &photo, &photo_sha).await?;
         let started = Instant::now();
         uploader.complete(&media_id).await?;
         loop {

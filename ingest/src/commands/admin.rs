@@ -115,23 +115,13 @@ impl Ingest {
         if deleted > 0 {
             self.purge_store().await?;
         }
-        if let ComplianceScope::SentBy(user_id) = scope {
-            // Erasure: every upload of the user goes, sent or not.
-            for (media_id, row) in self.all_media()? {
-                if row.uploader_id == user_id {
-                    carried.push(media_id);
-                }
-            }
-        }
-        carried.sort();
-        carried.dedup();
-        let mut released_media = Vec::new();
-        for media_id in carried {
-            let Some(row) = self.state.media(&media_id)? else { continue };
-            if row.messages.is_empty() || matches!(scope, ComplianceScope::SentBy(user_id) if row.uploader_id == user_id) {
-                released_media.push(media_id);
-            }
-        }
+        let released_media = match scope {
+            // Erasure: every upload of the user goes, sent or not (a message
+            // carries only its sender's own uploads, so these are all of the
+            // deleted messages' too).
+            ComplianceScope::SentBy(user_id) => self.state.uploads_of(user_id)?.into_iter().map(|(media_id, _)| media_id).collect(),
+            ComplianceScope::ConversationBefore { .. } => self.uncarried(carried)?,
+        };
         Ok(ComplianceDeletion { messages: deleted, released_media })
     }
 
@@ -159,7 +149,7 @@ impl Ingest {
                 let seq = rows::seq_of(&key).ok_or_else(|| rows::corrupt(Space::Messages, "message key"))?;
                 last_key = Some(key);
                 if scope.takes(&message) {
-                    carried.extend(message.attachments.iter().filter_map(|attachment| Some(attachment.get("mediaId")?.as_str()?.to_string())));
+                    carried.extend(rows::media_ids(&message.attachments).map(str::to_string));
                     events.push(LogEvent::MessageDeleted {
                         message_id: message.message_id,
                         conversation_id: conversation_id.to_string(),

@@ -214,7 +214,20 @@ impl Ingest {
         Ok(true)
     }
 
-    /// Every upload (a scan: for the janitor and erasure), with its id.
+    /// Those of `media_ids` that exist and that no message carries.
+    pub(crate) fn uncarried(&self, mut media_ids: Vec<String>) -> Result<Vec<String>> {
+        media_ids.sort();
+        media_ids.dedup();
+        let mut uncarried = Vec::new();
+        for media_id in media_ids {
+            if self.state.media(&media_id)?.is_some_and(|row| row.messages.is_empty()) {
+                uncarried.push(media_id);
+            }
+        }
+        Ok(uncarried)
+    }
+
+    /// Every upload (a scan: for the sweep), with its id.
     pub fn all_media(&self) -> Result<Vec<(String, MediaRow)>> {
         let mut found = Vec::new();
         for entry in self.state.store.range(crate::store::Space::Media, std::ops::Bound::Unbounded, std::ops::Bound::Unbounded, false) {

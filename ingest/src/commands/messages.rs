@@ -251,7 +251,7 @@ impl Ingest {
         if message.deleted {
             return Ok(Vec::new());
         }
-        let carried: Vec<String> = message.attachments.iter().filter_map(|attachment| Some(attachment.get("mediaId")?.as_str()?.to_string())).collect();
+        let carried: Vec<String> = crate::rows::media_ids(&message.attachments).map(str::to_string).collect();
         let event = LogEvent::MessageDeleted {
             message_id: message_id.to_string(),
             conversation_id,
@@ -262,13 +262,7 @@ impl Ingest {
             ts: now_ms(),
         };
         self.commit_locked(partition, vec![event], Some(pin)).await?;
-        let mut released = Vec::new();
-        for media_id in carried {
-            if self.state.media(&media_id)?.is_some_and(|row| row.messages.is_empty()) {
-                released.push(media_id);
-            }
-        }
-        Ok(released)
+        self.uncarried(carried)
     }
 
     /// A message the caller may see: its conversation and seq.
