@@ -21,6 +21,7 @@ mod partition;
 mod queries;
 mod realtime;
 mod rows;
+mod search;
 mod state;
 pub mod store;
 
@@ -35,4 +36,5 @@ pub use limits::Limits;
 pub use queries::{SyncPage, PAGE_DEFAULT, PAGE_MAX, SYNC_PAGE_MAX};
 pub use realtime::EventAt;
 pub use rows::{MediaRow, MediaState, PushToken};
+pub use search::{ReadableConversation, SearchableMessage};
 pub use state::{Device, User};
