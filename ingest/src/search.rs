@@ -7,12 +7,16 @@
 //! it is not deleted) before anyone sees it, so an index that lags the
 //! state by a moment can show fewer results, never a forbidden one.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use confab_schemas::api;
 use confab_schemas::events::HistoryVisibility;
 
 use crate::commands::{Caller, Ingest};
 use crate::queries::render_message;
 use crate::rows::{self, MessageRow};
+use crate::state::ConversationHandle;
 use crate::store::{key_range, Space};
 use crate::Result;
 
@@ -93,7 +97,8 @@ impl Ingest {
         };
         let mut scope = Vec::with_capacity(ids.len());
         for conversation_id in ids {
-            if let Some(from_seq) = self.readable_from(&caller.user_id, &conversation_id)? {
+            let Some(handle) = self.state.conversation(&conversation_id)? else { continue };
+            if let Some(from_seq) = self.readable_from(&handle, &caller.user_id, &conversation_id)? {
                 scope.push(ReadableConversation { conversation_id, from_seq });
             }
         }
@@ -101,8 +106,7 @@ impl Ingest {
     }
 
     /// The first seq `user_id` may read in the conversation now, or `None` if they are not a member.
-    fn readable_from(&self, user_id: &str, conversation_id: &str) -> Result<Option<u64>> {
-        let Some(handle) = self.state.conversation(conversation_id)? else { return Ok(None) };
+    fn readable_from(&self, handle: &ConversationHandle, user_id: &str, conversation_id: &str) -> Result<Option<u64>> {
         let (visibility, intervals, last_seq) = {
             let conversation = handle.state.read();
             let Some(member) = conversation.member(user_id) else { return Ok(None) };
@@ -118,22 +122,22 @@ impl Ingest {
     /// the others (deleted, outside what they may read, in a conversation
     /// they left) are left out.
     pub fn readable_messages(&self, caller: &Caller, found: &[(String, u64)]) -> Result<Vec<api::Message>> {
-        let mut readable_from: std::collections::HashMap<&str, Option<u64>> = std::collections::HashMap::new();
+        // Per conversation: its handle and the first seq the caller may read (`None`: nothing).
+        let mut readable: HashMap<&str, Option<(Arc<ConversationHandle>, u64)>> = HashMap::new();
         let mut messages = Vec::with_capacity(found.len());
         for (conversation_id, seq) in found {
-            let from = match readable_from.get(conversation_id.as_str()) {
-                Some(from) => *from,
-                None => {
-                    let from = self.readable_from(&caller.user_id, conversation_id)?;
-                    readable_from.insert(conversation_id, from);
-                    from
-                }
-            };
-            if from.is_none_or(|from| *seq < from) {
+            if !readable.contains_key(conversation_id.as_str()) {
+                let entry = match self.state.conversation(conversation_id)? {
+                    Some(handle) => self.readable_from(&handle, &caller.user_id, conversation_id)?.map(|from| (handle, from)),
+                    None => None,
+                };
+                readable.insert(conversation_id, entry);
+            }
+            let Some((handle, from)) = &readable[conversation_id.as_str()] else { continue };
+            if *seq < *from {
                 continue;
             }
-            let Some(handle) = self.state.conversation(conversation_id)? else { continue };
-            if let Some(row) = self.state.message(&handle, *seq)?.filter(|row| !row.deleted) {
+            if let Some(row) = self.state.message(handle, *seq)?.filter(|row| !row.deleted) {
                 messages.push(render_message(conversation_id, *seq, &row));
             }
         }

@@ -104,18 +104,12 @@ impl Embedded {
         std::fs::create_dir_all(dir).map_err(|error| EngineError::Index(format!("creating {}: {error}", dir.display())))?;
         let (schema, fields) = schema();
         let directory = MmapDirectory::open(dir).map_err(|error| EngineError::Index(format!("opening {}: {error}", dir.display())))?;
-        let index = Index::open_or_create(directory, schema.clone()).map_err(|error| {
+        let index = Index::open_or_create(directory, schema).map_err(|error| {
             EngineError::Index(format!(
                 "opening the search index in {}: {error} (if its schema is from another version, delete the folder: it is rebuilt from the log and the state)",
                 dir.display()
             ))
         })?;
-        if index.schema() != schema {
-            return Err(EngineError::Index(format!(
-                "the search index in {} has another schema; delete the folder and it is rebuilt from the log and the state",
-                dir.display()
-            )));
-        }
         index.tokenizers().register(text::TOKENIZER_NAME, text::analyzer());
         let writer = index.writer_with_num_threads(1, WRITER_MEMORY_BYTES).map_err(|error| {
             EngineError::Index(format!("locking the search index in {}: {error} (is another confab serving this data directory?)", dir.display()))
