@@ -34,6 +34,8 @@ pub struct Config {
     pub workflows: crate::workflows::WorkflowsConfig,
     /// Uploads: where their bytes are stored, their limits and checks.
     pub media: confab_media::MediaConfig,
+    /// Search: which index engine, and where.
+    pub search: confab_search::SearchConfig,
 }
 
 /// Where the history tables live.
@@ -54,6 +56,10 @@ pub struct HistoryConfig {
 
 impl Config {
     /// The history's location: the configured one, or under the data directory.
+    pub fn search_dir(&self) -> PathBuf {
+        self.search.dir.clone().unwrap_or_else(|| self.data_dir.join("search"))
+    }
+
     pub fn history_location(&self) -> String {
         self.history.location.clone().unwrap_or_else(|| self.data_dir.join("history").to_string_lossy().into_owned())
     }
@@ -75,6 +81,7 @@ impl Default for Config {
             push: Default::default(),
             workflows: Default::default(),
             media: Default::default(),
+            search: Default::default(),
         }
     }
 }
@@ -87,6 +94,7 @@ impl Config {
         problems.extend(config.sql.problems());
         problems.extend(config.gateway.problems());
         problems.extend(config.media.problems());
+        problems.extend(config.search.problems());
         if !problems.is_empty() {
             anyhow::bail!("invalid config file `{}`:\n{}", path.display(), problems.join("\n"));
         }

@@ -57,6 +57,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     // Definitions first: a bad one stops the start before anything is opened.
     let specs = crate::wiring::load_pipelines(config.pipelines_dir.as_ref())?;
     let sink_config = crate::wiring::history_sink(&specs);
+    let search_config = crate::wiring::search_indexer(&specs);
     let state_dir = config.data_dir.join("state");
     let (log, ingest) = tokio::task::spawn_blocking({
         let log_config = config.log.clone();
@@ -95,6 +96,13 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     });
     let push_for_shutdown = push.clone();
     let pipelines = Arc::new(Runtime::start(specs, log.clone(), view.clone(), hub.clone(), view, pusher));
+    let search = match search_config {
+        Some(indexer) => Some(Arc::new(crate::wiring::start_search(&config, ingest.clone(), log.clone(), indexer).await?)),
+        None => {
+            tracing::warn!("no pipeline has a `search_index` stage: search is off (GET /v1/search answers 503)");
+            None
+        }
+    };
     let store = confab_query::HistoryStore::new(&config.history_location(), config.history.storage_options.clone())
         .with_context(|| format!("could not open the history at `{}`", config.history_location()))?;
     let history_sink = match sink_config {
@@ -109,7 +117,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         confab_query::SqlEngine::new(store, config.sql.clone(), config.data_dir.join("sql-spill")).context("could not start the compliance SQL threads")?,
     );
     let ingest_for_shutdown = ingest.clone();
-    let live = Arc::new(crate::wiring::LiveMessagesView { ingest: ingest.clone(), media: Arc::downgrade(&media) });
+    let live = Arc::new(crate::wiring::LiveMessagesView { ingest: ingest.clone(), media: Arc::downgrade(&media), search: search.clone() });
     let policies = confab_query::PolicyRegistry::open(store_for_policies).await.context("could not open the retention policies")?;
     let compliance = Arc::new(confab_query::Compliance::new(Arc::new(maintenance), live, policies, config.history.default_retention_days));
     workflows.register::<confab_workflows::retention::RetentionRun>(Arc::new(crate::retention::RetentionActivities(compliance.clone())));
@@ -123,6 +131,9 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         crate::wiring::ReadinessView { log: log.clone(), sink: history_sink.as_ref().map(|sink| sink.handle()), push, workflows: workflows.clone() };
     let _ = state.readiness.set(Arc::new(readiness));
     let _ = state.media.set(media.clone());
+    if let Some(search) = &search {
+        let _ = state.search.set(search.clone());
+    }
     let media_sweep = media.clone().sweep();
     let sql_server = match config.sql_listen {
         Some(address) => Some(start_pgwire(&config, address, (*history).clone(), state.clone()).await?),
@@ -169,6 +180,9 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             sql_server.abort();
         }
         pipelines.shutdown().await;
+        if let Some(search) = &search {
+            search.shutdown().await;
+        }
         retention_schedule.abort();
         media_sweep.abort();
         let _ = media_sweep.await;

@@ -106,6 +106,38 @@ pub fn history_sink(specs: &[PipelineSpec]) -> Option<confab_query::SinkConfig> 
     })
 }
 
+/// The search indexer's settings, if a pipeline has a `search_index` stage.
+pub fn search_indexer(specs: &[PipelineSpec]) -> Option<confab_search::IndexerConfig> {
+    specs.iter().find_map(|spec| {
+        spec.stages.iter().find_map(|stage| match stage {
+            confab_pipelines::Stage::SearchIndex { commit_interval_ms } => {
+                Some(confab_search::IndexerConfig { consumer: spec.name.clone(), commit_interval: std::time::Duration::from_millis(*commit_interval_ms) })
+            }
+            _ => None,
+        })
+    })
+}
+
+/// Opens the configured index engine and starts the indexing pipeline into it.
+pub async fn start_search(
+    config: &crate::config::Config,
+    ingest: Arc<Ingest>,
+    log: Arc<dyn confab_log::Log>,
+    indexer: confab_search::IndexerConfig,
+) -> anyhow::Result<confab_search::Search> {
+    use anyhow::Context;
+    let engine: Arc<dyn confab_search::Engine> = match config.search.engine {
+        confab_search::EngineKind::Embedded => {
+            let dir = config.search_dir();
+            let engine =
+                tokio::task::spawn_blocking(move || confab_search::embedded::Embedded::open(&dir)).await?.context("could not open the search index")?;
+            Arc::new(engine)
+        }
+        confab_search::EngineKind::Clickhouse => anyhow::bail!("[search] engine = \"clickhouse\" is not available in this build yet; use \"embedded\""),
+    };
+    confab_search::Search::start(engine, ingest, log, indexer).await.context("could not start the search indexer")
+}
+
 /// Every consumer of the log this configuration runs: the state, and each
 /// pipeline that reads the log (named after it).
 pub fn log_consumers(specs: &[PipelineSpec]) -> Vec<String> {
@@ -186,6 +218,8 @@ pub struct LiveMessagesView {
     /// messages carried. Weakly: the media layer holds the workflow engine,
     /// which holds the retention activities, which hold this.
     pub media: std::sync::Weak<confab_media::Media>,
+    /// The search index, whose files must lose the deleted text too.
+    pub search: Option<Arc<confab_search::Search>>,
 }
 
 #[async_trait::async_trait]
@@ -205,6 +239,14 @@ impl confab_query::LiveMessages for LiveMessagesView {
             let media = self.media.upgrade().ok_or("the server is stopping")?;
             let removed = media.release(&deletion.released_media, reason).await.map_err(|error| format!("deleting the media of deleted messages: {error}"))?;
             tracing::info!(removed, reason, "deleted the media of deleted messages");
+        }
+        // Then the index: once it has seen the deletes, what held the text
+        // is rewritten (a failure fails the run, which is retried).
+        if deletion.messages > 0 {
+            if let Some(search) = &self.search {
+                let dropped = search.purge_removed().await.map_err(|error| format!("purging the search index: {error}"))?;
+                tracing::info!(dropped, reason, "purged deleted messages from the search index files");
+            }
         }
         Ok(deletion.messages)
     }

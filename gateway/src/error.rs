@@ -78,6 +78,21 @@ impl From<confab_media::Error> for ApiError {
     }
 }
 
+impl From<confab_search::SearchError> for ApiError {
+    fn from(error: confab_search::SearchError) -> ApiError {
+        match error {
+            confab_search::SearchError::State(error) => error.into(),
+            error => match error.code() {
+                ErrorCode::Unavailable | ErrorCode::Internal => {
+                    tracing::error!(%error, "search failed");
+                    ApiError::new(error.code(), "search is unavailable; retry shortly")
+                }
+                code => ApiError::new(code, error.to_string()),
+            },
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -76,6 +76,8 @@ pub struct Shared {
     pub started_at: Instant,
     /// Uploads; set once by the binary when the media layer is up.
     pub media: std::sync::OnceLock<Arc<confab_media::Media>>,
+    /// Search; set once by the binary when the index is up.
+    pub search: std::sync::OnceLock<Arc<confab_search::Search>>,
     /// Set once by the binary when the parts are up.
     pub readiness: std::sync::OnceLock<Arc<dyn Readiness>>,
 }
@@ -121,6 +123,7 @@ impl AppState {
             config,
             started_at: Instant::now(),
             media: std::sync::OnceLock::new(),
+            search: std::sync::OnceLock::new(),
             readiness: std::sync::OnceLock::new(),
         }))
     }
@@ -154,6 +157,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/messages", post(routes::messages::send))
         .route("/v1/messages/{id}", axum::routing::patch(routes::messages::edit).delete(routes::messages::delete))
         .route("/v1/sync", get(routes::messages::sync))
+        .route("/v1/search", get(routes::search::search))
         .route("/v1/media", post(routes::media::declare))
         .route("/v1/media/{id}", get(routes::media::view))
         .route("/v1/media/{id}/complete", post(routes::media::complete))

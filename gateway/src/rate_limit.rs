@@ -43,6 +43,9 @@ pub struct RateLimitConfig {
     /// Uploads declared, per account (`POST /v1/media`): 200 an hour by
     /// default, all at once if need be.
     pub uploads_per_account: Option<Rate>,
+    /// Searches, per account (`GET /v1/search`): each may read thousands
+    /// of index entries, so a script cannot keep the index busy for everyone.
+    pub searches_per_account: Option<Rate>,
 }
 
 impl Default for RateLimitConfig {
@@ -63,6 +66,7 @@ impl Default for RateLimitConfig {
             members_added_per_account: Some(Rate { per_second: 1.0, burst: 1_000 }),
             receipts_per_account: Some(Rate { per_second: 100.0, burst: 1_000 }),
             uploads_per_account: Some(Rate { per_second: 200.0 / 3_600.0, burst: 200 }),
+            searches_per_account: Some(Rate { per_second: 5.0, burst: 100 }),
         }
     }
 }
@@ -81,6 +85,7 @@ pub enum Limit {
     MembersAddedPerAccount,
     ReceiptsPerAccount,
     UploadsPerAccount,
+    SearchesPerAccount,
 }
 
 /// A write other than a send, for [`RateLimiter::check_write`].
@@ -131,6 +136,7 @@ impl RateLimiter {
             Limit::MembersAddedPerAccount => self.config.members_added_per_account,
             Limit::ReceiptsPerAccount => self.config.receipts_per_account,
             Limit::UploadsPerAccount => self.config.uploads_per_account,
+            Limit::SearchesPerAccount => self.config.searches_per_account,
         }
     }
 

@@ -7,3 +7,4 @@ pub mod media;
 pub mod messages;
 pub mod notifications;
 pub mod ops;
+pub mod search;

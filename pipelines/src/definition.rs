@@ -19,6 +19,7 @@ pub const SHIPPED: &[(&str, &str)] = &[
     ("pipelines/definitions/receipts.toml", include_str!("../definitions/receipts.toml")),
     ("pipelines/definitions/history.toml", include_str!("../definitions/history.toml")),
     ("pipelines/definitions/push.toml", include_str!("../definitions/push.toml")),
+    ("pipelines/definitions/search.toml", include_str!("../definitions/search.toml")),
 ];
 
 #[derive(Debug, Deserialize)]
@@ -60,6 +61,11 @@ enum StageV1 {
         /// How long the push services keep an undelivered push.
         ttl_secs: u64,
     },
+    /// Keep the search index in step with the log (creates, edits, deletes).
+    SearchIndex {
+        /// How long a change may wait before it is searchable.
+        commit_interval_ms: u64,
+    },
 }
 
 /// Where a pipeline reads from.
@@ -78,6 +84,7 @@ pub enum Stage {
     AggregateReceipts { flush_interval_ms: u64, max_receipts_per_record: usize },
     DeltaSink { flush_rows: usize, flush_interval_ms: u64, compact_every_commits: u64 },
     Push { large_conversation_members: usize, ttl_secs: u64 },
+    SearchIndex { commit_interval_ms: u64 },
 }
 
 /// A validated pipeline.
@@ -236,6 +243,18 @@ pub fn validate(files: &[(PathBuf, String)]) -> Result<Vec<PipelineSpec>, Vec<Pr
                         }
                         stages.push(Stage::Push { large_conversation_members, ttl_secs });
                     }
+                    StageV1::SearchIndex { commit_interval_ms } => {
+                        if !(10..=60_000).contains(&commit_interval_ms) {
+                            report(&field("commit_interval_ms"), "must be between 10 and 60000".into());
+                        }
+                        if source != Some(Source::Log) {
+                            report(&field("kind"), "`search_index` indexes log events: use it with source = \"log\"".into());
+                        }
+                        if last != 0 {
+                            report(&field("kind"), "`search_index` must be the only stage of its pipeline (it indexes every message, so a filter before it would hide some from search)".into());
+                        }
+                        stages.push(Stage::SearchIndex { commit_interval_ms });
+                    }
                 }
             }
             if problems.len() == before {
@@ -249,6 +268,7 @@ pub fn validate(files: &[(PathBuf, String)]) -> Result<Vec<PipelineSpec>, Vec<Pr
         ("fanout", count_stages(&specs, |stage| matches!(stage, Stage::Fanout { .. }))),
         ("aggregate_receipts", count_stages(&specs, |stage| matches!(stage, Stage::AggregateReceipts { .. }))),
         ("push", count_stages(&specs, |stage| matches!(stage, Stage::Push { .. }))),
+        ("search_index", count_stages(&specs, |stage| matches!(stage, Stage::SearchIndex { .. }))),
     ] {
         if count > 1 {
             let file = specs.iter().map(|spec| spec.file.clone()).next().unwrap_or_default();
@@ -318,7 +338,7 @@ mod tests {
     #[test]
     fn the_shipped_definitions_are_valid() {
         let specs = validate(&shipped()).unwrap();
-        assert_eq!(specs.iter().map(|spec| spec.name.as_str()).collect::<Vec<_>>(), vec!["fanout", "receipts", "history", "push"]);
+        assert_eq!(specs.iter().map(|spec| spec.name.as_str()).collect::<Vec<_>>(), vec!["fanout", "receipts", "history", "push", "search"]);
     }
 
     #[test]
@@ -362,6 +382,19 @@ event_types = ["message.nope"]
         twice.push((PathBuf::from("copy.toml"), SHIPPED[0].1.replace("name = \"fanout\"", "name = \"fanout-copy\"")));
         let problems = validate(&twice).unwrap_err();
         assert!(problems[0].message.contains("delivered or written twice"), "{}", problems[0]);
+    }
+
+    #[test]
+    fn the_search_index_stage_is_alone_on_the_log_and_runs_once() {
+        let text = "version = 1\n[[pipeline]]\nname = \"s\"\nsource = \"device_receipts\"\n[[pipeline.stage]]\nkind = \"filter\"\nevent_types = [\"message.new\"]\n[[pipeline.stage]]\nkind = \"search_index\"\ncommit_interval_ms = 5\n";
+        let lines: Vec<String> = validate(&file(text)).unwrap_err().iter().map(ToString::to_string).collect();
+        assert!(lines.contains(&"ops.toml: pipeline `s`: `stage[1].commit_interval_ms`: must be between 10 and 60000".to_string()), "{lines:?}");
+        assert!(lines.iter().any(|line| line.contains("`stage[1].kind`: `search_index` indexes log events")), "{lines:?}");
+        assert!(lines.iter().any(|line| line.contains("`stage[1].kind`: `search_index` must be the only stage")), "{lines:?}");
+        let mut twice = shipped();
+        twice.push((PathBuf::from("copy.toml"), SHIPPED[4].1.replace("name = \"search\"", "name = \"search-copy\"")));
+        let problems = validate(&twice).unwrap_err();
+        assert!(problems[0].message.contains("2 pipelines have a `search_index` stage"), "{}", problems[0]);
     }
 
     #[test]

@@ -105,8 +105,9 @@ impl Runtime {
         let mut receipts = None;
         let mut large_conversation_members = usize::MAX;
         for spec in specs {
-            // The history sink is run by the query layer (see the binary's wiring).
-            if spec.stages.iter().any(|stage| matches!(stage, Stage::DeltaSink { .. })) {
+            // The history sink is run by the query layer and the search
+            // index by the search layer (see the binary's wiring).
+            if spec.stages.iter().any(|stage| matches!(stage, Stage::DeltaSink { .. } | Stage::SearchIndex { .. })) {
                 continue;
             }
             match spec.source {
@@ -189,7 +190,7 @@ impl LogPlan {
                 Stage::Push { large_conversation_members, ttl_secs } => {
                     plan.push = Some(PushRules { large_conversation_members: *large_conversation_members, ttl_secs: *ttl_secs })
                 }
-                Stage::AggregateReceipts { .. } | Stage::DeltaSink { .. } => {}
+                Stage::AggregateReceipts { .. } | Stage::DeltaSink { .. } | Stage::SearchIndex { .. } => {}
             }
         }
         plan

@@ -152,6 +152,10 @@ impl Engine for Embedded {
         self.blocking(Inner::purge).await
     }
 
+    async fn clear(&self) -> EngineResult<()> {
+        self.blocking(Inner::clear).await
+    }
+
     async fn size_bytes(&self) -> EngineResult<u64> {
         self.blocking(|inner| Ok(dir_size(&inner.dir))).await
     }
@@ -188,9 +192,17 @@ impl Inner {
             }
         }
         let payload = serde_json::to_string(&Payload { positions: positions.clone() }).map_err(index_error)?;
-        let mut commit = writer.prepare_commit().map_err(index_error)?;
-        commit.set_payload(&payload);
-        commit.commit().map_err(index_error)?;
+        commit_with_payload(&mut writer, Some(&payload))?;
+        drop(writer);
+        self.reader.reload().map_err(index_error)
+    }
+
+    /// Deletes every document and forgets the positions (a stale index about to be rebuilt).
+    fn clear(&self) -> EngineResult<()> {
+        let mut writer = self.writer.lock();
+        writer.delete_all_documents().map_err(index_error)?;
+        commit_with_payload(&mut writer, None)?;
+        writer.garbage_collect_files().wait().map_err(index_error)?;
         drop(writer);
         self.reader.reload().map_err(index_error)
     }
@@ -248,8 +260,11 @@ impl Inner {
     fn purge(&self) -> EngineResult<u64> {
         let mut writer = self.writer.lock();
         // Pending deletes are committed first (the pipeline commits every
-        // batch, so this is normally a no-op).
-        writer.commit().map_err(index_error)?;
+        // batch, so this is normally a no-op), keeping the positions: a
+        // commit without a payload would forget them, and the next start
+        // would rebuild the whole index.
+        let payload = self.index.load_metas().map_err(index_error)?.payload;
+        commit_with_payload(&mut writer, payload.as_deref())?;
         let mut dropped = 0;
         for attempt in 0..20 {
             let metas = self.index.searchable_segment_metas().map_err(index_error)?;
@@ -274,6 +289,16 @@ impl Inner {
         self.reader.reload().map_err(index_error)?;
         Ok(dropped)
     }
+}
+
+/// Commits what the writer holds with `payload` (the log positions) as the commit's payload.
+fn commit_with_payload(writer: &mut IndexWriter<TantivyDocument>, payload: Option<&str>) -> EngineResult<()> {
+    let mut commit = writer.prepare_commit().map_err(index_error)?;
+    if let Some(payload) = payload {
+        commit.set_payload(payload);
+    }
+    commit.commit().map_err(index_error)?;
+    Ok(())
 }
 
 /// The tighter of "before `before`" and "at or before the cursor's time".
@@ -396,8 +421,111 @@ impl SegmentCollector for SegmentNewest {
     }
 }
 
+/// Every word in the term dictionaries of the message bodies in the
+/// index's files, read from every `.term` file in the folder (also those of
+/// segments no commit uses any more but not yet deleted). The dictionaries
+/// are finite-state transducers, which do not hold a word as contiguous
+/// bytes, so a byte search of the files cannot tell whether a word is
+/// there: this reads them. For tests and operators checking an erasure.
+pub fn terms_in_files(dir: &Path) -> EngineResult<std::collections::BTreeSet<String>> {
+    use tantivy::directory::{CompositeFile, Directory};
+    let index = Index::open_in_dir(dir).map_err(index_error)?;
+    let (_, fields) = schema();
+    let mut terms = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(dir).map_err(index_error)? {
+        let name = entry.map_err(index_error)?.file_name();
+        if !name.to_string_lossy().ends_with(".term") {
+            continue;
+        }
+        let slice = index.directory().open_read(Path::new(&name)).map_err(index_error)?;
+        let composite = CompositeFile::open(&slice).map_err(index_error)?;
+        let Some(body) = composite.open_read(fields.body) else { continue };
+        let dictionary = tantivy::termdict::TermDictionary::open(body).map_err(index_error)?;
+        let mut stream = dictionary.stream().map_err(index_error)?;
+        while stream.advance() {
+            terms.insert(String::from_utf8_lossy(stream.key()).into_owned());
+        }
+    }
+    Ok(terms)
+}
+
 fn dir_size(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|entries| entries.filter_map(|entry| entry.ok()?.metadata().ok()).filter(|metadata| metadata.is_file()).map(|metadata| metadata.len()).sum())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Doc, Scope};
+    use crate::query::Query;
+
+    fn doc(id: &str, conversation: &str, seq: u64, ts: i64, body: &str) -> Doc {
+        Doc { message_id: id.into(), conversation_id: conversation.into(), seq, sender_id: "u_a".into(), ts, body: body.into(), has_attachments: false }
+    }
+
+    fn request(q: &str, scope: &[(&str, u64)]) -> Request {
+        Request {
+            query: Query::parse(q).unwrap(),
+            scope: scope.iter().map(|(id, from_seq)| Scope { conversation_id: id.to_string(), from_seq: *from_seq }).collect(),
+            sender_id: None,
+            after: None,
+            limit: 10,
+        }
+    }
+
+    fn files_contain(dir: &Path, needle: &[u8]) -> bool {
+        std::fs::read_dir(dir).unwrap().flatten().any(|entry| {
+            let bytes = std::fs::read(entry.path()).unwrap_or_default();
+            bytes.windows(needle.len()).any(|window| window == needle)
+        })
+    }
+
+    #[tokio::test]
+    async fn upserts_replace_removes_forget_and_purge_keeps_the_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Embedded::open(dir.path()).unwrap();
+        assert!(engine.positions().await.unwrap().is_empty());
+        let changes = vec![
+            Change::Upsert(doc("m1", "c1", 1, 1_000, "the walrus sings")),
+            Change::Upsert(doc("m2", "c1", 2, 2_000, "zebrafishsecret walrus")),
+            Change::Upsert(doc("m3", "c2", 1, 3_000, "walrus elsewhere")),
+        ];
+        engine.apply(changes, Positions::from([(0, 3)])).await.unwrap();
+        let found = engine.search(&request("walrus", &[("c1", 1), ("c2", 1)])).await.unwrap();
+        assert_eq!(found.iter().map(|hit| (hit.conversation_id.as_str(), hit.seq)).collect::<Vec<_>>(), vec![("c2", 1), ("c1", 2), ("c1", 1)]);
+        // A joined conversation hides what came before the caller's membership.
+        let found = engine.search(&request("walrus", &[("c1", 2)])).await.unwrap();
+        assert_eq!(found.iter().map(|hit| hit.seq).collect::<Vec<_>>(), vec![2]);
+        // The cursor continues strictly after the last hit.
+        let mut paged = request("walrus", &[("c1", 1), ("c2", 1)]);
+        paged.limit = 1;
+        let first = engine.search(&paged).await.unwrap();
+        paged.after = Some(first[0].key);
+        assert_eq!(engine.search(&paged).await.unwrap()[0].seq, 2);
+
+        // An edit replaces the text; a removal forgets the message.
+        engine.apply(vec![Change::Upsert(doc("m1", "c1", 1, 1_000, "the narwhal sings"))], Positions::from([(0, 4)])).await.unwrap();
+        assert_eq!(engine.search(&request("walrus", &[("c1", 1)])).await.unwrap().len(), 1);
+        assert_eq!(engine.search(&request("narwhal", &[("c1", 1)])).await.unwrap().len(), 1);
+        assert!(terms_in_files(dir.path()).unwrap().contains("zebrafishsecret"), "the positive control: the term is in the files");
+        engine.apply(vec![Change::Remove { message_id: "m2".into() }], Positions::from([(0, 5)])).await.unwrap();
+        assert!(engine.search(&request("zebrafishsecret", &[("c1", 1)])).await.unwrap().is_empty());
+        assert!(engine.purge().await.unwrap() >= 1);
+        let terms = terms_in_files(dir.path()).unwrap();
+        assert!(!terms.contains("zebrafishsecret") && terms.contains("walrus"), "the removed text left the files: {terms:?}");
+        assert!(!files_contain(dir.path(), b"zebrafishsecret"));
+        assert_eq!(engine.positions().await.unwrap(), Positions::from([(0, 5)]), "purging keeps the positions");
+        assert_eq!(engine.search(&request("walrus", &[("c1", 1), ("c2", 1)])).await.unwrap().len(), 1);
+
+        // Reopened, it holds the same; cleared, nothing.
+        drop(engine);
+        let engine = Embedded::open(dir.path()).unwrap();
+        assert_eq!(engine.positions().await.unwrap(), Positions::from([(0, 5)]));
+        assert_eq!(engine.search(&request("narwhal", &[("c1", 1)])).await.unwrap().len(), 1);
+        engine.clear().await.unwrap();
+        assert!(engine.positions().await.unwrap().is_empty());
+        assert!(engine.search(&request("narwhal", &[("c1", 1)])).await.unwrap().is_empty());
+    }
 }

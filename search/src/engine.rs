@@ -103,6 +103,8 @@ pub trait Engine: Send + Sync + 'static {
     /// Makes what was removed leave the index's files (erasure and
     /// retention): rewrites whatever still holds removed messages.
     async fn purge(&self) -> EngineResult<u64>;
+    /// Deletes everything and forgets the positions (before a rebuild of a stale index).
+    async fn clear(&self) -> EngineResult<()>;
     /// The index's size on disk, in bytes (benchmarks, status).
     async fn size_bytes(&self) -> EngineResult<u64>;
 }

@@ -17,5 +17,6 @@ mod ready;
 mod restart;
 mod retention;
 mod s3;
+mod search;
 mod sync;
 mod ws;

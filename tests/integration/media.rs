@@ -37,7 +37,7 @@ async fn put_bytes(upload: &Value, bytes: Vec<u8>) -> (u16, String) {
 }
 
 /// Declares, uploads and completes; the media id.
-async fn upload(client: &Client, conversation_id: &str, filename: &str, content_type: &str, bytes: &[u8]) -> String {
+pub(crate) async fn upload(client: &Client, conversation_id: &str, filename: &str, content_type: &str, bytes: &[u8]) -> String {
     let declared = declare(client, conversation_id, filename, content_type, bytes).await;
     let (status, text) = put_bytes(&declared["upload"], bytes.to_vec()).await;
     assert_eq!(status, 200, "{text}");
@@ -49,7 +49,7 @@ async fn upload(client: &Client, conversation_id: &str, filename: &str, content_
 }
 
 /// Polls the media object until moderation has decided.
-async fn decided(client: &Client, media_id: &str) -> Value {
+pub(crate) async fn decided(client: &Client, media_id: &str) -> Value {
     for _ in 0..200 {
         let (status, media) = client.get(&format!("/v1/media/{media_id}")).await;
         assert_eq!(status, 200, "{media}");

@@ -62,7 +62,7 @@ fn number_param(params: &HashMap<String, String>, name: &'static str) -> ApiResu
         .transpose()
 }
 
-fn page_limit(params: &HashMap<String, String>, default: usize, max: usize) -> ApiResult<usize> {
+pub(crate) fn page_limit(params: &HashMap<String, String>, default: usize, max: usize) -> ApiResult<usize> {
     match number_param(params, "limit")? {
         None => Ok(default),
         Some(limit) if (1..=max as u64).contains(&limit) => Ok(limit as usize),
