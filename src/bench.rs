@@ -192,6 +192,25 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 4)]
         jpeg_every: usize,
     },
+    /// The search index at scale: indexing rate, size, and query latency
+    /// by shape and scope; beside PostgreSQL full-text search with `--postgres`.
+    Search {
+        /// Where the index (and nothing else) goes; a fresh folder by default. An index already there is reused.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 10_000_000)]
+        messages: u64,
+        #[arg(long, default_value_t = 100_000)]
+        conversations: u64,
+        #[arg(long, default_value_t = 10_000)]
+        users: u64,
+        /// Queries timed per shape and scope.
+        #[arg(long, default_value_t = 200)]
+        queries: usize,
+        /// A PostgreSQL connection string for `psql` (e.g. postgresql://127.0.0.1:5432/bench): loads the same messages there and times the same queries.
+        #[arg(long)]
+        postgres: Option<String>,
+    },
     /// (Used by `bench ws`.) Holds idle WebSockets until stdin closes.
     #[command(hide = true)]
     Hold {
@@ -214,6 +233,9 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             media::run(media::MediaOptions { uploaders, seconds, file_mib, jpegs, send_rate, senders, upload_mbps, jpeg_every }).await
         }
         BenchCommand::Hold { url, token, connections } => ws::hold(url, token, connections).await,
+        BenchCommand::Search { dir, messages, conversations, users, queries, postgres } => {
+            confab_search::bench::run(confab_search::bench::SearchOptions { dir, messages, conversations, users, queries, postgres }).await
+        }
         BenchCommand::Push { members, rate, seconds, groups, partitions, temporal, temporal_namespace } => {
             push::run(push::PushOptions { members, rate, seconds, groups, partitions, temporal, temporal_namespace }).await
         }

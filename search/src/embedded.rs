@@ -1,19 +1,30 @@
 //! The embedded engine: a tantivy index under `<data_dir>/search`.
 //!
 //! Happy path. The indexing pipeline calls [`Embedded::apply`] with a batch
-//! of changes: each upsert deletes the message's id term and adds its
-//! document, each removal deletes the id term; one commit makes them and
+//! of changes: an add adds the message's document; an upsert deletes the
+//! documents matching its conversation key and seq (both indexed: no term
+//! is unique to one message, since a term per message would cost about
+//! 30 bytes each, a third of the index) and adds it; a removal deletes; one commit makes them and
 //! the pipeline's log positions (the commit's payload) durable together,
 //! then the reader reloads and the batch is searchable. A search is one
-//! boolean query (the terms, phrases and prefixes of the query, the
-//! caller's conversations as a term set, the sender and attachment terms,
-//! the time range on the fast field `ts`) into a collector that keeps the
-//! newest `limit` by `(ts, tiebreak)` and drops, by fast fields, messages
-//! before the caller's `from_seq` in `joined` conversations.
+//! boolean query (the terms, phrases and prefixes of the query, the sender
+//! and attachment terms, the time range on the fast field `ts`, and for a
+//! scope of up to `SCOPE_TERMS_MAX` conversations their term set) into a
+//! collector that keeps the newest `limit` by `(ts, tiebreak)` and checks,
+//! by fast fields, the conversation (for larger scopes, where a term set of
+//! thousands of conversations would cost more than it saves) and the first
+//! seq the caller may read in `joined` conversations. Segments are searched
+//! newest first (by the largest `ts` of each), and once the page is full a
+//! segment whose newest message is older than the page's oldest is skipped:
+//! the pipeline indexes in log order, so segments hold time ranges and a
+//! common word over a big scope reads only the newest segments.
 //!
-//! The documents store only ids (`message_id`, `conversation_id`, `seq`):
-//! results are rendered from the state, so the index never serves a
-//! stale body and holds no message text but its terms.
+//! The index stores no document: hits are `(conversation key, seq)` read
+//! from fast fields, mapped back to conversation ids through the request's
+//! scope, and rendered from the state, so the index never serves a stale
+//! body and holds no message text but its terms. Its schema is derived
+//! data: an index with another schema (an older version) is deleted and
+//! rebuilt from the log and the state.
 //!
 //! Failures. A crash before a commit loses the uncommitted batch and its
 //! positions together: the pipeline re-reads from the last payload.
@@ -30,11 +41,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tantivy::collector::{Collector, SegmentCollector};
 use tantivy::directory::MmapDirectory;
-use tantivy::query::{AllQuery, BooleanQuery, Occur, PhrasePrefixQuery, PhraseQuery, Query as TantivyQuery, RangeQuery, RegexQuery, TermQuery, TermSetQuery};
-use tantivy::schema::{Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, FAST, INDEXED, STORED, STRING};
-use tantivy::{DocAddress, DocId, Index, IndexReader, IndexWriter, ReloadPolicy, Score, SegmentOrdinal, SegmentReader, TantivyDocument, Term};
+use tantivy::query::{AllQuery, BooleanQuery, Occur, PhrasePrefixQuery, PhraseQuery, Query as TantivyQuery, RangeQuery, TermQuery, TermSetQuery};
+use tantivy::DocSet as _;
+use tantivy::schema::{Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, FAST};
+use tantivy::{DocId, Index, IndexReader, IndexWriter, ReloadPolicy, SegmentReader, TantivyDocument, Term};
 
 use crate::engine::{fnv1a, Change, Engine, EngineError, EngineResult, Hit, Positions, Request, SortKey};
 use crate::query::Clause;
@@ -42,35 +53,36 @@ use crate::text;
 
 /// Memory the writer may use before it flushes a segment.
 const WRITER_MEMORY_BYTES: usize = 64 * 1024 * 1024;
+/// Scopes up to this many conversations are a term set in the query;
+/// larger ones are checked per match in the collector.
+const SCOPE_TERMS_MAX: usize = 8;
 /// Most terms one prefix expands to inside a phrase.
 const PHRASE_PREFIX_EXPANSIONS: u32 = 1_000;
 
 #[derive(Debug, Clone, Copy)]
 struct Fields {
-    message_id: Field,
-    conversation_id: Field,
     seq: Field,
     sender: Field,
     attachment: Field,
     ts: Field,
-    tiebreak: Field,
     conversation_key: Field,
     body: Field,
 }
 
 fn schema() -> (Schema, Fields) {
     let mut builder = Schema::builder();
-    let body_options = TextOptions::default()
-        .set_indexing_options(TextFieldIndexing::default().set_tokenizer(text::TOKENIZER_NAME).set_index_option(IndexRecordOption::WithFreqsAndPositions));
+    // Nothing is scored, so no field keeps norms; nothing is stored.
+    let body_options = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default().set_tokenizer(text::TOKENIZER_NAME).set_fieldnorms(false).set_index_option(IndexRecordOption::WithFreqsAndPositions),
+    );
+    let sender_options =
+        TextOptions::default().set_indexing_options(TextFieldIndexing::default().set_tokenizer("raw").set_fieldnorms(false).set_index_option(IndexRecordOption::Basic));
     let fields = Fields {
-        message_id: builder.add_text_field("message_id", STRING | STORED),
-        conversation_id: builder.add_text_field("conversation_id", STRING | STORED),
-        seq: builder.add_u64_field("seq", STORED | FAST),
-        sender: builder.add_text_field("sender", STRING),
-        attachment: builder.add_u64_field("attachment", INDEXED),
+        conversation_key: builder.add_u64_field("conversation_key", NumericOptions::default().set_indexed().set_fast()),
+        seq: builder.add_u64_field("seq", NumericOptions::default().set_indexed().set_fast()),
+        sender: builder.add_text_field("sender", sender_options),
+        attachment: builder.add_u64_field("attachment", NumericOptions::default().set_indexed()),
         ts: builder.add_i64_field("ts", FAST),
-        tiebreak: builder.add_u64_field("tiebreak", FAST),
-        conversation_key: builder.add_u64_field("conversation_key", FAST),
         body: builder.add_text_field("body", body_options),
     };
     (builder.build(), fields)
@@ -86,6 +98,8 @@ struct Inner {
     fields: Fields,
     writer: Mutex<IndexWriter<TantivyDocument>>,
     reader: IndexReader,
+    /// Per segment, its newest `ts` (the search order of segments).
+    newest: Mutex<HashMap<tantivy::index::SegmentId, i64>>,
 }
 
 impl std::fmt::Debug for Embedded {
@@ -103,19 +117,26 @@ impl Embedded {
     pub fn open(dir: &Path) -> EngineResult<Embedded> {
         std::fs::create_dir_all(dir).map_err(|error| EngineError::Index(format!("creating {}: {error}", dir.display())))?;
         let (schema, fields) = schema();
-        let directory = MmapDirectory::open(dir).map_err(|error| EngineError::Index(format!("opening {}: {error}", dir.display())))?;
-        let index = Index::open_or_create(directory, schema).map_err(|error| {
-            EngineError::Index(format!(
-                "opening the search index in {}: {error} (if its schema is from another version, delete the folder: it is rebuilt from the log and the state)",
-                dir.display()
-            ))
-        })?;
+        let open = |dir: &Path| MmapDirectory::open(dir).map_err(|error| EngineError::Index(format!("opening {}: {error}", dir.display())));
+        let directory = open(dir)?;
+        if Index::exists(&directory).map_err(index_error)? {
+            let existing = Index::open(directory.clone()).map_err(index_error)?;
+            if existing.schema() != schema {
+                // Derived data: the pipeline rebuilds it from the log and the state.
+                tracing::warn!(dir = %dir.display(), "the search index has another schema (another version): deleting it; it is rebuilt");
+                drop(existing);
+                std::fs::remove_dir_all(dir).and_then(|()| std::fs::create_dir_all(dir)).map_err(index_error)?;
+            }
+        }
+        let directory = open(dir)?;
+        let index = Index::open_or_create(directory, schema)
+            .map_err(|error| EngineError::Index(format!("opening the search index in {}: {error} (delete the folder: it is rebuilt from the log and the state)", dir.display())))?;
         index.tokenizers().register(text::TOKENIZER_NAME, text::analyzer());
         let writer = index.writer_with_num_threads(1, WRITER_MEMORY_BYTES).map_err(|error| {
             EngineError::Index(format!("locking the search index in {}: {error} (is another confab serving this data directory?)", dir.display()))
         })?;
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().map_err(index_error)?;
-        Ok(Embedded { inner: Arc::new(Inner { dir: dir.to_path_buf(), index, fields, writer: Mutex::new(writer), reader }) })
+        Ok(Embedded { inner: Arc::new(Inner { dir: dir.to_path_buf(), index, fields, writer: Mutex::new(writer), reader, newest: Mutex::new(HashMap::new()) }) })
     }
 
     async fn blocking<T: Send + 'static>(&self, work: impl FnOnce(&Inner) -> EngineResult<T> + Send + 'static) -> EngineResult<T> {
@@ -171,23 +192,24 @@ impl Inner {
         let fields = self.fields;
         let mut writer = self.writer.lock();
         for change in changes {
+            let replace = matches!(change, Change::Upsert(_));
             match change {
-                Change::Upsert(doc) => {
-                    writer.delete_term(Term::from_field_text(fields.message_id, &doc.message_id));
+                Change::Add(doc) | Change::Upsert(doc) => {
+                    let conversation_key = fnv1a(doc.conversation_id.as_bytes());
+                    if replace {
+                        writer.delete_query(message_query(fields, conversation_key, doc.seq)).map_err(index_error)?;
+                    }
                     let mut document = TantivyDocument::default();
-                    document.add_text(fields.message_id, &doc.message_id);
-                    document.add_text(fields.conversation_id, &doc.conversation_id);
+                    document.add_u64(fields.conversation_key, conversation_key);
                     document.add_u64(fields.seq, doc.seq);
                     document.add_text(fields.sender, &doc.sender_id);
                     document.add_u64(fields.attachment, u64::from(doc.has_attachments));
                     document.add_i64(fields.ts, doc.ts);
-                    document.add_u64(fields.tiebreak, SortKey::of(doc.ts, &doc.message_id).tiebreak);
-                    document.add_u64(fields.conversation_key, fnv1a(doc.conversation_id.as_bytes()));
                     document.add_text(fields.body, &doc.body);
                     writer.add_document(document).map_err(index_error)?;
                 }
-                Change::Remove { message_id } => {
-                    writer.delete_term(Term::from_field_text(fields.message_id, &message_id));
+                Change::Remove { conversation_id, seq } => {
+                    writer.delete_query(message_query(fields, fnv1a(conversation_id.as_bytes()), seq)).map_err(index_error)?;
                 }
             }
         }
@@ -216,11 +238,18 @@ impl Inner {
         for clause in &request.query.clauses {
             must.push((Occur::Must, clause_query(fields.body, clause)?));
         }
-        let scope: Box<dyn TantivyQuery> = match request.scope.as_slice() {
-            [one] => Box::new(TermQuery::new(Term::from_field_text(fields.conversation_id, &one.conversation_id), IndexRecordOption::Basic)),
-            many => Box::new(TermSetQuery::new(many.iter().map(|scope| Term::from_field_text(fields.conversation_id, &scope.conversation_id)))),
-        };
-        must.push((Occur::Must, scope));
+        // Conversation key -> (its id, the first seq the caller may read).
+        let scope: HashMap<u64, (&str, u64)> =
+            request.scope.iter().map(|scope| (fnv1a(scope.conversation_id.as_bytes()), (scope.conversation_id.as_str(), scope.from_seq))).collect();
+        let scope_in_query = scope.len() <= SCOPE_TERMS_MAX;
+        if scope_in_query {
+            let term = |key: u64| Term::from_field_u64(fields.conversation_key, key);
+            let in_scope: Box<dyn TantivyQuery> = match scope.len() {
+                1 => Box::new(TermQuery::new(term(*scope.keys().next().unwrap_or(&0)), IndexRecordOption::Basic)),
+                _ => Box::new(TermSetQuery::new(scope.keys().map(|key| term(*key)))),
+            };
+            must.push((Occur::Must, in_scope));
+        }
         if let Some(sender) = &request.sender_id {
             must.push((Occur::Must, Box::new(TermQuery::new(Term::from_field_text(fields.sender, sender), IndexRecordOption::Basic))));
         }
@@ -240,19 +269,59 @@ impl Inner {
             must.push((Occur::Must, Box::new(AllQuery)));
         }
         let query = BooleanQuery::new(must);
-        let joined: HashMap<u64, u64> =
-            request.scope.iter().filter(|scope| scope.from_seq > 1).map(|scope| (fnv1a(scope.conversation_id.as_bytes()), scope.from_seq)).collect();
-        let collector = Newest { limit: request.limit, before: request.after, joined: Arc::new(joined) };
+        // What the collector checks per match: every conversation when the
+        // query does not, else only those with a first readable seq.
+        let checks: HashMap<u64, u64> =
+            scope.iter().filter(|(_, (_, from_seq))| !scope_in_query || *from_seq > 1).map(|(key, (_, from_seq))| (*key, *from_seq)).collect();
+        let filter = ScopeFilter { checks, required: !scope_in_query };
         let searcher = self.reader.searcher();
-        let found = searcher.search(&query, &collector).map_err(index_error)?;
-        let mut hits = Vec::with_capacity(found.len());
-        for (key, address) in found {
-            let document: TantivyDocument = searcher.doc(address).map_err(index_error)?;
-            let conversation_id = document.get_first(fields.conversation_id).and_then(|value| value.as_str()).unwrap_or_default().to_string();
-            let seq = document.get_first(fields.seq).and_then(|value| value.as_u64()).unwrap_or_default();
-            hits.push(Hit { conversation_id, seq, key });
+        let weight = query.weight(tantivy::query::EnableScoring::disabled_from_searcher(&searcher)).map_err(index_error)?;
+        // Newest segments first; stop once no older segment can enter the page.
+        let mut segments: Vec<(i64, usize)> =
+            searcher.segment_readers().iter().enumerate().map(|(ordinal, reader)| (self.newest_in(reader), ordinal)).collect();
+        segments.sort_unstable_by(|a, b| b.cmp(a));
+        let mut page = Page { limit: request.limit, before: request.after, heap: std::collections::BinaryHeap::with_capacity(request.limit + 1) };
+        for (newest, ordinal) in segments {
+            if page.full_before(newest) {
+                break;
+            }
+            let reader = &searcher.segment_readers()[ordinal];
+            let mut scorer = weight.scorer(reader, 1.0).map_err(index_error)?;
+            if scorer.doc() == tantivy::TERMINATED {
+                // No match here: no need to open its columns.
+                continue;
+            }
+            let columns = Columns::of(reader).map_err(index_error)?;
+            let alive = reader.alive_bitset();
+            let mut doc = scorer.doc();
+            while doc != tantivy::TERMINATED {
+                if alive.is_none_or(|alive| alive.is_alive(doc)) {
+                    page.offer(&columns, &filter, doc);
+                }
+                doc = scorer.advance();
+            }
         }
-        Ok(hits)
+        let mut found: Vec<(SortKey, u64, u64)> = page.heap.into_iter().map(|std::cmp::Reverse(entry)| entry).collect();
+        found.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        Ok(found
+            .into_iter()
+            .filter_map(|(key, conversation_key, seq)| scope.get(&conversation_key).map(|(conversation_id, _)| Hit { conversation_id: conversation_id.to_string(), seq, key }))
+            .collect())
+    }
+
+    /// The newest `ts` of a segment (remembered: segments never change).
+    fn newest_in(&self, reader: &SegmentReader) -> i64 {
+        let id = reader.segment_id();
+        if let Some(newest) = self.newest.lock().get(&id) {
+            return *newest;
+        }
+        let newest = reader.fast_fields().i64("ts").map_or(i64::MAX, |ts| ts.max_value());
+        let mut cache = self.newest.lock();
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(id, newest);
+        newest
     }
 
     /// Merges every segment that holds deleted documents, then deletes the
@@ -316,9 +385,11 @@ fn clause_query(body: Field, clause: &Clause) -> EngineResult<Box<dyn TantivyQue
     Ok(match clause {
         Clause::Terms(words) if words.len() == 1 => Box::new(TermQuery::new(term(&words[0]), IndexRecordOption::Basic)),
         Clause::Terms(words) => Box::new(PhraseQuery::new(words.iter().map(|word| term(word)).collect())),
-        Clause::Prefix { leading, prefix } if leading.is_empty() => {
-            Box::new(RegexQuery::from_pattern(&format!("{}.*", regex_escape(prefix)), body).map_err(index_error)?)
-        }
+        // A range of the term dictionary (cheaper than an automaton over it).
+        Clause::Prefix { leading, prefix } if leading.is_empty() => match prefix_end(prefix) {
+            Some(end) => Box::new(RangeQuery::new(Bound::Included(term(prefix)), Bound::Excluded(Term::from_field_bytes(body, &end)))),
+            None => Box::new(RangeQuery::new(Bound::Included(term(prefix)), Bound::Unbounded)),
+        },
         Clause::Prefix { leading, prefix } => {
             let mut query = PhrasePrefixQuery::new(leading.iter().chain(std::iter::once(prefix)).map(|word| term(word)).collect());
             query.set_max_expansions(PHRASE_PREFIX_EXPANSIONS);
@@ -327,97 +398,81 @@ fn clause_query(body: Field, clause: &Clause) -> EngineResult<Box<dyn TantivyQue
     })
 }
 
-/// Escapes what tantivy's regex syntax would read as operators.
-fn regex_escape(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for character in text.chars() {
-        if !character.is_alphanumeric() {
-            escaped.push('\\');
+/// The first byte string after every string starting with `prefix` (none if it is all 0xFF).
+fn prefix_end(prefix: &str) -> Option<Vec<u8>> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return Some(end);
         }
-        escaped.push(character);
     }
-    escaped
+    None
 }
 
-/// The newest `limit` documents before `before`, without those a `joined`
-/// conversation hides from the caller.
-struct Newest {
-    limit: usize,
-    before: Option<SortKey>,
-    /// Conversation key → the first seq the caller may read.
-    joined: Arc<HashMap<u64, u64>>,
+
+/// The message at `seq` in the conversation with this key (two short posting lists, intersected).
+fn message_query(fields: Fields, conversation_key: u64, seq: u64) -> Box<dyn TantivyQuery> {
+    Box::new(BooleanQuery::new(vec![
+        (Occur::Must, Box::new(TermQuery::new(Term::from_field_u64(fields.conversation_key, conversation_key), IndexRecordOption::Basic)) as Box<dyn TantivyQuery>),
+        (Occur::Must, Box::new(TermQuery::new(Term::from_field_u64(fields.seq, seq), IndexRecordOption::Basic))),
+    ]))
 }
 
-struct SegmentNewest {
-    segment: SegmentOrdinal,
-    limit: usize,
-    before: Option<SortKey>,
-    joined: Arc<HashMap<u64, u64>>,
+/// The fast fields a match is judged by.
+struct Columns {
     ts: tantivy::columnar::Column<i64>,
-    tiebreak: tantivy::columnar::Column<u64>,
     conversation_key: tantivy::columnar::Column<u64>,
     seq: tantivy::columnar::Column<u64>,
-    /// A min-heap of the newest seen, by key.
-    heap: std::collections::BinaryHeap<std::cmp::Reverse<(SortKey, DocId)>>,
 }
 
-impl Collector for Newest {
-    type Fruit = Vec<(SortKey, DocAddress)>;
-    type Child = SegmentNewest;
-
-    fn for_segment(&self, segment: SegmentOrdinal, reader: &SegmentReader) -> tantivy::Result<SegmentNewest> {
+impl Columns {
+    fn of(reader: &SegmentReader) -> tantivy::Result<Columns> {
         let fast = reader.fast_fields();
-        Ok(SegmentNewest {
-            segment,
-            limit: self.limit,
-            before: self.before,
-            joined: self.joined.clone(),
-            ts: fast.i64("ts")?,
-            tiebreak: fast.u64("tiebreak")?,
-            conversation_key: fast.u64("conversation_key")?,
-            seq: fast.u64("seq")?,
-            heap: std::collections::BinaryHeap::with_capacity(self.limit + 1),
-        })
-    }
-
-    fn requires_scoring(&self) -> bool {
-        false
-    }
-
-    fn merge_fruits(&self, fruits: Vec<Vec<(SortKey, DocAddress)>>) -> tantivy::Result<Self::Fruit> {
-        let mut all: Vec<(SortKey, DocAddress)> = fruits.into_iter().flatten().collect();
-        all.sort_unstable_by_key(|(key, _)| std::cmp::Reverse(*key));
-        all.truncate(self.limit);
-        Ok(all)
+        Ok(Columns { ts: fast.i64("ts")?, conversation_key: fast.u64("conversation_key")?, seq: fast.u64("seq")? })
     }
 }
 
-impl SegmentCollector for SegmentNewest {
-    type Fruit = Vec<(SortKey, DocAddress)>;
+/// Conversation key -> the first seq the caller may read; `required`: a
+/// match in a conversation not listed is out of scope.
+struct ScopeFilter {
+    checks: HashMap<u64, u64>,
+    required: bool,
+}
 
-    fn collect(&mut self, doc: DocId, _score: Score) {
-        let key = SortKey { ts: self.ts.first(doc).unwrap_or_default(), tiebreak: self.tiebreak.first(doc).unwrap_or_default() };
+/// The newest `limit` matches before the cursor: a min-heap by key of
+/// `(key, conversation key, seq)`.
+struct Page {
+    limit: usize,
+    before: Option<SortKey>,
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<(SortKey, u64, u64)>>,
+}
+
+impl Page {
+    /// Whether the page is full of messages newer than any at or before `ts`.
+    fn full_before(&self, ts: i64) -> bool {
+        self.heap.len() >= self.limit && self.heap.peek().is_some_and(|oldest| ts < oldest.0 .0.ts)
+    }
+
+    fn offer(&mut self, columns: &Columns, filter: &ScopeFilter, doc: DocId) {
+        let conversation_key = columns.conversation_key.first(doc).unwrap_or_default();
+        let seq = columns.seq.first(doc).unwrap_or_default();
+        let key = SortKey { ts: columns.ts.first(doc).unwrap_or_default(), tiebreak: conversation_key ^ seq };
         if self.before.is_some_and(|before| key >= before) {
             return;
         }
-        if self.heap.len() == self.limit && self.heap.peek().is_some_and(|oldest| key <= oldest.0 .0) {
+        if self.heap.len() >= self.limit && self.heap.peek().is_some_and(|oldest| key <= oldest.0 .0) {
             return;
         }
-        if !self.joined.is_empty() {
-            let conversation = self.conversation_key.first(doc).unwrap_or_default();
-            if self.joined.get(&conversation).is_some_and(|&from| self.seq.first(doc).unwrap_or_default() < from) {
-                return;
-            }
+        match filter.checks.get(&conversation_key) {
+            None if filter.required => return,
+            Some(&from_seq) if seq < from_seq => return,
+            _ => {}
         }
-        self.heap.push(std::cmp::Reverse((key, doc)));
+        self.heap.push(std::cmp::Reverse((key, conversation_key, seq)));
         if self.heap.len() > self.limit {
             self.heap.pop();
         }
-    }
-
-    fn harvest(self) -> Self::Fruit {
-        let segment = self.segment;
-        self.heap.into_iter().map(|std::cmp::Reverse((key, doc))| (key, DocAddress::new(segment, doc))).collect()
     }
 }
 
@@ -483,6 +538,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn large_scopes_are_checked_per_match_across_segments_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Embedded::open(dir.path()).unwrap();
+        // Three commits, three segments of consecutive times; 400 conversations.
+        for batch in 0..3u64 {
+            let changes = (0..200u64)
+                .map(|index| {
+                    let n = batch * 200 + index;
+                    Change::Upsert(doc(&format!("m{n}"), &format!("c{}", n % 400), n / 400 + 1, n as i64, "common words here"))
+                })
+                .collect();
+            engine.apply(changes, Positions::from([(0, batch + 1)])).await.unwrap();
+        }
+        // 300 conversations (checked in the collector), c399 joined from seq 2.
+        let scope: Vec<(String, u64)> = (100..400).map(|c| (format!("c{c}"), if c == 399 { 2 } else { 1 })).collect();
+        let scope: Vec<(&str, u64)> = scope.iter().map(|(id, from)| (id.as_str(), *from)).collect();
+        let mut request = request("common", &scope);
+        request.limit = 4;
+        let found: Vec<(String, u64)> = engine.search(&request).await.unwrap().into_iter().map(|hit| (hit.conversation_id, hit.seq)).collect();
+        // Newest first: m599 (c199, seq 2), m598, m597, m596; m399 is c399 seq 1, hidden.
+        assert_eq!(found, vec![("c199".into(), 2), ("c198".into(), 2), ("c197".into(), 2), ("c196".into(), 2)]);
+        request.scope.retain(|scope| scope.conversation_id == "c399" || scope.conversation_id == "c150");
+        request.limit = 10;
+        let found: Vec<(String, u64)> = engine.search(&request).await.unwrap().into_iter().map(|hit| (hit.conversation_id, hit.seq)).collect();
+        assert_eq!(found, vec![("c150".into(), 2), ("c150".into(), 1)], "a small scope goes into the query; c399 has no seq 2");
+    }
+
+    #[tokio::test]
     async fn upserts_replace_removes_forget_and_purge_keeps_the_positions() {
         let dir = tempfile::tempdir().unwrap();
         let engine = Embedded::open(dir.path()).unwrap();
@@ -510,7 +593,7 @@ mod tests {
         assert_eq!(engine.search(&request("walrus", &[("c1", 1)])).await.unwrap().len(), 1);
         assert_eq!(engine.search(&request("narwhal", &[("c1", 1)])).await.unwrap().len(), 1);
         assert!(terms_in_files(dir.path()).unwrap().contains("zebrafishsecret"), "the positive control: the term is in the files");
-        engine.apply(vec![Change::Remove { message_id: "m2".into() }], Positions::from([(0, 5)])).await.unwrap();
+        engine.apply(vec![Change::Remove { conversation_id: "c1".into(), seq: 2 }], Positions::from([(0, 5)])).await.unwrap();
         assert!(engine.search(&request("zebrafishsecret", &[("c1", 1)])).await.unwrap().is_empty());
         assert!(engine.purge().await.unwrap() >= 1);
         let terms = terms_in_files(dir.path()).unwrap();

@@ -10,10 +10,13 @@ pub type Doc = confab_ingest::SearchableMessage;
 /// One change to the index, in log order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
+    /// Index a message the index does not hold (a create in log order
+    /// after the index's positions, or a rebuild into an empty index).
+    Add(Doc),
     /// Index the message as it is now (replacing what was indexed of it).
     Upsert(Doc),
     /// Forget it (deleted, erased, retention).
-    Remove { message_id: String },
+    Remove { conversation_id: String, seq: u64 },
 }
 
 /// Per log partition, the next offset not yet in the index.
@@ -23,13 +26,14 @@ pub type Positions = BTreeMap<u32, u64>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SortKey {
     pub ts: i64,
-    /// A stable hash of the message id, so equal times still order.
+    /// Distinct per message and stable (the conversation's FNV-1a hash
+    /// xor the seq), so equal times still order.
     pub tiebreak: u64,
 }
 
 impl SortKey {
-    pub fn of(ts: i64, message_id: &str) -> SortKey {
-        SortKey { ts, tiebreak: fnv1a(message_id.as_bytes()) }
+    pub fn of(ts: i64, conversation_id: &str, seq: u64) -> SortKey {
+        SortKey { ts, tiebreak: fnv1a(conversation_id.as_bytes()) ^ seq }
     }
 
     /// The opaque cursor text.

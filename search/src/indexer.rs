@@ -3,7 +3,7 @@
 //! Happy path: one reader per log partition (a registered consumer named
 //! after the pipeline, bounded by the state's applied end so that an edit
 //! is looked up in a state that already holds it) turns each record into
-//! index changes: `MessageCreated` indexes the message as sent,
+//! index changes: `MessageCreated` adds the message as sent,
 //! `MessageEdited` indexes its current text (looked up in the state, so an
 //! edit never resurrects a deleted message), `MessageDeleted` (a user's
 //! delete, erasure, retention) removes it. The readers hand their batches
@@ -24,7 +24,8 @@
 //!   index is cleared and rebuilt from the state (every live message's
 //!   current text), then the readers start from the applied ends read
 //!   before the scan; what changed during the scan is re-applied from the
-//!   log, idempotently. A crash mid-rebuild leaves no positions, so the
+//!   log as replacements (creates up to the log's end seen after the scan
+//!   are upserts, not adds, since the scan may hold them already). A crash mid-rebuild leaves no positions, so the
 //!   next start rebuilds again.
 //! - An undecodable record is skipped with an error (the state refused it
 //!   too); a lookup error stops that reader's batch and retries it.
@@ -102,12 +103,17 @@ impl Indexer {
                 behind = true;
             }
         }
+        // Creates below these offsets may already be in the index (a rebuild's overlap).
+        let mut upsert_below = Positions::new();
         if behind {
             if !fresh {
                 tracing::warn!("the search index is behind what the log still holds; clearing and rebuilding it from the state");
                 engine.clear().await?;
             }
             positions = rebuild(&*engine, &ingest, partitions).await?;
+            for partition in 0..partitions {
+                upsert_below.insert(partition, log.durable_end(partition)?);
+            }
         }
         let (stop, stopped) = watch::channel(false);
         let (indexed_sender, indexed) = watch::channel(positions.clone());
@@ -116,7 +122,8 @@ impl Indexer {
         for partition in 0..partitions {
             let mut reader = TailReader::open(log.clone(), &config.consumer, partition, StartAt::Earliest)?.bounded_by(ingest.subscribe_applied(partition));
             reader.seek(positions.get(&partition).copied().unwrap_or(0).max(log.earliest(partition)?))?;
-            tasks.push(tokio::spawn(read_partition(reader, ingest.clone(), sender.clone(), stopped.clone())));
+            let upsert_below = upsert_below.get(&partition).copied().unwrap_or(0);
+            tasks.push(tokio::spawn(read_partition(reader, ingest.clone(), upsert_below, sender.clone(), stopped.clone())));
         }
         drop(sender);
         tasks.push(tokio::spawn(write_batches(engine, log, config, receiver, positions, indexed_sender)));
@@ -170,7 +177,7 @@ async fn rebuild(engine: &dyn Engine, ingest: &Arc<Ingest>, partitions: u32) -> 
             };
             let (messages, last) = page;
             indexed += messages.len();
-            pending.extend(messages.into_iter().map(Change::Upsert));
+            pending.extend(messages.into_iter().map(Change::Add));
             if pending.len() >= COMMIT_CHANGES {
                 // No positions yet: a crash here rebuilds again.
                 engine.apply(std::mem::take(&mut pending), Positions::new()).await?;
@@ -186,7 +193,7 @@ async fn rebuild(engine: &dyn Engine, ingest: &Arc<Ingest>, partitions: u32) -> 
     Ok(ends)
 }
 
-async fn read_partition(mut reader: TailReader, ingest: Arc<Ingest>, sender: mpsc::Sender<Batch>, mut stopped: watch::Receiver<bool>) {
+async fn read_partition(mut reader: TailReader, ingest: Arc<Ingest>, upsert_below: Offset, sender: mpsc::Sender<Batch>, mut stopped: watch::Receiver<bool>) {
     let partition = reader.partition();
     loop {
         let start = reader.position();
@@ -213,7 +220,7 @@ async fn read_partition(mut reader: TailReader, ingest: Arc<Ingest>, sender: mps
                     continue;
                 }
             };
-            match changes_of(&ingest, event) {
+            match changes_of(&ingest, event, record.offset < upsert_below) {
                 Ok(Some(change)) => changes.push(change),
                 Ok(None) => {}
                 Err(error) => {
@@ -238,24 +245,19 @@ async fn read_partition(mut reader: TailReader, ingest: Arc<Ingest>, sender: mps
 }
 
 /// What one log event changes in the index.
-fn changes_of(ingest: &Ingest, event: LogEvent) -> Result<Option<Change>, confab_ingest::Error> {
+///
+/// `replace`: the index may hold the message already, so a create replaces.
+fn changes_of(ingest: &Ingest, event: LogEvent, replace: bool) -> Result<Option<Change>, confab_ingest::Error> {
     Ok(match event {
         LogEvent::MessageCreated { message_id, conversation_id, seq, sender_id, body, attachments, ts, .. } => {
-            Some(Change::Upsert(confab_ingest::SearchableMessage {
-                message_id,
-                conversation_id,
-                seq,
-                sender_id,
-                ts,
-                body,
-                has_attachments: !attachments.is_empty(),
-            }))
+            let message = confab_ingest::SearchableMessage { message_id, conversation_id, seq, sender_id, ts, body, has_attachments: !attachments.is_empty() };
+            Some(if replace { Change::Upsert(message) } else { Change::Add(message) })
         }
-        LogEvent::MessageEdited { message_id, conversation_id, seq, .. } => Some(match ingest.searchable_message(&conversation_id, seq)? {
+        LogEvent::MessageEdited { conversation_id, seq, .. } => Some(match ingest.searchable_message(&conversation_id, seq)? {
             Some(message) => Change::Upsert(message),
-            None => Change::Remove { message_id },
+            None => Change::Remove { conversation_id, seq },
         }),
-        LogEvent::MessageDeleted { message_id, .. } => Some(Change::Remove { message_id }),
+        LogEvent::MessageDeleted { conversation_id, seq, .. } => Some(Change::Remove { conversation_id, seq }),
         _ => None,
     })
 }

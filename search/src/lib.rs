@@ -1,5 +1,6 @@
 //! Confab's search; see `README.md` beside this crate.
 
+pub mod bench;
 pub mod config;
 pub mod embedded;
 pub mod engine;

@@ -164,7 +164,7 @@ impl Search {
         if !query.in_time(message.ts) || (query.has_attachment && message.attachments.is_empty()) {
             return None;
         }
-        Some((SortKey::of(message.ts, &message.message_id), SearchResult { message, highlights }))
+        Some((SortKey::of(message.ts, &message.conversation_id, message.seq), SearchResult { message, highlights }))
     }
 
     /// After erasure or retention deleted messages: waits until the index
