@@ -133,7 +133,11 @@ pub async fn start_search(
                 tokio::task::spawn_blocking(move || confab_search::embedded::Embedded::open(&dir)).await?.context("could not open the search index")?;
             Arc::new(engine)
         }
-        confab_search::EngineKind::Clickhouse => anyhow::bail!("[search] engine = \"clickhouse\" is not available in this build yet; use \"embedded\""),
+        confab_search::EngineKind::Clickhouse => Arc::new(
+            confab_search::clickhouse::Clickhouse::open(&config.search.clickhouse)
+                .await
+                .with_context(|| format!("could not open the search index on ClickHouse at `{}` ([search.clickhouse] url)", config.search.clickhouse.url))?,
+        ),
     };
     confab_search::Search::start(engine, ingest, log, indexer).await.context("could not start the search indexer")
 }

@@ -3,14 +3,8 @@
 //! (the same program as `confab bench search`; see `src/bench.rs`).
 
 fn main() -> anyhow::Result<()> {
-    let mut options = confab_search::bench::SearchOptions {
-        dir: None,
-        messages: 10_000_000,
-        conversations: 100_000,
-        users: 10_000,
-        queries: 200,
-        postgres: None,
-    };
+    let mut options =
+        confab_search::bench::SearchOptions { dir: None, messages: 10_000_000, conversations: 100_000, users: 10_000, queries: 200, postgres: None };
     let arguments: Vec<String> = std::env::args().skip(1).collect();
     for pair in arguments.chunks(2) {
         let [name, value] = pair else { anyhow::bail!("usage: bench [--dir D] [--messages N] [--conversations N] [--users N] [--queries N] [--postgres URL]") };

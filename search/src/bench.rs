@@ -35,9 +35,9 @@ pub struct SearchOptions {
 
 /// Frequent words first: drawn with a Zipf-like law, so "the" is in most messages.
 const COMMON: [&str; 40] = [
-    "the", "to", "and", "a", "of", "is", "in", "it", "for", "you", "on", "we", "this", "that", "with", "be", "can", "at", "will", "have", "meeting",
-    "today", "review", "lunch", "deploy", "ticket", "client", "draft", "deadline", "report", "call", "merge", "plan", "ship", "budget", "launch", "invoice",
-    "team", "tomorrow", "week",
+    "the", "to", "and", "a", "of", "is", "in", "it", "for", "you", "on", "we", "this", "that", "with", "be", "can", "at", "will", "have", "meeting", "today",
+    "review", "lunch", "deploy", "ticket", "client", "draft", "deadline", "report", "call", "merge", "plan", "ship", "budget", "launch", "invoice", "team",
+    "tomorrow", "week",
 ];
 /// The tail of the vocabulary: this many made-up words, each rare.
 const TAIL_WORDS: u64 = 200_000;
@@ -96,7 +96,7 @@ pub async fn run(options: SearchOptions) -> anyhow::Result<()> {
             let dir = std::env::temp_dir().join(format!("confab-bench-search-{}", std::process::id()));
             std::fs::create_dir_all(&dir)?;
             dir
-        },
+        }
     };
     println!(
         "search benchmark: {} messages in {} conversations of {} users, {} queries per shape and scope, index in {}",
@@ -142,7 +142,11 @@ pub async fn run(options: SearchOptions) -> anyhow::Result<()> {
             }
         }
         let elapsed = started.elapsed().as_secs_f64();
-        println!("indexing: {} messages in {elapsed:.1} s = {:.0} messages/s (one writer thread, a commit every 20,000)", next - indexed, (next - indexed) as f64 / elapsed);
+        println!(
+            "indexing: {} messages in {elapsed:.1} s = {:.0} messages/s (one writer thread, a commit every 20,000)",
+            next - indexed,
+            (next - indexed) as f64 / elapsed
+        );
     }
     println!("index size: {:.1} MiB", engine.size_bytes().await? as f64 / 1_048_576.0);
 
@@ -181,7 +185,12 @@ pub async fn run(options: SearchOptions) -> anyhow::Result<()> {
             }
             let summary = summarize(latencies);
             tantivy_p99.push(summary.p99_ms);
-            println!("  {scope_name:<28} {shape:<12} {:>8.2} / {:>8.2}   ({:.1} hits per query)", summary.p50_ms, summary.p99_ms, found as f64 / summary.count.max(1) as f64);
+            println!(
+                "  {scope_name:<28} {shape:<12} {:>8.2} / {:>8.2}   ({:.1} hits per query)",
+                summary.p50_ms,
+                summary.p99_ms,
+                found as f64 / summary.count.max(1) as f64
+            );
         }
     }
     if let Some(url) = &options.postgres {
@@ -193,7 +202,8 @@ pub async fn run(options: SearchOptions) -> anyhow::Result<()> {
 /// Loads the same messages into PostgreSQL (COPY, then the GIN index) and times the same queries through `psql`.
 async fn postgres(url: &str, options: &SearchOptions, first_ts: i64, step_ms: i64, scopes: &[(String, Vec<Vec<u64>>)]) -> anyhow::Result<()> {
     let psql = |sql: &str| -> anyhow::Result<String> {
-        let output = std::process::Command::new("psql").args([url, "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-c", sql]).output().context("running psql")?;
+        let output =
+            std::process::Command::new("psql").args([url, "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-c", sql]).output().context("running psql")?;
         if !output.status.success() {
             bail!("psql: {}", String::from_utf8_lossy(&output.stderr));
         }

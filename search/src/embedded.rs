@@ -43,8 +43,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tantivy::directory::MmapDirectory;
 use tantivy::query::{AllQuery, BooleanQuery, Occur, PhrasePrefixQuery, PhraseQuery, Query as TantivyQuery, RangeQuery, TermQuery, TermSetQuery};
-use tantivy::DocSet as _;
 use tantivy::schema::{Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, FAST};
+use tantivy::DocSet as _;
 use tantivy::{DocId, Index, IndexReader, IndexWriter, ReloadPolicy, SegmentReader, TantivyDocument, Term};
 
 use crate::engine::{fnv1a, Change, Engine, EngineError, EngineResult, Hit, Positions, Request, SortKey};
@@ -75,8 +75,8 @@ fn schema() -> (Schema, Fields) {
     let body_options = TextOptions::default().set_indexing_options(
         TextFieldIndexing::default().set_tokenizer(text::TOKENIZER_NAME).set_fieldnorms(false).set_index_option(IndexRecordOption::WithFreqsAndPositions),
     );
-    let sender_options =
-        TextOptions::default().set_indexing_options(TextFieldIndexing::default().set_tokenizer("raw").set_fieldnorms(false).set_index_option(IndexRecordOption::Basic));
+    let sender_options = TextOptions::default()
+        .set_indexing_options(TextFieldIndexing::default().set_tokenizer("raw").set_fieldnorms(false).set_index_option(IndexRecordOption::Basic));
     let fields = Fields {
         conversation_key: builder.add_u64_field("conversation_key", NumericOptions::default().set_indexed().set_fast()),
         seq: builder.add_u64_field("seq", NumericOptions::default().set_indexed().set_fast()),
@@ -129,14 +129,17 @@ impl Embedded {
             }
         }
         let directory = open(dir)?;
-        let index = Index::open_or_create(directory, schema)
-            .map_err(|error| EngineError::Index(format!("opening the search index in {}: {error} (delete the folder: it is rebuilt from the log and the state)", dir.display())))?;
+        let index = Index::open_or_create(directory, schema).map_err(|error| {
+            EngineError::Index(format!("opening the search index in {}: {error} (delete the folder: it is rebuilt from the log and the state)", dir.display()))
+        })?;
         index.tokenizers().register(text::TOKENIZER_NAME, text::analyzer());
         let writer = index.writer_with_num_threads(1, WRITER_MEMORY_BYTES).map_err(|error| {
             EngineError::Index(format!("locking the search index in {}: {error} (is another confab serving this data directory?)", dir.display()))
         })?;
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().map_err(index_error)?;
-        Ok(Embedded { inner: Arc::new(Inner { dir: dir.to_path_buf(), index, fields, writer: Mutex::new(writer), reader, newest: Mutex::new(HashMap::new()) }) })
+        Ok(Embedded {
+            inner: Arc::new(Inner { dir: dir.to_path_buf(), index, fields, writer: Mutex::new(writer), reader, newest: Mutex::new(HashMap::new()) }),
+        })
     }
 
     async fn blocking<T: Send + 'static>(&self, work: impl FnOnce(&Inner) -> EngineResult<T> + Send + 'static) -> EngineResult<T> {
@@ -302,10 +305,12 @@ impl Inner {
             }
         }
         let mut found: Vec<(SortKey, u64, u64)> = page.heap.into_iter().map(|std::cmp::Reverse(entry)| entry).collect();
-        found.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        found.sort_unstable_by_key(|entry| std::cmp::Reverse(entry.0));
         Ok(found
             .into_iter()
-            .filter_map(|(key, conversation_key, seq)| scope.get(&conversation_key).map(|(conversation_id, _)| Hit { conversation_id: conversation_id.to_string(), seq, key }))
+            .filter_map(|(key, conversation_key, seq)| {
+                scope.get(&conversation_key).map(|(conversation_id, _)| Hit { conversation_id: conversation_id.to_string(), seq, key })
+            })
             .collect())
     }
 
@@ -410,11 +415,13 @@ fn prefix_end(prefix: &str) -> Option<Vec<u8>> {
     None
 }
 
-
 /// The message at `seq` in the conversation with this key (two short posting lists, intersected).
 fn message_query(fields: Fields, conversation_key: u64, seq: u64) -> Box<dyn TantivyQuery> {
     Box::new(BooleanQuery::new(vec![
-        (Occur::Must, Box::new(TermQuery::new(Term::from_field_u64(fields.conversation_key, conversation_key), IndexRecordOption::Basic)) as Box<dyn TantivyQuery>),
+        (
+            Occur::Must,
+            Box::new(TermQuery::new(Term::from_field_u64(fields.conversation_key, conversation_key), IndexRecordOption::Basic)) as Box<dyn TantivyQuery>,
+        ),
         (Occur::Must, Box::new(TermQuery::new(Term::from_field_u64(fields.seq, seq), IndexRecordOption::Basic))),
     ]))
 }

@@ -15,24 +15,7 @@ type Matcher<'a> = Box<dyn Fn(&str) -> bool + 'a>;
 /// overlapping ones (CJK bigrams of two matched words) are merged.
 pub fn highlights(query: &Query, body: &str) -> Vec<[usize; 2]> {
     let terms = text::terms(body);
-    let mut spans: Vec<(usize, usize)> = Vec::new();
-    for clause in &query.clauses {
-        let (leading, last): (&[String], Matcher<'_>) = match clause {
-            Clause::Terms(words) => match words.split_last() {
-                Some((last, leading)) => (leading, Box::new(move |term: &str| term == last)),
-                None => continue,
-            },
-            Clause::Prefix { leading, prefix } => (leading.as_slice(), Box::new(move |term: &str| term.starts_with(prefix.as_str()))),
-        };
-        let length = leading.len() + 1;
-        for window in terms.windows(length) {
-            let (head, tail) = window.split_at(leading.len());
-            let consecutive = window.windows(2).all(|pair| pair[1].position == pair[0].position + 1);
-            if consecutive && head.iter().zip(leading).all(|(term, word)| &term.text == word) && last(&tail[0].text) {
-                spans.push((window[0].start, tail[0].end));
-            }
-        }
-    }
+    let mut spans: Vec<(usize, usize)> = query.clauses.iter().flat_map(|clause| clause_spans(clause, &terms)).collect();
     spans.sort_unstable();
     let mut merged: Vec<(usize, usize)> = Vec::with_capacity(spans.len());
     for (start, end) in spans {
@@ -43,6 +26,33 @@ pub fn highlights(query: &Query, body: &str) -> Vec<[usize; 2]> {
     }
     let points = CodePoints::new(body);
     merged.into_iter().map(|(start, end)| [points.at(start), points.at(end)]).collect()
+}
+
+/// Whether the body holds every clause of the query (the check of a
+/// found message against its current text, whichever engine found it).
+pub fn matches_all(query: &Query, body: &str) -> bool {
+    let terms = text::terms(body);
+    query.clauses.iter().all(|clause| !clause_spans(clause, &terms).is_empty())
+}
+
+/// The byte ranges where one clause occurs among the body's terms.
+fn clause_spans(clause: &Clause, terms: &[text::Term]) -> Vec<(usize, usize)> {
+    let (leading, last): (&[String], Matcher<'_>) = match clause {
+        Clause::Terms(words) => match words.split_last() {
+            Some((last, leading)) => (leading, Box::new(move |term: &str| term == last)),
+            None => return Vec::new(),
+        },
+        Clause::Prefix { leading, prefix } => (leading.as_slice(), Box::new(move |term: &str| term.starts_with(prefix.as_str()))),
+    };
+    let mut spans = Vec::new();
+    for window in terms.windows(leading.len() + 1) {
+        let (head, tail) = window.split_at(leading.len());
+        let consecutive = window.windows(2).all(|pair| pair[1].position == pair[0].position + 1);
+        if consecutive && head.iter().zip(leading).all(|(term, word)| &term.text == word) && last(&tail[0].text) {
+            spans.push((window[0].start, tail[0].end));
+        }
+    }
+    spans
 }
 
 /// Byte offset to code-point offset.

@@ -1,6 +1,7 @@
 //! Confab's search; see `README.md` beside this crate.
 
 pub mod bench;
+pub mod clickhouse;
 pub mod config;
 pub mod embedded;
 pub mod engine;

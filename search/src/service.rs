@@ -24,7 +24,7 @@ use confab_schemas::{api, ErrorCode};
 use serde::Serialize;
 
 use crate::engine::{Engine, EngineError, Positions, Request, Scope, SortKey};
-use crate::highlight::highlights;
+use crate::highlight::{highlights, matches_all};
 use crate::indexer::{Indexer, IndexerConfig, IndexerError};
 use crate::query::{Query, QueryError};
 
@@ -156,11 +156,13 @@ impl Search {
 
     /// The result for a message the engine found, if its current state still matches the query.
     fn matching(&self, query: &Query, message: api::Message) -> Option<(SortKey, SearchResult)> {
-        let highlights = highlights(query, &message.body);
-        // Text clauses must match the current body (the index may hold an older one for a moment).
-        if !query.clauses.is_empty() && highlights.is_empty() {
+        // Every clause must be in the current body: the index may hold an
+        // older text for a moment, and an engine may find a superset (the
+        // ClickHouse engine matches a phrase's words, not their order).
+        if !matches_all(query, &message.body) {
             return None;
         }
+        let highlights = highlights(query, &message.body);
         if !query.in_time(message.ts) || (query.has_attachment && message.attachments.is_empty()) {
             return None;
         }

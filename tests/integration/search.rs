@@ -10,6 +10,172 @@ use serde_json::{json, Value};
 
 use crate::harness::{assert_error, test_config, Client, TestServer};
 
+/// Which index engine a test runs on: every test runs on both.
+#[derive(Clone)]
+enum Engine {
+    Embedded,
+    /// A database of its own on the server `tests/run` starts.
+    Clickhouse {
+        url: String,
+        database: String,
+        data: Option<std::path::PathBuf>,
+    },
+}
+
+fn clickhouse() -> Option<Engine> {
+    let Ok(url) = std::env::var("CONFAB_TEST_CLICKHOUSE_URL") else {
+        assert!(std::env::var_os("CONFAB_REQUIRE_EXTERNAL").is_none(), "CONFAB_REQUIRE_EXTERNAL is set but CONFAB_TEST_CLICKHOUSE_URL is not");
+        eprintln!("skipping: CONFAB_TEST_CLICKHOUSE_URL is not set (tests/run starts ClickHouse)");
+        return None;
+    };
+    let database = format!("confab_test_{}_{}", std::process::id(), fastrand::u64(..));
+    Some(Engine::Clickhouse { url, database, data: std::env::var_os("CONFAB_TEST_CLICKHOUSE_DATA").map(Into::into) })
+}
+
+/// Runs each test on the embedded engine and on ClickHouse.
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Engine::Embedded).await
+            })*
+        }
+        mod clickhouse {
+            $(#[tokio::test]
+            async fn $name() {
+                if let Some(engine) = super::clickhouse() {
+                    super::$name(engine).await
+                }
+            })*
+        }
+    };
+}
+
+on_both_engines!(
+    words_phrases_prefixes_and_modifiers_find_the_right_messages_newest_first,
+    pages_follow_the_cursor_newest_first_without_repeats,
+    only_what_the_caller_may_read_now_is_found,
+    edits_are_found_by_their_current_text_and_deletes_never,
+    erasure_and_retention_take_the_text_out_of_the_index_files,
+    the_index_continues_after_a_restart_and_rebuilds_when_lost,
+);
+
+/// A config on a fresh data directory with the engine's `[search]`.
+fn config_for(engine: &Engine, data_dir: &Path) -> confab::config::Config {
+    let mut config = test_config(data_dir);
+    if let Engine::Clickhouse { url, database, .. } = engine {
+        config.search.engine = confab_search::EngineKind::Clickhouse;
+        config.search.clickhouse.url = url.clone();
+        config.search.clickhouse.database = database.clone();
+    }
+    config
+}
+
+/// A server on a fresh data directory (kept as long as the returned guard).
+async fn start(engine: &Engine) -> (TestServer, tempfile::TempDir) {
+    let temporary = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(config_for(engine, temporary.path())).await;
+    (server, temporary)
+}
+
+/// Whether the engine's files hold this word: the embedded index's term
+/// dictionaries, or any file of the ClickHouse database's tables.
+fn index_holds(engine: &Engine, data_dir: &Path, word: &str) -> bool {
+    match engine {
+        Engine::Embedded => confab_search::embedded::terms_in_files(&data_dir.join("search")).unwrap().contains(word),
+        Engine::Clickhouse { database, data, .. } => {
+            let data = data.as_ref().expect("CONFAB_TEST_CLICKHOUSE_DATA names the server's data folder");
+            clickhouse_files_contain(&data.join("data").join(database), word.as_bytes())
+        }
+    }
+}
+
+/// Whether any file under `dir` holds `needle`, column files (`.bin`)
+/// decompressed first: ClickHouse compresses them with LZ4 by blocks, which
+/// can cut a word into a back-reference (`zebrafishsecret` after `zebrafish`).
+fn clickhouse_files_contain(dir: &Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir).unwrap().flatten().any(|entry| {
+        let path = entry.path();
+        if path.is_dir() {
+            return clickhouse_files_contain(&path, needle);
+        }
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        let plain = if path.extension().is_some_and(|extension| extension == "bin") { decompress_blocks(&bytes) } else { bytes };
+        plain.windows(needle.len()).any(|window| window == needle)
+    })
+}
+
+/// ClickHouse's compressed file format: blocks of a 16-byte checksum, a
+/// method byte (0x82 LZ4, 0x02 none), the compressed size (with the 9
+/// header bytes) and the plain size, both u32 little-endian, then the data.
+fn decompress_blocks(bytes: &[u8]) -> Vec<u8> {
+    let mut plain = Vec::new();
+    let mut at = 0;
+    while at + 25 <= bytes.len() {
+        let method = bytes[at + 16];
+        let compressed = u32::from_le_bytes(bytes[at + 17..at + 21].try_into().unwrap()) as usize;
+        let size = u32::from_le_bytes(bytes[at + 21..at + 25].try_into().unwrap()) as usize;
+        let end = (at + 16 + compressed).min(bytes.len());
+        let data = &bytes[at + 25..end];
+        match method {
+            0x82 => plain.extend(lz4_block(data, size)),
+            0x02 => plain.extend_from_slice(data),
+            other => panic!("a ClickHouse block compressed with method {other:#x}; only LZ4 and none are read here"),
+        }
+        at = end;
+    }
+    plain
+}
+
+/// One LZ4 block (the format's sequences of literals and back-references).
+fn lz4_block(source: &[u8], size: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(size);
+    let mut at = 0;
+    let length = |at: &mut usize, mut value: usize| {
+        if value == 15 {
+            loop {
+                let byte = source[*at];
+                *at += 1;
+                value += usize::from(byte);
+                if byte != 255 {
+                    break;
+                }
+            }
+        }
+        value
+    };
+    while at < source.len() {
+        let token = source[at];
+        at += 1;
+        let literals = length(&mut at, usize::from(token >> 4));
+        out.extend_from_slice(&source[at..at + literals]);
+        at += literals;
+        if at >= source.len() {
+            break;
+        }
+        let offset = usize::from(u16::from_le_bytes([source[at], source[at + 1]]));
+        at += 2;
+        let matched = length(&mut at, usize::from(token & 15)) + 4;
+        let start = out.len() - offset;
+        for index in 0..matched {
+            out.push(out[start + index]);
+        }
+    }
+    out
+}
+
+/// Loses the index: the embedded folder, or the ClickHouse database.
+async fn lose_index(engine: &Engine, data_dir: &Path) {
+    match engine {
+        Engine::Embedded => std::fs::remove_dir_all(data_dir.join("search")).unwrap(),
+        Engine::Clickhouse { url, database, .. } => {
+            let response = reqwest::Client::new().post(url.as_str()).body(format!("DROP DATABASE {database}")).send().await.unwrap();
+            assert!(response.status().is_success(), "{}", response.text().await.unwrap());
+        }
+    }
+}
+
 /// `GET /v1/search` with `q` and the other parameters, URL-encoded.
 async fn search(client: &Client, q: &str, more: &[(&str, &str)]) -> (u16, Value) {
     let mut url = reqwest::Url::parse("http://x/v1/search").unwrap();
@@ -56,9 +222,8 @@ fn day(offset: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
-#[tokio::test]
-async fn words_phrases_prefixes_and_modifiers_find_the_right_messages_newest_first() {
-    let server = TestServer::start().await;
+async fn words_phrases_prefixes_and_modifiers_find_the_right_messages_newest_first(engine: Engine) {
+    let (server, _data) = start(&engine).await;
     let alice = server.user("alice").await;
     let bob = server.user("bob").await;
     let group = alice.conversation("group", &[&bob]).await;
@@ -131,9 +296,8 @@ async fn words_phrases_prefixes_and_modifiers_find_the_right_messages_newest_fir
     assert_error(&search(&server.client(), "cafe", &[]).await, 401, "unauthenticated");
 }
 
-#[tokio::test]
-async fn pages_follow_the_cursor_newest_first_without_repeats() {
-    let server = TestServer::start().await;
+async fn pages_follow_the_cursor_newest_first_without_repeats(engine: Engine) {
+    let (server, _data) = start(&engine).await;
     let alice = server.user("alice").await;
     let bob = server.user("bob").await;
     let group = alice.conversation("group", &[&bob]).await;
@@ -167,9 +331,8 @@ async fn pages_follow_the_cursor_newest_first_without_repeats() {
     assert_eq!(seen, expected, "newest first, every message once");
 }
 
-#[tokio::test]
-async fn only_what_the_caller_may_read_now_is_found() {
-    let server = TestServer::start().await;
+async fn only_what_the_caller_may_read_now_is_found(engine: Engine) {
+    let (server, _data) = start(&engine).await;
     let alice = server.user("alice").await;
     let bob = server.user("bob").await;
     let carol = server.user("carol").await;
@@ -220,9 +383,8 @@ async fn only_what_the_caller_may_read_now_is_found() {
     until_found(&alice, "blocked", &[], &["heron from a blocked bob"]).await;
 }
 
-#[tokio::test]
-async fn edits_are_found_by_their_current_text_and_deletes_never() {
-    let server = TestServer::start().await;
+async fn edits_are_found_by_their_current_text_and_deletes_never(engine: Engine) {
+    let (server, _data) = start(&engine).await;
     let alice = server.user("alice").await;
     let bob = server.user("bob").await;
     let group = alice.conversation("group", &[&bob]).await;
@@ -255,9 +417,8 @@ fn files_contain(dir: &Path, needle: &[u8]) -> bool {
     })
 }
 
-#[tokio::test]
-async fn erasure_and_retention_take_the_text_out_of_the_index_files() {
-    let server = TestServer::start().await;
+async fn erasure_and_retention_take_the_text_out_of_the_index_files(engine: Engine) {
+    let (server, _data) = start(&engine).await;
     let admin = server.user("admin").await;
     let bob = server.user("bob").await;
     let carol = server.user("carol").await;
@@ -269,31 +430,33 @@ async fn erasure_and_retention_take_the_text_out_of_the_index_files() {
     admin.say(&other, "a2", "quokkaretained notes").await;
     until_found(&admin, "quokkaretained", &[], &["quokkaretained notes"]).await;
     until_found(&admin, "zebrafish*", &[], &["zebrafish are fine", "the zebrafishsecret plan"]).await;
-    let index = server.data_dir.join("search");
-    let terms = confab_search::embedded::terms_in_files(&index).unwrap();
-    assert!(terms.contains("zebrafishsecret") && terms.contains("quokkaretained"), "the positive control: the words are in the index's files");
+    let data_dir = server.data_dir.clone();
+    assert!(
+        index_holds(&engine, &data_dir, "zebrafishsecret") && index_holds(&engine, &data_dir, "quokkaretained"),
+        "the positive control: the words are in the index's files"
+    );
 
     let (status, erased) = carol.post("/v1/admin/erasure", json!({"userId": bob.user_id})).await;
     assert_eq!(status, 200, "{erased}");
     // Not only hidden: gone from the files when the erasure answers.
     assert!(bodies(&admin, "zebrafishsecret", &[]).await.is_empty());
-    let terms = confab_search::embedded::terms_in_files(&index).unwrap();
-    assert!(!terms.contains("zebrafishsecret"), "the erased word is still in the index's files");
-    assert!(terms.contains("zebrafish"), "what others wrote stays");
-    assert!(!files_contain(&index, b"zebrafishsecret"));
+    assert!(!index_holds(&engine, &data_dir, "zebrafishsecret"), "the erased word is still in the index's files");
+    assert!(index_holds(&engine, &data_dir, "zebrafish"), "what others wrote stays");
+    if let Engine::Embedded = engine {
+        assert!(!files_contain(&data_dir.join("search"), b"zebrafishsecret"));
+    }
     assert_eq!(bodies(&admin, "zebrafish", &[]).await, vec!["zebrafish are fine"]);
 
     let cut = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64 + 1;
     let (status, deleted) = carol.post("/v1/admin/retention", json!({"conversationId": other, "before": cut})).await;
     assert_eq!(status, 200, "{deleted}");
     assert!(bodies(&admin, "quokkaretained", &[]).await.is_empty());
-    assert!(!confab_search::embedded::terms_in_files(&index).unwrap().contains("quokkaretained"), "retention leaves the files too");
+    assert!(!index_holds(&engine, &data_dir, "quokkaretained"), "retention leaves the files too");
 }
 
-#[tokio::test]
-async fn the_index_continues_after_a_restart_and_rebuilds_when_lost() {
+async fn the_index_continues_after_a_restart_and_rebuilds_when_lost(engine: Engine) {
     let temporary = tempfile::tempdir().unwrap();
-    let mut config = test_config(temporary.path());
+    let mut config = config_for(&engine, temporary.path());
     // Small segments removed as soon as every reader is past them, so the
     // log no longer holds the first messages when the index is lost.
     config.log.partitions = 1;
@@ -331,7 +494,7 @@ async fn the_index_continues_after_a_restart_and_rebuilds_when_lost() {
     server_again.server.take().unwrap().shutdown().await.unwrap();
 
     // The index is lost: it is rebuilt from the state (the log lost the start).
-    std::fs::remove_dir_all(temporary.path().join("search")).unwrap();
+    lose_index(&engine, temporary.path()).await;
     server = TestServer::start_with(config).await;
     let alice = alice.with_base(&server.base);
     assert_eq!(bodies(&alice, "pelican", &[]).await, vec!["pelican after the restart", "pelican early"]);
