@@ -210,6 +210,12 @@ pub enum BenchCommand {
         /// A PostgreSQL connection string for `psql` (e.g. postgresql://127.0.0.1:5432/bench): loads the same messages there and times the same queries.
         #[arg(long)]
         postgres: Option<String>,
+        /// A ClickHouse HTTP URL: the ClickHouse engine is loaded (database `confab_bench`) and timed too.
+        #[arg(long)]
+        clickhouse: Option<String>,
+        /// Our engines to run without an address (`embedded`; empty for none).
+        #[arg(long, value_delimiter = ',', default_value = "embedded")]
+        engines: Vec<String>,
     },
     /// (Used by `bench ws`.) Holds idle WebSockets until stdin closes.
     #[command(hide = true)]
@@ -233,8 +239,8 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             media::run(media::MediaOptions { uploaders, seconds, file_mib, jpegs, send_rate, senders, upload_mbps, jpeg_every }).await
         }
         BenchCommand::Hold { url, token, connections } => ws::hold(url, token, connections).await,
-        BenchCommand::Search { dir, messages, conversations, users, queries, postgres } => {
-            confab_search::bench::run(confab_search::bench::SearchOptions { dir, messages, conversations, users, queries, postgres }).await
+        BenchCommand::Search { dir, messages, conversations, users, queries, postgres, clickhouse, engines } => {
+            confab_search::bench::run(confab_search::bench::SearchOptions { dir, messages, conversations, users, queries, postgres, clickhouse, engines }).await
         }
         BenchCommand::Push { members, rate, seconds, groups, partitions, temporal, temporal_namespace } => {
             push::run(push::PushOptions { members, rate, seconds, groups, partitions, temporal, temporal_namespace }).await

@@ -31,6 +31,10 @@ pub struct SearchOptions {
     pub queries: usize,
     /// A `psql` connection string; the PostgreSQL comparison is skipped without it.
     pub postgres: Option<String>,
+    /// A ClickHouse HTTP URL: the ClickHouse engine is loaded and timed too (database `confab_bench`).
+    pub clickhouse: Option<String>,
+    /// Which of our engines to run without an address: `embedded` (or none).
+    pub engines: Vec<String>,
 }
 
 /// Frequent words first: drawn with a Zipf-like law, so "the" is in most messages.
@@ -106,11 +110,38 @@ pub async fn run(options: SearchOptions) -> anyhow::Result<()> {
         options.queries,
         dir.display()
     );
-    let index_dir = dir.join("search");
-    let engine: Arc<dyn Engine> = Arc::new(crate::embedded::Embedded::open(&index_dir)?);
     let days = 365i64;
     let first_ts = confab_schemas::ids::now_ms() - days * 86_400_000;
     let step_ms = (days * 86_400_000 / options.messages.max(1) as i64).max(1);
+    // The same scopes for every system: a seeded draw of conversations.
+    let mut random = fastrand::Rng::with_seed(42);
+    let scopes: Vec<(String, Vec<Vec<u64>>)> = SCOPES
+        .iter()
+        .map(|(name, size)| {
+            let draws = (0..options.queries).map(|_| (0..*size).map(|_| random.u64(0..options.conversations)).collect()).collect();
+            (name.to_string(), draws)
+        })
+        .collect();
+    if options.engines.iter().any(|engine| engine == "embedded") {
+        let engine: Arc<dyn Engine> = Arc::new(crate::embedded::Embedded::open(&dir.join("search"))?);
+        load(&*engine, &options, first_ts, step_ms, "one writer thread").await?;
+        time_queries(&*engine, &scopes, "embedded (tantivy)").await?;
+    }
+    if let Some(url) = &options.clickhouse {
+        let config = crate::config::ClickhouseConfig { url: url.clone(), database: "confab_bench".into(), ..Default::default() };
+        let engine: Arc<dyn Engine> = Arc::new(crate::clickhouse::Clickhouse::open(&config).await?);
+        println!();
+        load(&*engine, &options, first_ts, step_ms, "inserts of RowBinary over HTTP").await?;
+        time_queries(&*engine, &scopes, "ClickHouse").await?;
+    }
+    if let Some(url) = &options.postgres {
+        postgres(url, &options, first_ts, step_ms, &scopes).await?;
+    }
+    Ok(())
+}
+
+/// Indexes the messages the engine does not hold yet, in batches of 20,000; prints the rate and the size.
+async fn load(engine: &dyn Engine, options: &SearchOptions, first_ts: i64, step_ms: i64, how: &str) -> anyhow::Result<()> {
     let indexed = engine.positions().await?.get(&0).copied().unwrap_or(0);
     if indexed >= options.messages {
         println!("the index already holds {indexed} messages: skipping the load");
@@ -122,7 +153,7 @@ pub async fn run(options: SearchOptions) -> anyhow::Result<()> {
             let end = (next + batch).min(options.messages);
             let changes: Vec<Change> = (next..end)
                 .map(|index| {
-                    let (conversation, sender, ts, body) = message(index, &options, first_ts, step_ms);
+                    let (conversation, sender, ts, body) = message(index, options, first_ts, step_ms);
                     Change::Add(confab_ingest::SearchableMessage {
                         message_id: format!("m_{index:012x}"),
                         conversation_id: conversation_id(conversation),
@@ -143,30 +174,23 @@ pub async fn run(options: SearchOptions) -> anyhow::Result<()> {
         }
         let elapsed = started.elapsed().as_secs_f64();
         println!(
-            "indexing: {} messages in {elapsed:.1} s = {:.0} messages/s (one writer thread, a commit every 20,000)",
+            "indexing: {} messages in {elapsed:.1} s = {:.0} messages/s ({how}, a batch of 20,000 per apply)",
             next - indexed,
             (next - indexed) as f64 / elapsed
         );
     }
     println!("index size: {:.1} MiB", engine.size_bytes().await? as f64 / 1_048_576.0);
+    Ok(())
+}
 
-    // The same scopes for both systems: a seeded draw of conversations.
-    let mut random = fastrand::Rng::with_seed(42);
-    let scopes: Vec<(String, Vec<Vec<u64>>)> = SCOPES
-        .iter()
-        .map(|(name, size)| {
-            let draws = (0..options.queries).map(|_| (0..*size).map(|_| random.u64(0..options.conversations)).collect()).collect();
-            (name.to_string(), draws)
-        })
-        .collect();
-    println!("\nembedded (tantivy) p50 / p99 ms, first page of 20, newest first:");
-    let mut tantivy_p99 = Vec::new();
-    for (scope_name, draws) in &scopes {
+/// Times every shape for every scope (after a tenth of untimed warm-up).
+async fn time_queries(engine: &dyn Engine, scopes: &[(String, Vec<Vec<u64>>)], name: &str) -> anyhow::Result<()> {
+    println!("\n{name} p50 / p99 ms, first page of 20, newest first:");
+    for (scope_name, draws) in scopes {
         for (shape, q) in SHAPES {
             let query = Query::parse(q)?;
             let mut latencies = Vec::with_capacity(draws.len());
             let mut found = 0;
-            // The first tenth warms the page cache and is not timed.
             let warm = draws.len() / 10;
             for (round, draw) in draws.iter().enumerate() {
                 let request = Request {
@@ -184,7 +208,6 @@ pub async fn run(options: SearchOptions) -> anyhow::Result<()> {
                 }
             }
             let summary = summarize(latencies);
-            tantivy_p99.push(summary.p99_ms);
             println!(
                 "  {scope_name:<28} {shape:<12} {:>8.2} / {:>8.2}   ({:.1} hits per query)",
                 summary.p50_ms,
@@ -192,9 +215,6 @@ pub async fn run(options: SearchOptions) -> anyhow::Result<()> {
                 found as f64 / summary.count.max(1) as f64
             );
         }
-    }
-    if let Some(url) = &options.postgres {
-        postgres(url, &options, first_ts, step_ms, &scopes).await?;
     }
     Ok(())
 }

@@ -447,7 +447,9 @@ async fn erasure_and_retention_take_the_text_out_of_the_index_files(engine: Engi
     }
     assert_eq!(bodies(&admin, "zebrafish", &[]).await, vec!["zebrafish are fine"]);
 
-    let cut = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64 + 1;
+    // A cut after every message so far, and not in the future.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let cut = confab_schemas::ids::now_ms();
     let (status, deleted) = carol.post("/v1/admin/retention", json!({"conversationId": other, "before": cut})).await;
     assert_eq!(status, 200, "{deleted}");
     assert!(bodies(&admin, "quokkaretained", &[]).await.is_empty());
