@@ -130,13 +130,13 @@ impl Clickhouse {
         Ok(Clickhouse { client: client.with_database(&database), database })
     }
 
+    /// One number about this database's `search_` tables, from a system table (`?` is the database).
+    async fn system_number(&self, sql: &str) -> EngineResult<u64> {
+        self.client.query(sql).bind(&self.database).fetch_one::<u64>().await.map_err(unavailable)
+    }
+
     async fn mutations_pending(&self) -> EngineResult<u64> {
-        self.client
-            .query("SELECT count() FROM system.mutations WHERE database = ? AND table LIKE 'search\\_%' AND is_done = 0")
-            .bind(&self.database)
-            .fetch_one::<u64>()
-            .await
-            .map_err(unavailable)
+        self.system_number("SELECT count() FROM system.mutations WHERE database = ? AND table LIKE 'search\\_%' AND is_done = 0").await
     }
 }
 
@@ -356,13 +356,7 @@ impl Engine for Clickhouse {
         // The replaced parts are deleted by the server's cleanup (every
         // `cleanup_delay_period`, once `old_parts_lifetime` has passed: a few seconds).
         for _ in 0..1_200 {
-            let inactive = self
-                .client
-                .query("SELECT count() FROM system.parts WHERE database = ? AND table LIKE 'search\\_%' AND NOT active")
-                .bind(&self.database)
-                .fetch_one::<u64>()
-                .await
-                .map_err(unavailable)?;
+            let inactive = self.system_number("SELECT count() FROM system.parts WHERE database = ? AND table LIKE 'search\\_%' AND NOT active").await?;
             if inactive == 0 {
                 return Ok(0);
             }
@@ -379,11 +373,6 @@ impl Engine for Clickhouse {
     }
 
     async fn size_bytes(&self) -> EngineResult<u64> {
-        self.client
-            .query("SELECT sum(bytes_on_disk) FROM system.parts WHERE database = ? AND table LIKE 'search\\_%' AND active")
-            .bind(&self.database)
-            .fetch_one::<u64>()
-            .await
-            .map_err(unavailable)
+        self.system_number("SELECT sum(bytes_on_disk) FROM system.parts WHERE database = ? AND table LIKE 'search\\_%' AND active").await
     }
 }
