@@ -246,8 +246,9 @@ impl confab_query::LiveMessages for LiveMessagesView {
         }
         // Then the index: once it has seen the deletes, what held the text
         // is rewritten (a failure fails the run, which is retried).
-        if deletion.messages > 0 {
-            if let Some(search) = &self.search {
+        if let Some(search) = &self.search {
+            // Also when this run deleted nothing new: a retried run after a failed purge.
+            if deletion.messages > 0 || search.purge_pending() {
                 let dropped = search.purge_removed().await.map_err(|error| format!("purging the search index: {error}"))?;
                 tracing::info!(dropped, reason, "purged deleted messages from the search index files");
             }

@@ -47,6 +47,8 @@ use crate::text;
 
 /// Rows per insert request.
 const INSERT_CHUNK: usize = 50_000;
+/// Messages per delete mutation (about 50 bytes of SQL each).
+const MUTATION_MESSAGES: usize = 2_000;
 
 #[derive(Row, Serialize)]
 struct PostingRow<'a> {
@@ -111,7 +113,10 @@ impl Clickhouse {
             // 18.16 answers small lz4-compressed results with an empty body,
             // and has no RowBinaryWithNamesAndTypes (the crate's validation).
             .with_compression(Compression::None)
-            .with_validation(false);
+            .with_validation(false)
+            // A search over thousands of conversations names each one
+            // (the default limit is 256 KiB of SQL).
+            .with_setting("max_query_size", "16777216");
         let version: String = client.query("SELECT version()").fetch_one().await.map_err(unavailable)?;
         tracing::info!(version, url = config.url, database = config.database, "search index on ClickHouse");
         let database = config.database.clone();
@@ -217,20 +222,37 @@ impl Engine for Clickhouse {
     }
 
     async fn apply(&self, changes: Vec<Change>, positions: Positions) -> EngineResult<()> {
+        // Only each message's last change counts: the deletes run before
+        // the inserts, so [add, remove] of one message must not insert it,
+        // and [add, edit] must insert the edit only.
+        let message_of = |change: &Change| match change {
+            Change::Add(doc) | Change::Upsert(doc) => (fnv1a(doc.conversation_id.as_bytes()), doc.seq),
+            Change::Remove { conversation_id, seq } => (fnv1a(conversation_id.as_bytes()), *seq),
+        };
+        let mut last: std::collections::HashMap<(u64, u64), (usize, usize)> = std::collections::HashMap::new();
+        for (index, change) in changes.iter().enumerate() {
+            let entry = last.entry(message_of(change)).or_insert((index, 0));
+            *entry = (index, entry.1 + 1);
+        }
         let mut replaced: Vec<(u64, u64)> = Vec::new();
         let mut docs = Vec::new();
-        for change in &changes {
+        for (index, change) in changes.iter().enumerate() {
+            let message = message_of(change);
+            let (final_index, count) = last[&message];
+            if index != final_index {
+                continue;
+            }
             match change {
-                Change::Add(doc) => docs.push(doc),
-                Change::Upsert(doc) => {
-                    replaced.push((fnv1a(doc.conversation_id.as_bytes()), doc.seq));
+                Change::Add(doc) if count == 1 => docs.push(doc),
+                Change::Add(doc) | Change::Upsert(doc) => {
+                    replaced.push(message);
                     docs.push(doc);
                 }
-                Change::Remove { conversation_id, seq } => replaced.push((fnv1a(conversation_id.as_bytes()), *seq)),
+                Change::Remove { .. } => replaced.push(message),
             }
         }
-        if !replaced.is_empty() {
-            let tuples = message_tuples(&replaced);
+        for chunk in replaced.chunks(MUTATION_MESSAGES) {
+            let tuples = message_tuples(chunk);
             for table in ["search_postings", "search_messages"] {
                 let sql = format!("ALTER TABLE {}.{table} DELETE WHERE has([{tuples}], (conversation_key, seq))", self.database);
                 self.client.query(&sql).execute().await.map_err(unavailable)?;

@@ -108,8 +108,9 @@ impl Indexer {
         if behind {
             if !fresh {
                 tracing::warn!("the search index is behind what the log still holds; clearing and rebuilding it from the state");
-                engine.clear().await?;
             }
+            // Also when fresh: a rebuild that crashed left documents without positions.
+            engine.clear().await?;
             positions = rebuild(&*engine, &ingest, partitions).await?;
             for partition in 0..partitions {
                 upsert_below.insert(partition, log.durable_end(partition)?);
@@ -126,7 +127,7 @@ impl Indexer {
             tasks.push(tokio::spawn(read_partition(reader, ingest.clone(), upsert_below, sender.clone(), stopped.clone())));
         }
         drop(sender);
-        tasks.push(tokio::spawn(write_batches(engine, log, config, receiver, positions, indexed_sender)));
+        tasks.push(tokio::spawn(write_batches(engine, log, config, receiver, positions, indexed_sender, stopped)));
         Ok(Indexer { indexed, stop, tasks: parking_lot::Mutex::new(tasks) })
     }
 
@@ -238,8 +239,12 @@ async fn read_partition(mut reader: TailReader, ingest: Arc<Ingest>, upsert_belo
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
-        if sender.send(Batch { partition, next: reader.position(), changes }).await.is_err() {
-            return;
+        // The writer may be retrying a refused commit: stopping must not wait for it.
+        tokio::select! {
+            sent = sender.send(Batch { partition, next: reader.position(), changes }) => if sent.is_err() {
+                return;
+            },
+            _ = stopped.wait_for(|stopped| *stopped) => return,
         }
     }
 }
@@ -269,6 +274,7 @@ async fn write_batches(
     mut receiver: mpsc::Receiver<Batch>,
     mut positions: Positions,
     indexed: watch::Sender<Positions>,
+    stopped: watch::Receiver<bool>,
 ) {
     let mut changes = Vec::new();
     let mut moved = false;
@@ -306,6 +312,11 @@ async fn write_batches(
         loop {
             match engine.apply(changes.clone(), positions.clone()).await {
                 Ok(()) => break,
+                // Stopping: the batch is dropped; its positions were never saved, so the next start reads it again.
+                Err(error) if *stopped.borrow() => {
+                    tracing::warn!(%error, "stopping with a search batch the index refused; the next start applies it");
+                    return;
+                }
                 Err(error) => {
                     tracing::error!(%error, changes = changes.len(), "the search index refused a commit; retrying");
                     tokio::time::sleep(backoff).await;

@@ -95,6 +95,8 @@ pub struct Search {
     ingest: Arc<Ingest>,
     log: Arc<dyn Log>,
     indexer: Indexer,
+    /// A purge failed: the next erasure or retention run purges even if it deletes nothing new.
+    purge_pending: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Search {
@@ -107,7 +109,7 @@ impl Search {
     /// Starts the indexing pipeline (rebuilding the index first if it must).
     pub async fn start(engine: Arc<dyn Engine>, ingest: Arc<Ingest>, log: Arc<dyn Log>, config: IndexerConfig) -> Result<Search, IndexerError> {
         let indexer = Indexer::start(engine.clone(), ingest.clone(), log.clone(), config).await?;
-        Ok(Search { engine, ingest, log, indexer })
+        Ok(Search { engine, ingest, log, indexer, purge_pending: std::sync::atomic::AtomicBool::new(false) })
     }
 
     pub async fn search(&self, caller: &Caller, params: SearchParams) -> Result<SearchPage, SearchError> {
@@ -173,6 +175,19 @@ impl Search {
     /// has seen every delete written so far, then rewrites what still held
     /// them, so their text leaves the index's files. Returns the documents dropped.
     pub async fn purge_removed(&self) -> Result<u64, SearchError> {
+        use std::sync::atomic::Ordering;
+        self.purge_pending.store(true, Ordering::SeqCst);
+        let dropped = self.purge_now().await?;
+        self.purge_pending.store(false, Ordering::SeqCst);
+        Ok(dropped)
+    }
+
+    /// Whether a purge failed since the last one that succeeded (its run is retried).
+    pub fn purge_pending(&self) -> bool {
+        self.purge_pending.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    async fn purge_now(&self) -> Result<u64, SearchError> {
         let mut targets = Positions::new();
         for partition in 0..self.log.partition_count() {
             let end = self.log.durable_end(partition).map_err(|error| EngineError::Index(error.to_string()))?;
