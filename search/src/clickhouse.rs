@@ -16,7 +16,9 @@
 //!
 //! `apply` first deletes (one `ALTER TABLE … DELETE` mutation per table per
 //! batch) the rows of every message it edits or removes, then inserts the
-//! new rows, then one `search_positions` row per partition. A mutation
+//! new rows, then one `search_positions` row per partition (a
+//! `ReplacingMergeTree` keeping the highest offset, so merges fold the rows
+//! of earlier commits away; reads take `max(offset)` either way). A mutation
 //! only touches parts that existed when it was made, so the rows inserted
 //! after it stay. Rows may be duplicated by a batch re-applied after a
 //! crash (ClickHouse has no transaction over inserts): every query groups
@@ -126,7 +128,7 @@ impl Clickhouse {
              ENGINE = MergeTree ORDER BY (term, conversation_key, seq) SETTINGS index_granularity = 1024, old_parts_lifetime = 1, cleanup_delay_period = 1",
             "search_messages (conversation_key UInt64, seq UInt64, conversation_id String, ts Int64, sender_id String, has_attachment UInt8) \
              ENGINE = MergeTree ORDER BY (conversation_key, seq) SETTINGS index_granularity = 1024, old_parts_lifetime = 1, cleanup_delay_period = 1",
-            "search_positions (partition UInt32, offset UInt64) ENGINE = MergeTree ORDER BY partition SETTINGS old_parts_lifetime = 1, cleanup_delay_period = 1",
+            "search_positions (partition UInt32, offset UInt64) ENGINE = ReplacingMergeTree(offset) ORDER BY partition SETTINGS old_parts_lifetime = 1, cleanup_delay_period = 1",
         ];
         for table in tables {
             client.query(&format!("CREATE TABLE IF NOT EXISTS {database}.{table}")).execute().await.map_err(unavailable)?;
