@@ -80,11 +80,6 @@ impl Ingest {
         Ok((messages, last))
     }
 
-    /// The partition a conversation's records are in.
-    pub fn partition_of_conversation(&self, conversation_id: &str) -> u32 {
-        self.state.partition_of(conversation_id)
-    }
-
     /// What the caller may search now: one conversation (403 unless a
     /// member, 404 if unknown), or every conversation they are a member of.
     pub fn search_scope(&self, caller: &Caller, conversation_id: Option<&str>) -> Result<Vec<ReadableConversation>> {

@@ -172,18 +172,6 @@ fn message_tuples(messages: &[(u64, u64)]) -> String {
     text
 }
 
-/// The first string after every string starting with `prefix`, if it is valid UTF-8.
-fn prefix_end(prefix: &str) -> Option<String> {
-    let mut end = prefix.as_bytes().to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xFF {
-            end.push(last + 1);
-            return String::from_utf8(end).ok();
-        }
-    }
-    None
-}
-
 /// One condition on `term` a message must meet at least once; its SQL and binds.
 struct Condition {
     sql: String,
@@ -202,7 +190,7 @@ fn conditions(clauses: &[Clause]) -> Vec<Condition> {
         }
         if let Some(prefix) = prefix {
             let length = prefix.len();
-            conditions.push(match prefix_end(prefix) {
+            conditions.push(match text::prefix_end(prefix).and_then(|end| String::from_utf8(end).ok()) {
                 Some(end) => Condition { sql: "(term >= ? AND term < ?)".into(), binds: vec![prefix.clone(), end] },
                 None => Condition { sql: format!("(term >= ? AND substring(term, 1, {length}) = ?)"), binds: vec![prefix.clone(), prefix.clone()] },
             });

@@ -391,7 +391,7 @@ fn clause_query(body: Field, clause: &Clause) -> EngineResult<Box<dyn TantivyQue
         Clause::Terms(words) if words.len() == 1 => Box::new(TermQuery::new(term(&words[0]), IndexRecordOption::Basic)),
         Clause::Terms(words) => Box::new(PhraseQuery::new(words.iter().map(|word| term(word)).collect())),
         // A range of the term dictionary (cheaper than an automaton over it).
-        Clause::Prefix { leading, prefix } if leading.is_empty() => match prefix_end(prefix) {
+        Clause::Prefix { leading, prefix } if leading.is_empty() => match text::prefix_end(prefix) {
             Some(end) => Box::new(RangeQuery::new(Bound::Included(term(prefix)), Bound::Excluded(Term::from_field_bytes(body, &end)))),
             None => Box::new(RangeQuery::new(Bound::Included(term(prefix)), Bound::Unbounded)),
         },
@@ -401,18 +401,6 @@ fn clause_query(body: Field, clause: &Clause) -> EngineResult<Box<dyn TantivyQue
             Box::new(query)
         }
     })
-}
-
-/// The first byte string after every string starting with `prefix` (none if it is all 0xFF).
-fn prefix_end(prefix: &str) -> Option<Vec<u8>> {
-    let mut end = prefix.as_bytes().to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xFF {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
 }
 
 /// The message at `seq` in the conversation with this key (two short posting lists, intersected).

@@ -52,12 +52,8 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3))
 }
 
-/// A conversation to search, from `from_seq` on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Scope {
-    pub conversation_id: String,
-    pub from_seq: u64,
-}
+/// A conversation to search, from `from_seq` on (as ingest works it out).
+pub type Scope = confab_ingest::ReadableConversation;
 
 /// One search, its permissions already worked out.
 #[derive(Debug, Clone)]

@@ -23,7 +23,7 @@ use confab_log::Log;
 use confab_schemas::{api, ErrorCode};
 use serde::Serialize;
 
-use crate::engine::{Engine, EngineError, Positions, Request, Scope, SortKey};
+use crate::engine::{Engine, EngineError, Positions, Request, SortKey};
 use crate::highlight::{highlights, matches_all};
 use crate::indexer::{Indexer, IndexerConfig, IndexerError};
 use crate::query::{Query, QueryError};
@@ -130,7 +130,6 @@ impl Search {
             },
             None => None,
         };
-        let scope: Vec<Scope> = scope.into_iter().map(|readable| Scope { conversation_id: readable.conversation_id, from_seq: readable.from_seq }).collect();
         let mut request = Request { query, scope, sender_id, after, limit: limit + 1 };
         let mut results: Vec<(SortKey, SearchResult)> = Vec::with_capacity(limit + 1);
         let mut exhausted = false;
@@ -161,13 +160,10 @@ impl Search {
         // Every clause must be in the current body: the index may hold an
         // older text for a moment, and an engine may find a superset (the
         // ClickHouse engine matches a phrase's words, not their order).
-        if !matches_all(query, &message.body) {
+        if !matches_all(query, &message.body) || !query.in_time(message.ts) || (query.has_attachment && message.attachments.is_empty()) {
             return None;
         }
         let highlights = highlights(query, &message.body);
-        if !query.in_time(message.ts) || (query.has_attachment && message.attachments.is_empty()) {
-            return None;
-        }
         Some((SortKey::of(message.ts, &message.conversation_id, message.seq), SearchResult { message, highlights }))
     }
 
@@ -197,17 +193,6 @@ impl Search {
             return Err(SearchError::Behind);
         }
         Ok(self.engine.purge().await?)
-    }
-
-    /// The index's size on disk.
-    pub async fn size_bytes(&self) -> Result<u64, SearchError> {
-        Ok(self.engine.size_bytes().await?)
-    }
-
-    /// Waits until everything in the log now is searchable; false on timeout (tests, benchmarks).
-    pub async fn caught_up(&self, timeout: Duration) -> bool {
-        let targets: Positions = (0..self.log.partition_count()).map(|partition| (partition, self.log.durable_end(partition).unwrap_or(0))).collect();
-        self.indexer.caught_up(&targets, timeout).await
     }
 
     pub async fn shutdown(&self) {

@@ -19,6 +19,19 @@
 use tantivy::tokenizer::{AsciiFoldingFilter, LowerCaser, TextAnalyzer, Token, TokenStream, Tokenizer};
 
 /// The name the embedded index registers the analyzer under.
+/// The first byte string after every string starting with `prefix` (none
+/// if it is all 0xFF bytes): the end of a prefix's range of terms.
+pub fn prefix_end(prefix: &str) -> Option<Vec<u8>> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
 pub const TOKENIZER_NAME: &str = "confab";
 
 /// Longer words are not indexed.
