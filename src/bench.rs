@@ -69,6 +69,15 @@ pub enum BenchCommand {
         /// benchmark starts it, grants itself the role.
         #[arg(long)]
         during_sql: Option<String>,
+        /// Whether the server the benchmark starts runs the search indexing
+        /// pipeline (`off` leaves `search.toml` out).
+        #[arg(long, default_value = "on")]
+        search: String,
+        /// Messages sent, evenly over each round, by a prober of its own, each
+        /// with a word of its own, then searched for every 20 ms until found:
+        /// the time from send to searchable (with --search on).
+        #[arg(long, default_value_t = 0)]
+        search_probes: usize,
     },
     /// The history at scale: the sink's sustained rate, then compliance queries.
     History {
@@ -245,13 +254,17 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Push { members, rate, seconds, groups, partitions, temporal, temporal_namespace } => {
             push::run(push::PushOptions { members, rate, seconds, groups, partitions, temporal, temporal_namespace }).await
         }
-        BenchCommand::Sends { url, senders, seconds, body_bytes, rate, partitions, history, during_sql } => {
-            let history = match history.as_str() {
-                "on" => true,
-                "off" => false,
-                other => bail!("--history `{other}`: use on or off"),
+        BenchCommand::Sends { url, senders, seconds, body_bytes, rate, partitions, history, during_sql, search, search_probes } => {
+            let on_off = |flag: &str, value: &str| match value {
+                "on" => Ok(true),
+                "off" => Ok(false),
+                other => Err(anyhow::anyhow!("--{flag} `{other}`: use on or off")),
             };
-            bench_sends(SendsOptions { url, senders, seconds, body_bytes, rate, partitions, history, during_sql }).await
+            let (history, search) = (on_off("history", &history)?, on_off("search", &search)?);
+            if search_probes > 0 && !search {
+                bail!("--search-probes needs --search on");
+            }
+            bench_sends(SendsOptions { url, senders, seconds, body_bytes, rate, partitions, history, during_sql, search, search_probes }).await
         }
         BenchCommand::History { dir, messages, days, conversations, users, repeat } => {
             history::run(history::HistoryOptions { dir, messages, days, conversations, users, repeat }).await
@@ -399,18 +412,24 @@ async fn start_bench_server(partitions: u32) -> anyhow::Result<BenchServer> {
     start_bench_server_with(partitions, "").await
 }
 
-/// A server with the shipped pipelines but the history sink.
-async fn start_bench_server_without_history(partitions: u32) -> anyhow::Result<BenchServer> {
+/// A server with the shipped pipelines but those with a stage of one of `kinds`.
+async fn start_bench_server_without(partitions: u32, kinds: &[&str]) -> anyhow::Result<BenchServer> {
     let pipelines = tempdir_in_target()?.join("pipelines");
-    write_pipelines_without_history(&pipelines)?;
+    write_pipelines_without(&pipelines, kinds)?;
     start_bench_server_full(partitions, &format!("pipelines_dir = {:?}\n", pipelines.to_string_lossy()), "").await
 }
 
 /// Writes the shipped pipeline definitions but the history sink's into `folder`.
 pub(crate) fn write_pipelines_without_history(folder: &Path) -> anyhow::Result<()> {
+    write_pipelines_without(folder, &["delta_sink"])
+}
+
+/// Writes the shipped pipeline definitions into `folder`, but the files with
+/// a stage of one of `kinds` (`delta_sink`, `search_index`).
+pub(crate) fn write_pipelines_without(folder: &Path, kinds: &[&str]) -> anyhow::Result<()> {
     std::fs::create_dir_all(folder)?;
     for (path, text) in confab_pipelines::definition::shipped() {
-        if !text.contains("delta_sink") {
+        if !kinds.iter().any(|kind| text.contains(&format!("kind = \"{kind}\""))) {
             std::fs::write(folder.join(path.file_name().context("a shipped definition has a file name")?), text)?;
         }
     }
@@ -499,6 +518,10 @@ pub(crate) struct SendsOptions {
     pub(crate) partitions: u32,
     pub(crate) history: bool,
     pub(crate) during_sql: Option<String>,
+    /// Whether the server it starts runs the search indexing pipeline.
+    pub(crate) search: bool,
+    /// Probe messages per round timed from send to searchable (0: none).
+    pub(crate) search_probes: usize,
 }
 
 /// One round of `bench sends`.
@@ -515,11 +538,12 @@ async fn bench_sends(options: SendsOptions) -> anyhow::Result<()> {
 
 /// Runs and prints the rounds of `bench sends`, and returns them.
 pub(crate) async fn run_sends(options: SendsOptions) -> anyhow::Result<Vec<SendsRound>> {
-    let SendsOptions { url, senders, seconds, body_bytes, rate, partitions, history, during_sql } = options;
+    let SendsOptions { url, senders, seconds, body_bytes, rate, partitions, history, during_sql, search, search_probes } = options;
+    let left_out: Vec<&str> = [(!history).then_some("delta_sink"), (!search).then_some("search_index")].into_iter().flatten().collect();
     let server = match url {
         Some(_) => None,
-        None if history => Some(start_bench_server(partitions).await?),
-        None => Some(start_bench_server_without_history(partitions).await?),
+        None if left_out.is_empty() => Some(start_bench_server(partitions).await?),
+        None => Some(start_bench_server_without(partitions, &left_out).await?),
     };
     let base = url.unwrap_or_else(|| server.as_ref().expect("started").url.clone());
     let max_senders = senders.iter().copied().max().unwrap_or(1);
@@ -532,7 +556,11 @@ pub(crate) async fn run_sends(options: SendsOptions) -> anyhow::Result<Vec<Sends
         Some(rate) => format!("open loop at {rate:.0} sends/s in total"),
         None => "closed loop, each sender as fast as it can".to_string(),
     };
-    println!("durable sends over HTTP: {body_bytes}-byte bodies, {seconds} s per round, {pacing}, server {base}");
+    println!(
+        "durable sends over HTTP: {body_bytes}-byte bodies of words, {seconds} s per round, {pacing}, history {}, search {}, server {base}",
+        if history { "on" } else { "off" },
+        if search { "on" } else { "off" }
+    );
     // The querying account first: on a fresh server it is the administrator.
     let analyst = match &during_sql {
         Some(sql) => {
@@ -553,8 +581,32 @@ pub(crate) async fn run_sends(options: SendsOptions) -> anyhow::Result<Vec<Sends
             post(&client, &format!("{base}/v1/conversations"), Some(&token), json!({"type": "group", "memberIds": [], "title": "bench"})).await?;
         accounts.push((token, conversation["conversationId"].as_str().unwrap_or_default().to_string()));
     }
+    let prober = match search_probes {
+        0 => None,
+        _ => {
+            let (_, token) = account(&client, &base, &format!("bench{run_id}-prober")).await?;
+            let conversation =
+                post(&client, &format!("{base}/v1/conversations"), Some(&token), json!({"type": "group", "memberIds": [], "title": "probes"})).await?;
+            Some((token, conversation["conversationId"].as_str().unwrap_or_default().to_string()))
+        }
+    };
     println!("{:>8} {:>12} {:>10} {:>10} {:>10}", "senders", "sends/s", "p50 ms", "p99 ms", "max ms");
-    let body = "x".repeat(body_bytes);
+    // Bodies of words, as chat is, so that indexing does real work: drawn
+    // from a vocabulary of 5,000 made-up words, a few bodies to rotate.
+    let vocabulary: Vec<String> = (0..5_000).map(|index| format!("w{}{index}", ["ka", "lo", "mi", "ne", "ru", "sa"][index % 6])).collect();
+    let bodies: Arc<Vec<String>> = Arc::new(
+        (0..64)
+            .map(|_| {
+                let mut body = String::new();
+                while body.len() < body_bytes {
+                    body.push_str(&vocabulary[fastrand::usize(..vocabulary.len())]);
+                    body.push(' ');
+                }
+                body.truncate(body_bytes.max(1));
+                body
+            })
+            .collect(),
+    );
     let mut rounds = Vec::new();
     for &sender_count in &senders {
         let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -562,7 +614,7 @@ pub(crate) async fn run_sends(options: SendsOptions) -> anyhow::Result<Vec<Sends
         for (token, conversation_id) in &accounts[..sender_count.min(accounts.len())] {
             let (token, conversation_id) = (token.clone(), conversation_id.clone());
             let address = base.trim_start_matches("http://").to_string();
-            let body = body.clone();
+            let bodies = bodies.clone();
             let interval = rate.map(|rate| Duration::from_secs_f64(sender_count as f64 / rate));
             tasks.push(tokio::spawn(async move {
                 let mut connection = RawHttp::connect(&address).await?;
@@ -572,6 +624,7 @@ pub(crate) async fn run_sends(options: SendsOptions) -> anyhow::Result<Vec<Sends
                 let mut scheduled = Instant::now() + interval.map_or(Duration::ZERO, |interval| interval.mul_f64(fastrand::f64()));
                 while Instant::now() < deadline {
                     counter += 1;
+                    let body = &bodies[counter as usize % bodies.len()];
                     let request = json!({"conversationId": conversation_id, "clientMsgId": format!("{}-{counter}", fastrand::u64(..)), "body": body});
                     let started = match interval {
                         Some(interval) => {
@@ -603,6 +656,10 @@ pub(crate) async fn run_sends(options: SendsOptions) -> anyhow::Result<Vec<Sends
                 statements
             })
         });
+        let probing = prober.clone().map(|(token, conversation_id)| {
+            let (client, base) = (client.clone(), base.clone());
+            tokio::spawn(probe_search(client, base, token, conversation_id, search_probes, deadline, run_id))
+        });
         let started = Instant::now();
         let latencies = join_latencies(tasks).await?;
         let summary = summarize(latencies);
@@ -611,10 +668,57 @@ pub(crate) async fn run_sends(options: SendsOptions) -> anyhow::Result<Vec<Sends
             querying.abort();
         }
         println!("{sender_count:>8} {rate:>12.0} {:>10.3} {:>10.3} {:>10.3}", summary.p50_ms, summary.p99_ms, summary.max_ms);
+        if let Some(probing) = probing {
+            let (visible, missing) = probing.await??;
+            let visible = summarize(visible);
+            println!(
+                "         send to searchable: {} probes, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, {missing} not found within 10 s",
+                visible.count, visible.p50_ms, visible.p99_ms, visible.max_ms
+            );
+        }
         rounds.push(SendsRound { senders: sender_count, sends_per_second: rate, summary });
     }
     drop(server);
     Ok(rounds)
+}
+
+/// Sends `probes` messages evenly until `deadline`, each with a word of its
+/// own, and searches for each every 20 ms until found: the time from the
+/// send's start to the first search that finds it (microseconds), and how
+/// many were not found within 10 s.
+async fn probe_search(
+    client: reqwest::Client,
+    base: String,
+    token: String,
+    conversation_id: String,
+    probes: usize,
+    deadline: Instant,
+    run_id: u32,
+) -> anyhow::Result<(Vec<u64>, usize)> {
+    let spacing = deadline.saturating_duration_since(Instant::now()).div_f64(probes.max(1) as f64);
+    let (mut visible, mut missing) = (Vec::new(), 0);
+    for probe in 0..probes {
+        let next = Instant::now() + spacing;
+        let word = format!("probe{run_id}x{probe}");
+        let started = Instant::now();
+        let body = json!({"conversationId": conversation_id, "clientMsgId": word, "body": format!("a probe {word} for search")});
+        post(&client, &format!("{base}/v1/messages"), Some(&token), body).await?;
+        let url = format!("{base}/v1/search?q={word}&conversationId={conversation_id}&limit=1");
+        loop {
+            let page: Value = client.get(&url).bearer_auth(&token).send().await?.json().await?;
+            if page["results"].as_array().is_some_and(|results| !results.is_empty()) {
+                visible.push(started.elapsed().as_micros() as u64);
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                missing += 1;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep_until(next.into()).await;
+    }
+    Ok((visible, missing))
 }
 
 /// A minimal HTTP/1.1 keep-alive client for the measured loop: one

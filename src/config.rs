@@ -36,6 +36,8 @@ pub struct Config {
     pub media: confab_media::MediaConfig,
     /// Search: which index engine, and where.
     pub search: confab_search::SearchConfig,
+    /// Analytics in ClickHouse (off unless `[analytics.clickhouse]` is set).
+    pub analytics: confab_analytics::AnalyticsConfig,
 }
 
 /// Where the history tables live.
@@ -82,6 +84,7 @@ impl Default for Config {
             workflows: Default::default(),
             media: Default::default(),
             search: Default::default(),
+            analytics: Default::default(),
         }
     }
 }
@@ -95,6 +98,7 @@ impl Config {
         problems.extend(config.gateway.problems());
         problems.extend(config.media.problems());
         problems.extend(config.search.problems());
+        problems.extend(config.analytics.problems());
         if !problems.is_empty() {
             anyhow::bail!("invalid config file `{}`:\n{}", path.display(), problems.join("\n"));
         }

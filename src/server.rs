@@ -58,12 +58,14 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let specs = crate::wiring::load_pipelines(config.pipelines_dir.as_ref())?;
     let sink_config = crate::wiring::history_sink(&specs);
     let search_config = crate::wiring::search_indexer(&specs);
+    let analytics_config = crate::wiring::analytics_sink(&specs);
+    let analytics_on = config.analytics.clickhouse.is_some() && analytics_config.is_some();
     let state_dir = config.data_dir.join("state");
     let (log, ingest) = tokio::task::spawn_blocking({
         let log_config = config.log.clone();
         let limits = config.limits.clone();
         let state_config = config.state.clone();
-        let consumers = crate::wiring::log_consumers(&specs);
+        let consumers = crate::wiring::log_consumers(&specs, analytics_on);
         move || -> anyhow::Result<(Arc<FileLog>, Ingest)> {
             let log = Arc::new(FileLog::open(&log_dir, log_config).with_context(|| format!("could not open the log in `{}`", log_dir.display()))?);
             crate::wiring::drop_stale_consumers(&*log, &consumers)?;
@@ -103,6 +105,18 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             None
         }
     };
+    let analytics = match (&config.analytics.clickhouse, analytics_config) {
+        (Some(clickhouse), Some(sink)) => Some(Arc::new(
+            confab_analytics::Analytics::start(clickhouse, log.clone(), sink)
+                .await
+                .with_context(|| format!("could not start the analytics on ClickHouse at `{}` ([analytics.clickhouse] url)", clickhouse.url))?,
+        )),
+        (Some(_), None) => {
+            tracing::warn!("[analytics.clickhouse] is set but no pipeline has a `clickhouse_sink` stage: nothing is written to ClickHouse");
+            None
+        }
+        (None, _) => None,
+    };
     let store = confab_query::HistoryStore::new(&config.history_location(), config.history.storage_options.clone())
         .with_context(|| format!("could not open the history at `{}`", config.history_location()))?;
     let history_sink = match sink_config {
@@ -117,7 +131,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         confab_query::SqlEngine::new(store, config.sql.clone(), config.data_dir.join("sql-spill")).context("could not start the compliance SQL threads")?,
     );
     let ingest_for_shutdown = ingest.clone();
-    let live = Arc::new(crate::wiring::LiveMessagesView { ingest: ingest.clone(), media: Arc::downgrade(&media), search: search.clone() });
+    let live = Arc::new(crate::wiring::LiveMessagesView { ingest: ingest.clone(), media: Arc::downgrade(&media), search: search.clone(), analytics: analytics.clone() });
     let policies = confab_query::PolicyRegistry::open(store_for_policies).await.context("could not open the retention policies")?;
     let compliance = Arc::new(confab_query::Compliance::new(Arc::new(maintenance), live, policies, config.history.default_retention_days));
     workflows.register::<confab_workflows::retention::RetentionRun>(Arc::new(crate::retention::RetentionActivities(compliance.clone())));
@@ -128,7 +142,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         crate::retention::schedule(workflows.clone(), compliance.clone(), Duration::from_secs(config.history.retention_interval_secs.unwrap_or(3_600).max(1)));
     let state = AppState::new(ingest.clone(), hub, pipelines.clone(), history.clone(), compliance, config.gateway.clone(), token_secret);
     let readiness =
-        crate::wiring::ReadinessView { log: log.clone(), sink: history_sink.as_ref().map(|sink| sink.handle()), push, workflows: workflows.clone() };
+        crate::wiring::ReadinessView { log: log.clone(), sink: history_sink.as_ref().map(|sink| sink.handle()), push, workflows: workflows.clone(), analytics: analytics.clone() };
     let _ = state.readiness.set(Arc::new(readiness));
     let _ = state.media.set(media.clone());
     if let Some(search) = &search {
@@ -195,6 +209,9 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         }
         if let Some(sink) = history_sink {
             sink.shutdown().await;
+        }
+        if let Some(analytics) = &analytics {
+            analytics.shutdown().await;
         }
         let _ = stop_checkpoints.send(true);
         let _ = checkpoints.await;

@@ -142,11 +142,32 @@ pub async fn start_search(
     confab_search::Search::start(engine, ingest, log, indexer).await.context("could not start the search indexer")
 }
 
+/// The analytics sink's settings, if a pipeline has a `clickhouse_sink` stage.
+pub fn analytics_sink(specs: &[PipelineSpec]) -> Option<confab_analytics::SinkConfig> {
+    specs.iter().find_map(|spec| {
+        spec.stages.iter().find_map(|stage| match stage {
+            confab_pipelines::Stage::ClickhouseSink { flush_rows, flush_interval_ms } => Some(confab_analytics::SinkConfig {
+                consumer: spec.name.clone(),
+                flush_rows: *flush_rows,
+                flush_interval: std::time::Duration::from_millis(*flush_interval_ms),
+            }),
+            _ => None,
+        })
+    })
+}
+
 /// Every consumer of the log this configuration runs: the state, and each
-/// pipeline that reads the log (named after it).
-pub fn log_consumers(specs: &[PipelineSpec]) -> Vec<String> {
+/// pipeline that reads the log (named after it), but the analytics one
+/// when analytics are off (it would hold the log back forever).
+pub fn log_consumers(specs: &[PipelineSpec], analytics_on: bool) -> Vec<String> {
     let mut consumers = vec![confab_ingest::STATE_CONSUMER.to_string()];
-    consumers.extend(specs.iter().filter(|spec| spec.source == confab_pipelines::definition::Source::Log).map(|spec| spec.name.clone()));
+    consumers.extend(
+        specs
+            .iter()
+            .filter(|spec| spec.source == confab_pipelines::definition::Source::Log)
+            .filter(|spec| analytics_on || !spec.stages.iter().any(|stage| matches!(stage, confab_pipelines::Stage::ClickhouseSink { .. })))
+            .map(|spec| spec.name.clone()),
+    );
     consumers
 }
 
@@ -185,6 +206,7 @@ pub struct ReadinessView {
     pub sink: Option<confab_query::SinkHandle>,
     pub push: Option<Arc<crate::push::PushWiring>>,
     pub workflows: crate::workflows::Workflows,
+    pub analytics: Option<Arc<confab_analytics::Analytics>>,
 }
 
 impl confab_gateway::Readiness for ReadinessView {
@@ -199,7 +221,14 @@ impl confab_gateway::Readiness for ReadinessView {
                 format!("the history sink is failing and restarting with backoff ({})", listed.join("; "))
             })
         });
-        vec![("log", log), ("history_sink", sink)]
+        let analytics = self.analytics.as_ref().and_then(|analytics| {
+            let failing = analytics.failing();
+            (!failing.is_empty()).then(|| {
+                let listed: Vec<String> = failing.iter().map(|(partition, error)| format!("partition {partition}: {error}")).collect();
+                format!("the analytics sink is failing and restarting with backoff ({})", listed.join("; "))
+            })
+        });
+        vec![("log", log), ("history_sink", sink), ("analytics", analytics)]
     }
 
     fn sink_restarts(&self) -> u64 {
@@ -224,12 +253,15 @@ pub struct LiveMessagesView {
     pub media: std::sync::Weak<confab_media::Media>,
     /// The search index, whose files must lose the deleted text too.
     pub search: Option<Arc<confab_search::Search>>,
+    /// The analytics tables, which retention purges too.
+    pub analytics: Option<Arc<confab_analytics::Analytics>>,
 }
 
 #[async_trait::async_trait]
 impl confab_query::LiveMessages for LiveMessagesView {
     async fn delete(&self, actor: &confab_query::Actor, scope: confab_query::Scope<'_>) -> Result<u64, String> {
         let caller = confab_ingest::Caller { user_id: actor.user_id.clone(), device_id: actor.device_id.clone() };
+        let asked = scope;
         let (scope, reason) = match scope {
             confab_query::Scope::SentBy(user_id) => (confab_ingest::ComplianceScope::SentBy(user_id), "erasure"),
             confab_query::Scope::ConversationBefore { conversation_id, before_ms } => {
@@ -252,6 +284,15 @@ impl confab_query::LiveMessages for LiveMessagesView {
                 let dropped = search.purge_removed().await.map_err(|error| format!("purging the search index: {error}"))?;
                 tracing::info!(dropped, reason, "purged deleted messages from the search index files");
             }
+        }
+        // Then the analytics (retention only: they hold no body to erase).
+        if let (Some(analytics), confab_query::Scope::ConversationBefore { conversation_id, before_ms }) = (&self.analytics, asked) {
+            // Also when this run deleted nothing new: a retried run after a failed purge.
+            let purged = analytics
+                .purge_conversation_before(conversation_id, before_ms)
+                .await
+                .map_err(|error| format!("purging the analytics ({}): {error}", error.code()))?;
+            tracing::info!(conversation_id, message_events = purged.message_events, receipts = purged.receipts, "retention purged the analytics");
         }
         Ok(deletion.messages)
     }

@@ -66,6 +66,14 @@ enum StageV1 {
         /// How long a change may wait before it is searchable.
         commit_interval_ms: u64,
     },
+    /// Write messages, receipts and conversations to the ClickHouse
+    /// analytics tables (when the server's `[analytics.clickhouse]` is set).
+    ClickhouseSink {
+        /// Write once this many rows wait...
+        flush_rows: usize,
+        /// ...or once the oldest waiting row is this old.
+        flush_interval_ms: u64,
+    },
 }
 
 /// Where a pipeline reads from.
@@ -85,6 +93,7 @@ pub enum Stage {
     DeltaSink { flush_rows: usize, flush_interval_ms: u64, compact_every_commits: u64 },
     Push { large_conversation_members: usize, ttl_secs: u64 },
     SearchIndex { commit_interval_ms: u64 },
+    ClickhouseSink { flush_rows: usize, flush_interval_ms: u64 },
 }
 
 /// A validated pipeline.
@@ -255,6 +264,21 @@ pub fn validate(files: &[(PathBuf, String)]) -> Result<Vec<PipelineSpec>, Vec<Pr
                         }
                         stages.push(Stage::SearchIndex { commit_interval_ms });
                     }
+                    StageV1::ClickhouseSink { flush_rows, flush_interval_ms } => {
+                        if !(1..=500_000).contains(&flush_rows) {
+                            report(&field("flush_rows"), "must be between 1 and 500000 (one insert per table per flush)".into());
+                        }
+                        if !(10..=600_000).contains(&flush_interval_ms) {
+                            report(&field("flush_interval_ms"), "must be between 10 and 600000".into());
+                        }
+                        if source != Some(Source::Log) {
+                            report(&field("kind"), "`clickhouse_sink` writes log events: use it with source = \"log\"".into());
+                        }
+                        if last != 0 {
+                            report(&field("kind"), "`clickhouse_sink` must be the only stage of its pipeline (retention purges its tables by what the log holds, so a filter before it would leave them incomplete)".into());
+                        }
+                        stages.push(Stage::ClickhouseSink { flush_rows, flush_interval_ms });
+                    }
                 }
             }
             if problems.len() == before {
@@ -269,6 +293,7 @@ pub fn validate(files: &[(PathBuf, String)]) -> Result<Vec<PipelineSpec>, Vec<Pr
         ("aggregate_receipts", count_stages(&specs, |stage| matches!(stage, Stage::AggregateReceipts { .. }))),
         ("push", count_stages(&specs, |stage| matches!(stage, Stage::Push { .. }))),
         ("search_index", count_stages(&specs, |stage| matches!(stage, Stage::SearchIndex { .. }))),
+        ("clickhouse_sink", count_stages(&specs, |stage| matches!(stage, Stage::ClickhouseSink { .. }))),
     ] {
         if count > 1 {
             let file = specs.iter().map(|spec| spec.file.clone()).next().unwrap_or_default();
@@ -338,7 +363,7 @@ mod tests {
     #[test]
     fn the_shipped_definitions_are_valid() {
         let specs = validate(&shipped()).unwrap();
-        assert_eq!(specs.iter().map(|spec| spec.name.as_str()).collect::<Vec<_>>(), vec!["fanout", "receipts", "history", "push", "search"]);
+        assert_eq!(specs.iter().map(|spec| spec.name.as_str()).collect::<Vec<_>>(), vec!["fanout", "receipts", "history", "analytics", "push", "search"]);
     }
 
     #[test]
@@ -395,6 +420,19 @@ event_types = ["message.nope"]
         twice.push((PathBuf::from("copy.toml"), SHIPPED[4].1.replace("name = \"search\"", "name = \"search-copy\"")));
         let problems = validate(&twice).unwrap_err();
         assert!(problems[0].message.contains("2 pipelines have a `search_index` stage"), "{}", problems[0]);
+    }
+
+    #[test]
+    fn the_clickhouse_sink_is_alone_on_the_log_within_bounds() {
+        let text = "version = 1\n[[pipeline]]\nname = \"a\"\nsource = \"device_receipts\"\n[[pipeline.stage]]\nkind = \"filter\"\nevent_types = [\"message.new\"]\n[[pipeline.stage]]\nkind = \"clickhouse_sink\"\nflush_rows = 0\nflush_interval_ms = 5\n";
+        let lines: Vec<String> = validate(&file(text)).unwrap_err().iter().map(ToString::to_string).collect();
+        assert!(lines.contains(&"ops.toml: pipeline `a`: `stage[1].flush_rows`: must be between 1 and 500000 (one insert per table per flush)".to_string()), "{lines:?}");
+        assert!(lines.contains(&"ops.toml: pipeline `a`: `stage[1].flush_interval_ms`: must be between 10 and 600000".to_string()), "{lines:?}");
+        assert!(lines.iter().any(|line| line.contains("`stage[1].kind`: `clickhouse_sink` writes log events")), "{lines:?}");
+        assert!(lines.iter().any(|line| line.contains("`stage[1].kind`: `clickhouse_sink` must be the only stage")), "{lines:?}");
+        let shipped = validate(&shipped()).unwrap();
+        let analytics = shipped.iter().find(|spec| spec.name == "analytics").expect("the shipped analytics pipeline");
+        assert_eq!(analytics.stages, vec![Stage::ClickhouseSink { flush_rows: 50_000, flush_interval_ms: 1_000 }]);
     }
 
     #[test]

@@ -105,9 +105,10 @@ impl Runtime {
         let mut receipts = None;
         let mut large_conversation_members = usize::MAX;
         for spec in specs {
-            // The history sink is run by the query layer and the search
-            // index by the search layer (see the binary's wiring).
-            if spec.stages.iter().any(|stage| matches!(stage, Stage::DeltaSink { .. } | Stage::SearchIndex { .. })) {
+            // The history sink is run by the query layer, the search index
+            // by the search layer and the analytics by theirs (see the
+            // binary's wiring).
+            if spec.stages.iter().any(|stage| matches!(stage, Stage::DeltaSink { .. } | Stage::SearchIndex { .. } | Stage::ClickhouseSink { .. })) {
                 continue;
             }
             match spec.source {
@@ -190,7 +191,7 @@ impl LogPlan {
                 Stage::Push { large_conversation_members, ttl_secs } => {
                     plan.push = Some(PushRules { large_conversation_members: *large_conversation_members, ttl_secs: *ttl_secs })
                 }
-                Stage::AggregateReceipts { .. } | Stage::DeltaSink { .. } | Stage::SearchIndex { .. } => {}
+                Stage::AggregateReceipts { .. } | Stage::DeltaSink { .. } | Stage::SearchIndex { .. } | Stage::ClickhouseSink { .. } => {}
             }
         }
         plan

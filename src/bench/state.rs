@@ -827,6 +827,8 @@ async fn measure(layout: &Layout, mix: &Mix, options: &StateOptions, load: LoadR
         partitions: options.partitions,
         history: false,
         during_sql: None,
+        search: true,
+        search_probes: 0,
     })
     .await?
     .pop();

@@ -2,6 +2,7 @@
 //! the real binary, for crash tests), used as a client would.
 
 mod accounts;
+mod analytics;
 mod admin;
 mod conversations;
 mod crash;

@@ -94,7 +94,7 @@ fn index_holds(engine: &Engine, data_dir: &Path, word: &str) -> bool {
 /// Whether any file under `dir` holds `needle`, column files (`.bin`)
 /// decompressed first: ClickHouse compresses them with LZ4 by blocks, which
 /// can cut a word into a back-reference (`zebrafishsecret` after `zebrafish`).
-fn clickhouse_files_contain(dir: &Path, needle: &[u8]) -> bool {
+pub(crate) fn clickhouse_files_contain(dir: &Path, needle: &[u8]) -> bool {
     std::fs::read_dir(dir).unwrap().flatten().any(|entry| {
         let path = entry.path();
         if path.is_dir() {
