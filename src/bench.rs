@@ -685,7 +685,8 @@ pub(crate) async fn run_sends(options: SendsOptions) -> anyhow::Result<Vec<Sends
 /// Sends `probes` messages evenly until `deadline`, each with a word of its
 /// own, and searches for each every 20 ms until found: the time from the
 /// send's start to the first search that finds it (microseconds), and how
-/// many were not found within 10 s.
+/// many were not found within 10 s. Probes overlap: each runs on its own
+/// from its scheduled time.
 async fn probe_search(
     client: reqwest::Client,
     base: String,
@@ -696,27 +697,35 @@ async fn probe_search(
     run_id: u32,
 ) -> anyhow::Result<(Vec<u64>, usize)> {
     let spacing = deadline.saturating_duration_since(Instant::now()).div_f64(probes.max(1) as f64);
-    let (mut visible, mut missing) = (Vec::new(), 0);
+    let first = Instant::now();
+    let mut tasks = Vec::new();
     for probe in 0..probes {
-        let next = Instant::now() + spacing;
-        let word = format!("probe{run_id}x{probe}");
-        let started = Instant::now();
-        let body = json!({"conversationId": conversation_id, "clientMsgId": word, "body": format!("a probe {word} for search")});
-        post(&client, &format!("{base}/v1/messages"), Some(&token), body).await?;
-        let url = format!("{base}/v1/search?q={word}&conversationId={conversation_id}&limit=1");
-        loop {
-            let page: Value = client.get(&url).bearer_auth(&token).send().await?.json().await?;
-            if page["results"].as_array().is_some_and(|results| !results.is_empty()) {
-                visible.push(started.elapsed().as_micros() as u64);
-                break;
+        tokio::time::sleep_until((first + spacing.mul_f64(probe as f64)).into()).await;
+        let (client, base, token, conversation_id) = (client.clone(), base.clone(), token.clone(), conversation_id.clone());
+        tasks.push(tokio::spawn(async move {
+            let word = format!("probe{run_id}x{probe}");
+            let started = Instant::now();
+            let body = json!({"conversationId": conversation_id, "clientMsgId": word, "body": format!("a probe {word} for search")});
+            post(&client, &format!("{base}/v1/messages"), Some(&token), body).await?;
+            let url = format!("{base}/v1/search?q={word}&conversationId={conversation_id}&limit=1");
+            loop {
+                let page: Value = client.get(&url).bearer_auth(&token).send().await?.json().await?;
+                if page["results"].as_array().is_some_and(|results| !results.is_empty()) {
+                    return anyhow::Ok(Some(started.elapsed().as_micros() as u64));
+                }
+                if started.elapsed() > Duration::from_secs(10) {
+                    return Ok(None);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            if started.elapsed() > Duration::from_secs(10) {
-                missing += 1;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        }));
+    }
+    let (mut visible, mut missing) = (Vec::new(), 0);
+    for task in tasks {
+        match task.await?? {
+            Some(latency) => visible.push(latency),
+            None => missing += 1,
         }
-        tokio::time::sleep_until(next.into()).await;
     }
     Ok((visible, missing))
 }

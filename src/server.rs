@@ -98,19 +98,18 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     });
     let push_for_shutdown = push.clone();
     let pipelines = Arc::new(Runtime::start(specs, log.clone(), view.clone(), hub.clone(), view, pusher));
+    // The search indexer and the analytics sink run on threads of lower
+    // priority, as the history sink does on its own.
+    let background = confab_log::background::Background::start("confab-background", 1).context("could not start the background threads")?;
     let search = match search_config {
-        Some(indexer) => Some(Arc::new(crate::wiring::start_search(&config, ingest.clone(), log.clone(), indexer).await?)),
+        Some(indexer) => Some(Arc::new(crate::wiring::start_search(&config, ingest.clone(), log.clone(), indexer, background.handle()).await?)),
         None => {
             tracing::warn!("no pipeline has a `search_index` stage: search is off (GET /v1/search answers 503)");
             None
         }
     };
     let analytics = match (&config.analytics.clickhouse, analytics_config) {
-        (Some(clickhouse), Some(sink)) => Some(Arc::new(
-            confab_analytics::Analytics::start(clickhouse, log.clone(), sink)
-                .await
-                .with_context(|| format!("could not start the analytics on ClickHouse at `{}` ([analytics.clickhouse] url)", clickhouse.url))?,
-        )),
+        (Some(clickhouse), Some(sink)) => Some(Arc::new(crate::wiring::start_analytics(clickhouse, log.clone(), sink, background.handle()).await?)),
         (Some(_), None) => {
             tracing::warn!("[analytics.clickhouse] is set but no pipeline has a `clickhouse_sink` stage: nothing is written to ClickHouse");
             None
@@ -131,7 +130,12 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         confab_query::SqlEngine::new(store, config.sql.clone(), config.data_dir.join("sql-spill")).context("could not start the compliance SQL threads")?,
     );
     let ingest_for_shutdown = ingest.clone();
-    let live = Arc::new(crate::wiring::LiveMessagesView { ingest: ingest.clone(), media: Arc::downgrade(&media), search: search.clone(), analytics: analytics.clone() });
+    let live = Arc::new(crate::wiring::LiveMessagesView {
+        ingest: ingest.clone(),
+        media: Arc::downgrade(&media),
+        search: search.clone(),
+        analytics: analytics.clone(),
+    });
     let policies = confab_query::PolicyRegistry::open(store_for_policies).await.context("could not open the retention policies")?;
     let compliance = Arc::new(confab_query::Compliance::new(Arc::new(maintenance), live, policies, config.history.default_retention_days));
     workflows.register::<confab_workflows::retention::RetentionRun>(Arc::new(crate::retention::RetentionActivities(compliance.clone())));
@@ -141,8 +145,13 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let retention_schedule =
         crate::retention::schedule(workflows.clone(), compliance.clone(), Duration::from_secs(config.history.retention_interval_secs.unwrap_or(3_600).max(1)));
     let state = AppState::new(ingest.clone(), hub, pipelines.clone(), history.clone(), compliance, config.gateway.clone(), token_secret);
-    let readiness =
-        crate::wiring::ReadinessView { log: log.clone(), sink: history_sink.as_ref().map(|sink| sink.handle()), push, workflows: workflows.clone(), analytics: analytics.clone() };
+    let readiness = crate::wiring::ReadinessView {
+        log: log.clone(),
+        sink: history_sink.as_ref().map(|sink| sink.handle()),
+        push,
+        workflows: workflows.clone(),
+        analytics: analytics.clone(),
+    };
     let _ = state.readiness.set(Arc::new(readiness));
     let _ = state.media.set(media.clone());
     if let Some(search) = &search {
@@ -213,6 +222,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         if let Some(analytics) = &analytics {
             analytics.shutdown().await;
         }
+        drop(background);
         let _ = stop_checkpoints.send(true);
         let _ = checkpoints.await;
         let last_checkpoint = tokio::task::spawn_blocking({

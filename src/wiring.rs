@@ -118,28 +118,51 @@ pub fn search_indexer(specs: &[PipelineSpec]) -> Option<confab_search::IndexerCo
     })
 }
 
-/// Opens the configured index engine and starts the indexing pipeline into it.
+/// Opens the configured index engine and starts the indexing pipeline into
+/// it, both on the background runtime `spawner` (so that tantivy's threads,
+/// created by the engine's writer, inherit its lower priority).
 pub async fn start_search(
     config: &crate::config::Config,
     ingest: Arc<Ingest>,
     log: Arc<dyn confab_log::Log>,
     indexer: confab_search::IndexerConfig,
+    spawner: &tokio::runtime::Handle,
 ) -> anyhow::Result<confab_search::Search> {
     use anyhow::Context;
-    let engine: Arc<dyn confab_search::Engine> = match config.search.engine {
-        confab_search::EngineKind::Embedded => {
-            let dir = config.search_dir();
-            let engine =
-                tokio::task::spawn_blocking(move || confab_search::embedded::Embedded::open(&dir)).await?.context("could not open the search index")?;
-            Arc::new(engine)
-        }
-        confab_search::EngineKind::Clickhouse => Arc::new(
-            confab_search::clickhouse::Clickhouse::open(&config.search.clickhouse)
-                .await
-                .with_context(|| format!("could not open the search index on ClickHouse at `{}` ([search.clickhouse] url)", config.search.clickhouse.url))?,
-        ),
-    };
-    confab_search::Search::start(engine, ingest, log, indexer).await.context("could not start the search indexer")
+    let (search_config, dir) = (config.search.clone(), config.search_dir());
+    let started = spawner.spawn(async move {
+        let engine: Arc<dyn confab_search::Engine> = match search_config.engine {
+            confab_search::EngineKind::Embedded => {
+                let engine =
+                    tokio::task::spawn_blocking(move || confab_search::embedded::Embedded::open(&dir)).await?.context("could not open the search index")?;
+                Arc::new(engine)
+            }
+            confab_search::EngineKind::Clickhouse => {
+                Arc::new(confab_search::clickhouse::Clickhouse::open(&search_config.clickhouse).await.with_context(|| {
+                    format!("could not open the search index on ClickHouse at `{}` ([search.clickhouse] url)", search_config.clickhouse.url)
+                })?)
+            }
+        };
+        confab_search::Search::start(engine, ingest, log, indexer).await.context("could not start the search indexer")
+    });
+    started.await?
+}
+
+/// Starts the analytics sink on the background runtime `spawner`.
+pub async fn start_analytics(
+    clickhouse: &confab_analytics::ClickhouseConfig,
+    log: Arc<dyn confab_log::Log>,
+    sink: confab_analytics::SinkConfig,
+    spawner: &tokio::runtime::Handle,
+) -> anyhow::Result<confab_analytics::Analytics> {
+    use anyhow::Context;
+    let clickhouse = clickhouse.clone();
+    let started = spawner.spawn(async move {
+        confab_analytics::Analytics::start(&clickhouse, log, sink)
+            .await
+            .with_context(|| format!("could not start the analytics on ClickHouse at `{}` ([analytics.clickhouse] url)", clickhouse.url))
+    });
+    started.await?
 }
 
 /// The analytics sink's settings, if a pipeline has a `clickhouse_sink` stage.

@@ -183,9 +183,7 @@ impl Batch {
                     day: day_of(*ts),
                 }));
             }
-            LogEvent::ConversationCreated { conversation_id, conversation_type, creator_id, member_ids, ts, .. }
-                if log_offset >= starts.conversations =>
-            {
+            LogEvent::ConversationCreated { conversation_id, conversation_type, creator_id, member_ids, ts, .. } if log_offset >= starts.conversations => {
                 self.conversations.push(ConversationRow {
                     log_partition,
                     log_offset,
@@ -234,14 +232,20 @@ mod tests {
         batch.add(&created(2, "héllo wörld"), 2, 10, &starts);
         let receipts = LogEvent::DeliveryReceipts {
             conversation_id: "c1".into(),
-            receipts: vec![DeliveryReceipt { user_id: "u2".into(), device_id: "d2".into(), seq: 2 }, DeliveryReceipt { user_id: "u3".into(), device_id: "d3".into(), seq: 1 }],
+            receipts: vec![
+                DeliveryReceipt { user_id: "u2".into(), device_id: "d2".into(), seq: 2 },
+                DeliveryReceipt { user_id: "u3".into(), device_id: "d3".into(), seq: 1 },
+            ],
             ts: 7,
         };
         batch.add(&receipts, 2, 11, &starts);
         assert_eq!(batch.message_events.len(), 1, "offset 9 is in the table already");
         let row = &batch.message_events[0];
         assert_eq!((row.seq, row.body_chars, row.mentions, row.day, row.event_type), (2, 11, 2, 3, CREATED));
-        assert_eq!(batch.receipts.iter().map(|receipt| (receipt.user_id.as_str(), receipt.seq, receipt.kind)).collect::<Vec<_>>(), vec![("u2", 2, DELIVERED), ("u3", 1, DELIVERED)]);
+        assert_eq!(
+            batch.receipts.iter().map(|receipt| (receipt.user_id.as_str(), receipt.seq, receipt.kind)).collect::<Vec<_>>(),
+            vec![("u2", 2, DELIVERED), ("u3", 1, DELIVERED)]
+        );
         assert_eq!(batch.len(), 3);
         assert_eq!(starts.lowest(), 0);
         assert_eq!(day_of(-1), 0);

@@ -73,7 +73,8 @@ pub(crate) async fn run_partition(shared: &Shared, partition: u32, mut stopped: 
     loop {
         let mut asked = false;
         // When the oldest waiting row is due (or, with none waiting, in an hour: a wake-up that finds nothing to do).
-        let deadline = tokio::time::Instant::from_std(oldest.unwrap_or_else(Instant::now) + oldest.map_or(Duration::from_secs(3_600), |_| shared.config.flush_interval));
+        let deadline =
+            tokio::time::Instant::from_std(oldest.unwrap_or_else(Instant::now) + oldest.map_or(Duration::from_secs(3_600), |_| shared.config.flush_interval));
         tokio::select! {
             records = reader.next_batch(READ_RECORDS, READ_BYTES) => {
                 let records = match records {

@@ -1,7 +1,7 @@
 //! The analytics database on ClickHouse: creating it, appending batches,
 //! reading back how far each table got, and retention's purge.
 
-use clickhouse::{Client, Compression, Row};
+use clickhouse::{Client, Row};
 use serde::{Deserialize, Serialize};
 
 use crate::config::ClickhouseConfig;
@@ -41,14 +41,7 @@ const MUTATIONS_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 impl Store {
     /// Connects, creates the database, tables and view if missing, and logs the server's version.
     pub async fn open(config: &ClickhouseConfig) -> Result<Store> {
-        let client = Client::default()
-            .with_url(&config.url)
-            .with_user(&config.user)
-            .with_password(&config.password)
-            // 18.16 answers small lz4-compressed results with an empty body,
-            // and has no RowBinaryWithNamesAndTypes (the crate's validation).
-            .with_compression(Compression::None)
-            .with_validation(false);
+        let client = config.client();
         let store = Store { client, database: config.database.clone(), url: config.url.clone() };
         let version: String = store.client.query("SELECT version()").fetch_one().await.map_err(|error| store.error(error))?;
         tracing::info!(version, url = config.url, database = config.database, "analytics on ClickHouse");
@@ -192,26 +185,13 @@ impl Store {
         Ok(purged)
     }
 
-    /// Waits until every mutation (`ALTER … DELETE`) of the database is done:
-    /// 18.16 runs them in the background, with no `mutations_sync`.
+    /// Waits until every delete of the analytics tables is done.
     async fn wait_for_mutations(&self) -> Result<()> {
-        let started = std::time::Instant::now();
-        loop {
-            let pending: u64 = self
-                .client
-                .query("SELECT count() FROM system.mutations WHERE database = ? AND is_done = 0")
-                .bind(&self.database)
-                .fetch_one()
-                .await
-                .map_err(|error| self.error(error))?;
-            if pending == 0 {
-                return Ok(());
-            }
-            if started.elapsed() > MUTATIONS_WAIT {
-                return Err(AnalyticsError::MutationsPending(MUTATIONS_WAIT.as_secs()));
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        let tables = ["message_events", "receipts", "conversation_daily"];
+        confab_clickhouse::wait_for_mutations(&self.client, &self.database, &tables, MUTATIONS_WAIT).await.map_err(|error| match error {
+            confab_clickhouse::WaitError::Clickhouse(error) => self.error(error),
+            confab_clickhouse::WaitError::Pending { waited, .. } => AnalyticsError::MutationsPending(waited.as_secs()),
+        })
     }
 
     /// Runs a read-only query and returns its rows as tab-separated text

@@ -7,6 +7,7 @@
 //! [`TailReader`]. See `README.md` beside this crate for the on-disk format,
 //! the life of one append, retention and the tail reader.
 
+pub mod background;
 mod clock;
 mod config;
 mod consumers;

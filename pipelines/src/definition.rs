@@ -426,7 +426,10 @@ event_types = ["message.nope"]
     fn the_clickhouse_sink_is_alone_on_the_log_within_bounds() {
         let text = "version = 1\n[[pipeline]]\nname = \"a\"\nsource = \"device_receipts\"\n[[pipeline.stage]]\nkind = \"filter\"\nevent_types = [\"message.new\"]\n[[pipeline.stage]]\nkind = \"clickhouse_sink\"\nflush_rows = 0\nflush_interval_ms = 5\n";
         let lines: Vec<String> = validate(&file(text)).unwrap_err().iter().map(ToString::to_string).collect();
-        assert!(lines.contains(&"ops.toml: pipeline `a`: `stage[1].flush_rows`: must be between 1 and 500000 (one insert per table per flush)".to_string()), "{lines:?}");
+        assert!(
+            lines.contains(&"ops.toml: pipeline `a`: `stage[1].flush_rows`: must be between 1 and 500000 (one insert per table per flush)".to_string()),
+            "{lines:?}"
+        );
         assert!(lines.contains(&"ops.toml: pipeline `a`: `stage[1].flush_interval_ms`: must be between 10 and 600000".to_string()), "{lines:?}");
         assert!(lines.iter().any(|line| line.contains("`stage[1].kind`: `clickhouse_sink` writes log events")), "{lines:?}");
         assert!(lines.iter().any(|line| line.contains("`stage[1].kind`: `clickhouse_sink` must be the only stage")), "{lines:?}");

@@ -72,43 +72,14 @@ pub struct HistorySink {
     runtime: Option<tokio::runtime::Runtime>,
 }
 
-/// Nice value of the sink's threads: the kernel runs them when the live
-/// path leaves a core idle.
-const SINK_NICE: i32 = 10;
-
-/// Gives the calling thread the nice value [`SINK_NICE`]. On Linux a thread
-/// id is a process id to `renice` (`/proc/thread-self` names it); `renice`
-/// keeps this crate free of `unsafe`. Elsewhere, or without `renice`, the
-/// thread keeps its priority and a warning says so.
-fn lower_this_threads_priority() {
-    let thread_id = std::fs::read_link("/proc/thread-self").ok().and_then(|link| link.file_name().map(|name| name.to_string_lossy().into_owned()));
-    let Some(thread_id) = thread_id else {
-        tracing::warn!("the history sink runs at normal priority: no /proc/thread-self");
-        return;
-    };
-    let status = std::process::Command::new("renice")
-        .args(["-n", &SINK_NICE.to_string(), "-p", &thread_id])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status();
-    if !status.is_ok_and(|status| status.success()) {
-        tracing::warn!(thread_id, "the history sink runs at normal priority: `renice` failed");
-    }
-}
-
 /// A runtime of one low-priority worker thread for the sink. Encoding
 /// Parquet, committing and compacting take whole milliseconds of CPU; on
 /// the live path's threads they would show in every send's latency.
+/// (Delta's engine blocks in place while its own futures run on this
+/// runtime: each blocked task needs a spare thread, so the blocking pool is
+/// left at tokio's default size.)
 fn sink_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        // Delta's engine blocks in place while its own futures run on this
-        // runtime: each blocked task needs a spare thread, so the pool is not
-        // cut below tokio's default.
-        .thread_name("confab-history")
-        .on_thread_start(lower_this_threads_priority)
-        .enable_all()
-        .build()
+    confab_log::background::runtime("confab-history", 1)
 }
 
 /// What others need of a running sink: how far it has written, a way to

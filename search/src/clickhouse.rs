@@ -39,7 +39,7 @@
 
 use std::fmt::Write as _;
 
-use clickhouse::{Client, Compression, Row};
+use clickhouse::{Client, Row};
 use serde::{Deserialize, Serialize};
 
 use crate::config::ClickhouseConfig;
@@ -108,14 +108,8 @@ fn unavailable(error: clickhouse::error::Error) -> EngineError {
 impl Clickhouse {
     /// Connects, creates the database and tables if missing, and logs the server's version.
     pub async fn open(config: &ClickhouseConfig) -> EngineResult<Clickhouse> {
-        let client = Client::default()
-            .with_url(&config.url)
-            .with_user(&config.user)
-            .with_password(&config.password)
-            // 18.16 answers small lz4-compressed results with an empty body,
-            // and has no RowBinaryWithNamesAndTypes (the crate's validation).
-            .with_compression(Compression::None)
-            .with_validation(false)
+        let client = config
+            .client()
             // A search over thousands of conversations names each one
             // (the default limit is 256 KiB of SQL).
             .with_setting("max_query_size", "16777216");
@@ -140,10 +134,6 @@ impl Clickhouse {
     /// One number about this database's `search_` tables, from a system table (`?` is the database).
     async fn system_number(&self, sql: &str) -> EngineResult<u64> {
         self.client.query(sql).bind(&self.database).fetch_one::<u64>().await.map_err(unavailable)
-    }
-
-    async fn mutations_pending(&self) -> EngineResult<u64> {
-        self.system_number("SELECT count() FROM system.mutations WHERE database = ? AND table LIKE 'search\\_%' AND is_done = 0").await
     }
 }
 
@@ -354,14 +344,13 @@ impl Engine for Clickhouse {
 
     async fn purge(&self) -> EngineResult<u64> {
         // Every delete made so far has rewritten its parts.
-        let mut waited = 0;
-        while self.mutations_pending().await? > 0 {
-            if waited > 1_200 {
-                return Err(EngineError::Index("ClickHouse has not finished the index's deletes in 60 s".into()));
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            waited += 1;
-        }
+        let tables = ["search_postings", "search_messages", "search_positions"];
+        confab_clickhouse::wait_for_mutations(&self.client, &self.database, &tables, std::time::Duration::from_secs(60)).await.map_err(
+            |error| match error {
+                confab_clickhouse::WaitError::Clickhouse(error) => unavailable(error),
+                confab_clickhouse::WaitError::Pending { .. } => EngineError::Index("ClickHouse has not finished the index's deletes in 60 s".into()),
+            },
+        )?;
         for table in ["search_postings", "search_messages", "search_positions"] {
             self.client.query(&format!("OPTIMIZE TABLE {}.{table} FINAL", self.database)).execute().await.map_err(unavailable)?;
         }

@@ -24,34 +24,15 @@ pub struct SearchConfig {
     pub clickhouse: ClickhouseConfig,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ClickhouseConfig {
-    /// The HTTP interface, e.g. `http://127.0.0.1:8123`.
-    pub url: String,
-    pub database: String,
-    pub user: String,
-    pub password: String,
-}
-
-impl Default for ClickhouseConfig {
-    fn default() -> Self {
-        ClickhouseConfig { url: String::new(), database: "confab".into(), user: "default".into(), password: String::new() }
-    }
-}
+pub use confab_clickhouse::ClickhouseConfig;
 
 impl SearchConfig {
     /// Every problem, each naming its key.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         if self.engine == EngineKind::Clickhouse {
-            let clickhouse = &self.clickhouse;
-            if !(clickhouse.url.starts_with("http://") || clickhouse.url.starts_with("https://")) {
-                problems.push("[search.clickhouse] url: set the server's HTTP address, e.g. http://127.0.0.1:8123 (needed by engine = \"clickhouse\")".into());
-            }
-            if clickhouse.database.is_empty() || !clickhouse.database.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_') {
-                problems.push("[search.clickhouse] database: use letters, digits and _".into());
-            }
+            problems
+                .extend(self.clickhouse.problems("[search.clickhouse]").into_iter().map(|problem| format!("{problem} (needed by engine = \"clickhouse\")")));
         }
         problems
     }

@@ -48,21 +48,6 @@ async fn until_count(store: &confab_analytics::Store, sql: &str, expected: u64) 
     panic!("`{sql}` counted {last}, not {expected}");
 }
 
-fn today() -> String {
-    let days = confab_schemas::ids::now_ms().div_euclid(86_400_000);
-    // The civil date of a day number (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
-}
-
 #[tokio::test]
 async fn messages_and_receipts_reach_clickhouse_once_and_retention_purges_them() {
     let Some((clickhouse, data)) = clickhouse() else { return };
@@ -94,7 +79,7 @@ async fn messages_and_receipts_reach_clickhouse_once_and_retention_purges_them()
     until_count(&store, &bobs_receipts, 2).await;
     until_count(&store, "SELECT count() FROM {db}.conversations", 2).await;
 
-    let day = today();
+    let day = confab_query::rows::day_of(confab_schemas::ids::now_ms());
     let per_day = rows(&store, confab_analytics::schema::MESSAGES_PER_DAY).await;
     let expected: Vec<Vec<String>> = [(&group, "3"), (&other, "1")].iter().map(|(id, n)| vec![day.clone(), id.to_string(), n.to_string()]).collect();
     let mut sorted = expected.clone();

@@ -2,8 +2,8 @@
 //! the real binary, for crash tests), used as a client would.
 
 mod accounts;
-mod analytics;
 mod admin;
+mod analytics;
 mod conversations;
 mod crash;
 mod doors;

@@ -4,7 +4,7 @@
 //! erasure and retention reaching the index's files, restart and rebuild.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -208,18 +208,7 @@ async fn until_found(client: &Client, q: &str, more: &[(&str, &str)], expected: 
 
 /// `YYYY-MM-DD` of the UTC day `offset` days from today.
 fn day(offset: i64) -> String {
-    let days = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64 / 86_400 + offset;
-    // Days to civil date (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
+    confab_query::rows::day_of(confab_schemas::ids::now_ms() + offset * 86_400_000)
 }
 
 async fn words_phrases_prefixes_and_modifiers_find_the_right_messages_newest_first(engine: Engine) {
