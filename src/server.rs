@@ -53,6 +53,9 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     restrict_permissions(&config.data_dir)?;
     let lock = lock_data_dir(&config.data_dir)?;
     let token_secret = load_or_create_secret(&config.data_dir.join("secrets").join("token.key"))?;
+    // Names this data directory to the external stores that keep log
+    // positions (ClickHouse), which refuse another one's.
+    let instance_id: String = load_or_create_secret(&config.data_dir.join("instance.id"))?[..16].iter().map(|byte| format!("{byte:02x}")).collect();
     let log_dir = config.data_dir.join("log");
     // Definitions first: a bad one stops the start before anything is opened.
     let specs = crate::wiring::load_pipelines(config.pipelines_dir.as_ref())?;
@@ -102,14 +105,16 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     // priority, as the history sink does on its own.
     let background = confab_log::background::Background::start("confab-background", 1).context("could not start the background threads")?;
     let search = match search_config {
-        Some(indexer) => Some(Arc::new(crate::wiring::start_search(&config, ingest.clone(), log.clone(), indexer, background.handle()).await?)),
+        Some(indexer) => Some(Arc::new(crate::wiring::start_search(&config, ingest.clone(), log.clone(), indexer, background.handle(), &instance_id).await?)),
         None => {
             tracing::warn!("no pipeline has a `search_index` stage: search is off (GET /v1/search answers 503)");
             None
         }
     };
     let analytics = match (&config.analytics.clickhouse, analytics_config) {
-        (Some(clickhouse), Some(sink)) => Some(Arc::new(crate::wiring::start_analytics(clickhouse, log.clone(), sink, background.handle()).await?)),
+        (Some(clickhouse), Some(sink)) => {
+            Some(Arc::new(crate::wiring::start_analytics(clickhouse, log.clone(), sink, background.handle(), &instance_id).await?))
+        }
         (Some(_), None) => {
             tracing::warn!("[analytics.clickhouse] is set but no pipeline has a `clickhouse_sink` stage: nothing is written to ClickHouse");
             None

@@ -127,9 +127,10 @@ pub async fn start_search(
     log: Arc<dyn confab_log::Log>,
     indexer: confab_search::IndexerConfig,
     spawner: &tokio::runtime::Handle,
+    instance_id: &str,
 ) -> anyhow::Result<confab_search::Search> {
     use anyhow::Context;
-    let (search_config, dir) = (config.search.clone(), config.search_dir());
+    let (search_config, dir, instance_id) = (config.search.clone(), config.search_dir(), instance_id.to_string());
     let started = spawner.spawn(async move {
         let engine: Arc<dyn confab_search::Engine> = match search_config.engine {
             confab_search::EngineKind::Embedded => {
@@ -138,7 +139,7 @@ pub async fn start_search(
                 Arc::new(engine)
             }
             confab_search::EngineKind::Clickhouse => {
-                Arc::new(confab_search::clickhouse::Clickhouse::open(&search_config.clickhouse).await.with_context(|| {
+                Arc::new(confab_search::clickhouse::Clickhouse::open(&search_config.clickhouse, &instance_id).await.with_context(|| {
                     format!("could not open the search index on ClickHouse at `{}` ([search.clickhouse] url)", search_config.clickhouse.url)
                 })?)
             }
@@ -154,11 +155,12 @@ pub async fn start_analytics(
     log: Arc<dyn confab_log::Log>,
     sink: confab_analytics::SinkConfig,
     spawner: &tokio::runtime::Handle,
+    instance_id: &str,
 ) -> anyhow::Result<confab_analytics::Analytics> {
     use anyhow::Context;
-    let clickhouse = clickhouse.clone();
+    let (clickhouse, instance_id) = (clickhouse.clone(), instance_id.to_string());
     let started = spawner.spawn(async move {
-        confab_analytics::Analytics::start(&clickhouse, log, sink)
+        confab_analytics::Analytics::start(&clickhouse, &instance_id, log, sink)
             .await
             .with_context(|| format!("could not start the analytics on ClickHouse at `{}` ([analytics.clickhouse] url)", clickhouse.url))
     });

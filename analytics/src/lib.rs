@@ -59,6 +59,8 @@ pub enum AnalyticsError {
     Behind(u64),
     #[error("ClickHouse has not finished the analytics deletes within {0} s; the run can be repeated")]
     MutationsPending(u64),
+    #[error("the analytics database `{database}` holds the log positions of another data directory (instance {owner}); set [analytics.clickhouse] database to a new one, or drop that one")]
+    OwnedBy { database: String, owner: String },
 }
 
 impl AnalyticsError {
@@ -70,6 +72,7 @@ impl AnalyticsError {
             AnalyticsError::Log(_) => "log_error",
             AnalyticsError::Behind(_) => "analytics_behind",
             AnalyticsError::MutationsPending(_) => "analytics_mutations_pending",
+            AnalyticsError::OwnedBy { .. } => "analytics_database_owned",
         }
     }
 }
@@ -99,8 +102,9 @@ fn restart_backoff(attempt: u32) -> Duration {
 
 impl Analytics {
     /// Opens (and creates) the database, then starts one task per partition.
-    pub async fn start(clickhouse: &ClickhouseConfig, log: Arc<dyn Log>, config: SinkConfig) -> Result<Analytics> {
-        let store = Store::open(clickhouse).await?;
+    /// `source`: the data directory's instance id (see [`Store::open`]).
+    pub async fn start(clickhouse: &ClickhouseConfig, source: &str, log: Arc<dyn Log>, config: SinkConfig) -> Result<Analytics> {
+        let store = Store::open(clickhouse, source).await?;
         let written = (0..log.partition_count()).map(|_| watch::channel(0).0).collect();
         let shared = Arc::new(sink::Shared {
             store,

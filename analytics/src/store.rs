@@ -40,13 +40,25 @@ const MUTATIONS_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Store {
     /// Connects, creates the database, tables and view if missing, and logs the server's version.
-    pub async fn open(config: &ClickhouseConfig) -> Result<Store> {
+    /// A client of the database for reading (queries, tests): nothing is
+    /// created or claimed.
+    pub fn connect(config: &ClickhouseConfig) -> Store {
+        Store { client: config.client().with_database(&config.database), database: config.database.clone(), url: config.url.clone() }
+    }
+
+    /// `source` is the data directory's instance id: a database another one
+    /// claimed is refused ([`AnalyticsError::OwnedBy`]).
+    pub async fn open(config: &ClickhouseConfig, source: &str) -> Result<Store> {
         let client = config.client();
         let store = Store { client, database: config.database.clone(), url: config.url.clone() };
         let version: String = store.client.query("SELECT version()").fetch_one().await.map_err(|error| store.error(error))?;
         tracing::info!(version, url = config.url, database = config.database, "analytics on ClickHouse");
         let database = &store.database;
         store.execute(&format!("CREATE DATABASE IF NOT EXISTS {database}")).await?;
+        confab_clickhouse::claim(&store.client, database, "analytics_source", source).await.map_err(|error| match error {
+            confab_clickhouse::ClaimError::Clickhouse(error) => store.error(error),
+            confab_clickhouse::ClaimError::OwnedBy(owner) => AnalyticsError::OwnedBy { database: database.clone(), owner },
+        })?;
         for (name, definition) in schema::TABLES {
             store.execute(&format!("CREATE TABLE IF NOT EXISTS {database}.{name} {definition}")).await?;
         }

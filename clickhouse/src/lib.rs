@@ -82,6 +82,37 @@ pub async fn wait_for_mutations(client: &Client, database: &str, tables: &[&str]
     }
 }
 
+/// Why a database could not be claimed.
+#[derive(Debug)]
+pub enum ClaimError {
+    Clickhouse(clickhouse::error::Error),
+    /// Another data directory (this instance id) claimed it first.
+    OwnedBy(String),
+}
+
+/// Claims `database` for `source` (a data directory's instance id) in
+/// `table`, created if missing: the first source to claim a database owns
+/// it, and any other is refused. Positions kept in ClickHouse are offsets
+/// of one data directory's log; read by another, they would skip or mix
+/// its records silently.
+pub async fn claim(client: &Client, database: &str, table: &str, source: &str) -> Result<(), ClaimError> {
+    let create = format!("CREATE TABLE IF NOT EXISTS {database}.{table} (source String, claimed_ms Int64) ENGINE = MergeTree ORDER BY (claimed_ms, source)");
+    client.query(&create).execute().await.map_err(ClaimError::Clickhouse)?;
+    let owner_sql = format!("SELECT source FROM {database}.{table} ORDER BY claimed_ms, source LIMIT 1");
+    let mut owner: Option<String> = client.query(&owner_sql).fetch_optional().await.map_err(ClaimError::Clickhouse)?;
+    if owner.is_none() {
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_millis() as i64);
+        let insert = format!("INSERT INTO {database}.{table} (source, claimed_ms) VALUES (?, ?)");
+        client.query(&insert).bind(source).bind(now_ms).execute().await.map_err(ClaimError::Clickhouse)?;
+        // Two servers claiming at once: the earliest claim wins.
+        owner = client.query(&owner_sql).fetch_optional().await.map_err(ClaimError::Clickhouse)?;
+    }
+    match owner {
+        Some(owner) if owner != source => Err(ClaimError::OwnedBy(owner)),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -129,7 +129,7 @@ pub async fn run(options: SearchOptions) -> anyhow::Result<()> {
     }
     if let Some(url) = &options.clickhouse {
         let config = crate::config::ClickhouseConfig { url: url.clone(), database: "confab_bench".into(), ..Default::default() };
-        let engine: Arc<dyn Engine> = Arc::new(crate::clickhouse::Clickhouse::open(&config).await?);
+        let engine: Arc<dyn Engine> = Arc::new(crate::clickhouse::Clickhouse::open(&config, "confab-bench-search").await?);
         println!();
         load(&*engine, &options, first_ts, step_ms, "inserts of RowBinary over HTTP").await?;
         time_queries(&*engine, &scopes, "ClickHouse").await?;

@@ -107,7 +107,9 @@ fn unavailable(error: clickhouse::error::Error) -> EngineError {
 
 impl Clickhouse {
     /// Connects, creates the database and tables if missing, and logs the server's version.
-    pub async fn open(config: &ClickhouseConfig) -> EngineResult<Clickhouse> {
+    /// `source` is the data directory's instance id: a database another one
+    /// claimed is refused (its positions are another log's offsets).
+    pub async fn open(config: &ClickhouseConfig, source: &str) -> EngineResult<Clickhouse> {
         let client = config
             .client()
             // A search over thousands of conversations names each one
@@ -117,6 +119,12 @@ impl Clickhouse {
         tracing::info!(version, url = config.url, database = config.database, "search index on ClickHouse");
         let database = config.database.clone();
         client.query(&format!("CREATE DATABASE IF NOT EXISTS {database}")).execute().await.map_err(unavailable)?;
+        confab_clickhouse::claim(&client, &database, "search_source", source).await.map_err(|error| match error {
+            confab_clickhouse::ClaimError::Clickhouse(error) => unavailable(error),
+            confab_clickhouse::ClaimError::OwnedBy(owner) => EngineError::Index(format!(
+                "the search database `{database}` holds the index of another data directory (instance {owner}); set [search.clickhouse] database to a new one, or drop that one"
+            )),
+        })?;
         let tables = [
             "search_postings (term String, conversation_key UInt64, seq UInt64, conversation_id String, ts Int64, sender_id String, has_attachment UInt8) \
              ENGINE = MergeTree ORDER BY (term, conversation_key, seq) SETTINGS index_granularity = 1024, old_parts_lifetime = 1, cleanup_delay_period = 1",

@@ -55,7 +55,7 @@ async fn messages_and_receipts_reach_clickhouse_once_and_retention_purges_them()
     let mut config = test_config(temporary.path());
     config.analytics.clickhouse = Some(clickhouse.clone());
     let server = TestServer::start_with(config.clone()).await;
-    let store = confab_analytics::Store::open(&clickhouse).await.unwrap();
+    let store = confab_analytics::Store::connect(&clickhouse);
     let admin = server.user("admin").await;
     let bob = server.user("bob").await;
     let carol = server.user("carol").await;
@@ -133,4 +133,15 @@ async fn messages_and_receipts_reach_clickhouse_once_and_retention_purges_them()
     admin.say(&group, "a5", "after the cut").await;
     until_count(&store, &format!("SELECT toUInt64(sum(messages)) FROM {{db}}.conversation_daily WHERE conversation_id = '{group}'"), 1).await;
     server.stop().await;
+
+    // Another data directory is refused the database: its log's offsets
+    // are not these, and would skip or mix records silently.
+    let rows_before = count(&store, events).await;
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut other_config = test_config(elsewhere.path());
+    other_config.analytics.clickhouse = Some(clickhouse.clone());
+    let refused = confab::server::start(other_config).await.map(|_| ()).unwrap_err();
+    let message = format!("{refused:#}");
+    assert!(message.contains("holds the log positions of another data directory"), "{message}");
+    assert_eq!(count(&store, events).await, rows_before, "the refused server wrote nothing");
 }
