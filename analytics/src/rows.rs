@@ -2,7 +2,7 @@
 //! a name: only who, where, when and how much.
 
 use clickhouse::Row;
-use confab_schemas::events::{ConversationType, LogEvent};
+use confab_schemas::events::{ConversationType, LogEvent, Mentions};
 use serde::Serialize;
 
 /// `event_type` of `message_events` (its `Enum8` values).
@@ -89,6 +89,35 @@ fn saturating_u16(count: usize) -> u16 {
     u16::try_from(count).unwrap_or(u16::MAX)
 }
 
+/// A message event's row with what every kind has; the caller fills the rest.
+fn message_row(log_partition: u32, log_offset: u64, message_id: &str, conversation_id: &str, seq: u64, ts_ms: i64) -> MessageEventRow {
+    MessageEventRow {
+        log_partition,
+        log_offset,
+        event_type: 0,
+        message_id: message_id.to_string(),
+        conversation_id: conversation_id.to_string(),
+        seq,
+        sender_id: String::new(),
+        actor_id: String::new(),
+        device_id: String::new(),
+        ts_ms,
+        day: day_of(ts_ms),
+        body_chars: 0,
+        attachments: 0,
+        mentions: 0,
+    }
+}
+
+/// Code points of a body (its length, never its text).
+fn chars(body: &str) -> u32 {
+    u32::try_from(body.chars().count()).unwrap_or(u32::MAX)
+}
+
+fn mention_count(mentions: &Mentions) -> u16 {
+    saturating_u16(mentions.user_ids.len() + usize::from(mentions.channel) + usize::from(mentions.here))
+}
+
 impl Batch {
     pub fn len(&self) -> usize {
         self.message_events.len() + self.receipts.len() + self.conversations.len()
@@ -104,59 +133,35 @@ impl Batch {
         let receipts = log_offset >= starts.receipts;
         match event {
             LogEvent::MessageCreated { message_id, conversation_id, seq, sender_id, device_id, body, attachments, ts, mentions, .. } if events => {
-                let mentions = mentions.user_ids.len() + usize::from(mentions.channel) + usize::from(mentions.here);
                 self.message_events.push(MessageEventRow {
-                    log_partition,
-                    log_offset,
                     event_type: CREATED,
-                    message_id: message_id.clone(),
-                    conversation_id: conversation_id.clone(),
-                    seq: *seq,
                     sender_id: sender_id.clone(),
                     actor_id: sender_id.clone(),
                     device_id: device_id.clone(),
-                    ts_ms: *ts,
-                    day: day_of(*ts),
-                    body_chars: u32::try_from(body.chars().count()).unwrap_or(u32::MAX),
+                    body_chars: chars(body),
                     attachments: saturating_u16(attachments.len()),
-                    mentions: saturating_u16(mentions),
+                    mentions: mention_count(mentions),
+                    ..message_row(log_partition, log_offset, message_id, conversation_id, *seq, *ts)
                 });
             }
             LogEvent::MessageEdited { message_id, conversation_id, seq, body, sender_id, by, device_id, ts, mentions } if events => {
-                let mentions = mentions.user_ids.len() + usize::from(mentions.channel) + usize::from(mentions.here);
                 self.message_events.push(MessageEventRow {
-                    log_partition,
-                    log_offset,
                     event_type: EDITED,
-                    message_id: message_id.clone(),
-                    conversation_id: conversation_id.clone(),
-                    seq: *seq,
                     sender_id: sender_id.clone().unwrap_or_default(),
                     actor_id: by.clone(),
                     device_id: device_id.clone(),
-                    ts_ms: *ts,
-                    day: day_of(*ts),
-                    body_chars: u32::try_from(body.chars().count()).unwrap_or(u32::MAX),
-                    attachments: 0,
-                    mentions: saturating_u16(mentions),
+                    body_chars: chars(body),
+                    mentions: mention_count(mentions),
+                    ..message_row(log_partition, log_offset, message_id, conversation_id, *seq, *ts)
                 });
             }
             LogEvent::MessageDeleted { message_id, conversation_id, seq, sender_id, by, device_id, ts } if events => {
                 self.message_events.push(MessageEventRow {
-                    log_partition,
-                    log_offset,
                     event_type: DELETED,
-                    message_id: message_id.clone(),
-                    conversation_id: conversation_id.clone(),
-                    seq: *seq,
                     sender_id: sender_id.clone().unwrap_or_default(),
                     actor_id: by.clone(),
                     device_id: device_id.clone(),
-                    ts_ms: *ts,
-                    day: day_of(*ts),
-                    body_chars: 0,
-                    attachments: 0,
-                    mentions: 0,
+                    ..message_row(log_partition, log_offset, message_id, conversation_id, *seq, *ts)
                 });
             }
             LogEvent::ReadCursorMoved { conversation_id, user_id, seq, device_id, ts } if receipts => self.receipts.push(ReceiptRow {
@@ -207,7 +212,7 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use confab_schemas::events::{DeliveryReceipt, Mentions};
+    use confab_schemas::events::DeliveryReceipt;
 
     fn created(seq: u64, body: &str) -> LogEvent {
         LogEvent::MessageCreated {
