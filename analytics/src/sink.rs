@@ -66,6 +66,9 @@ pub(crate) async fn run_partition(shared: &Shared, partition: u32, mut stopped: 
     let mut next = starts.lowest().max(earliest);
     let mut reader = TailReader::open(shared.log.clone(), &shared.config.consumer, partition, StartAt::Earliest)?;
     reader.seek(next)?;
+    // Every record below `next` is in every table already: say so now, or
+    // retention's catch-up would wait on a partition that gets nothing new.
+    shared.written[partition as usize].send_replace(next);
     let mut batch = Batch::default();
     let mut oldest: Option<Instant> = None;
     let mut committed: Option<u64> = None;
