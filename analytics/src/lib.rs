@@ -95,11 +95,6 @@ impl std::fmt::Debug for Analytics {
     }
 }
 
-/// Waits before the `attempt`-th restart: 1 s, doubling, at most a minute.
-fn restart_backoff(attempt: u32) -> Duration {
-    Duration::from_secs(1u64 << attempt.min(6)).min(Duration::from_secs(60))
-}
-
 impl Analytics {
     /// Opens (and creates) the database, then starts one task per partition.
     /// `source`: the data directory's instance id (see [`Store::open`]).
@@ -126,7 +121,7 @@ impl Analytics {
                         Ok(()) => break,
                         Err(error) => error,
                     };
-                    let wait = restart_backoff(attempt);
+                    let wait = confab_log::background::restart_backoff(attempt);
                     tracing::error!(%error, code = error.code(), partition, retry_in_secs = wait.as_secs(), "the analytics sink failed; restarting it");
                     shared.failed(partition, error.to_string());
                     attempt += 1;
@@ -140,18 +135,9 @@ impl Analytics {
         Ok(Analytics { shared, stop, tasks: tokio::sync::Mutex::new(tasks) })
     }
 
-    pub fn store(&self) -> &Store {
-        &self.shared.store
-    }
-
     /// Partitions whose task failed and has not written since, with the error.
     pub fn failing(&self) -> Vec<(u32, String)> {
         self.shared.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).iter().map(|(partition, error)| (*partition, error.clone())).collect()
-    }
-
-    /// Every record of `partition` below this offset is in the tables.
-    pub fn written_up_to(&self, partition: u32) -> u64 {
-        self.shared.written.get(partition as usize).map_or(0, |written| *written.borrow())
     }
 
     /// Asks the sink to write at once and waits until the tables hold every

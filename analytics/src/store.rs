@@ -39,15 +39,16 @@ pub struct Purged {
 const MUTATIONS_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Store {
-    /// Connects, creates the database, tables and view if missing, and logs the server's version.
     /// A client of the database for reading (queries, tests): nothing is
     /// created or claimed.
     pub fn connect(config: &ClickhouseConfig) -> Store {
         Store { client: config.client().with_database(&config.database), database: config.database.clone(), url: config.url.clone() }
     }
 
-    /// `source` is the data directory's instance id: a database another one
-    /// claimed is refused ([`AnalyticsError::OwnedBy`]).
+    /// Connects, claims the database for `source` (the data directory's
+    /// instance id; one another claimed is refused with
+    /// [`AnalyticsError::OwnedBy`]), creates the tables and view if missing,
+    /// and logs the server's version.
     pub async fn open(config: &ClickhouseConfig, source: &str) -> Result<Store> {
         let client = config.client();
         let store = Store { client, database: config.database.clone(), url: config.url.clone() };

@@ -40,6 +40,12 @@ pub fn runtime(name: &'static str, worker_threads: usize) -> std::io::Result<tok
         .build()
 }
 
+/// How long a background reader that failed waits before its
+/// `attempt`-th restart: 1 s, doubling, at most a minute.
+pub fn restart_backoff(attempt: u32) -> std::time::Duration {
+    std::time::Duration::from_secs(1u64 << attempt.min(6)).min(std::time::Duration::from_secs(60))
+}
+
 /// A background runtime owned by async code: dropped, it shuts down
 /// without waiting (a runtime may not be dropped inside another one).
 pub struct Background(Option<tokio::runtime::Runtime>);

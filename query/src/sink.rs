@@ -129,11 +129,6 @@ impl SinkHealth {
     }
 }
 
-/// Waits before the `attempt`-th restart: 1 s, doubling, at most a minute.
-fn restart_backoff(attempt: u32) -> std::time::Duration {
-    std::time::Duration::from_secs(1u64 << attempt.min(6)).min(std::time::Duration::from_secs(60))
-}
-
 impl std::fmt::Debug for HistorySink {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter.debug_struct("HistorySink").field("partitions", &self.tasks.len()).finish()
@@ -204,7 +199,7 @@ impl HistorySink {
                         Ok(()) => break,
                         Err(error) => error,
                     };
-                    let wait = restart_backoff(attempt);
+                    let wait = confab_log::background::restart_backoff(attempt);
                     tracing::error!(%error, partition, retry_in_secs = wait.as_secs(), "the history sink failed; restarting it");
                     health.failed(partition, error.to_string());
                     attempt += 1;

@@ -359,7 +359,7 @@ impl Engine for Clickhouse {
                 confab_clickhouse::WaitError::Pending { .. } => EngineError::Index("ClickHouse has not finished the index's deletes in 60 s".into()),
             },
         )?;
-        for table in ["search_postings", "search_messages", "search_positions"] {
+        for table in tables {
             self.client.query(&format!("OPTIMIZE TABLE {}.{table} FINAL", self.database)).execute().await.map_err(unavailable)?;
         }
         // The replaced parts are deleted by the server's cleanup (every
