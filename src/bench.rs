@@ -173,6 +173,16 @@ pub enum BenchCommand {
         /// The Temporal namespace (with --temporal).
         #[arg(long, default_value = "default")]
         temporal_namespace: String,
+        /// Run the fake APNs and FCM servers (stand-ins for Apple's and
+        /// Google's machines) on their own runtime at nice 10, so they take
+        /// only the CPU the server leaves; off, they compete with it.
+        #[arg(long)]
+        fakes_nice: bool,
+        /// `on` keeps the shipped search pipeline (every message indexed,
+        /// as `confab serve` does by default); `off` leaves it out, as in
+        /// the figures before search existed.
+        #[arg(long, default_value = "off")]
+        search: String,
     },
     /// Uploads through the local signed URLs with moderation running, and
     /// the live sends meanwhile; then complete -> ready for 5 MB JPEGs.
@@ -251,8 +261,13 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Search { dir, messages, conversations, users, queries, postgres, clickhouse, engines } => {
             confab_search::bench::run(confab_search::bench::SearchOptions { dir, messages, conversations, users, queries, postgres, clickhouse, engines }).await
         }
-        BenchCommand::Push { members, rate, seconds, groups, partitions, temporal, temporal_namespace } => {
-            push::run(push::PushOptions { members, rate, seconds, groups, partitions, temporal, temporal_namespace }).await
+        BenchCommand::Push { members, rate, seconds, groups, partitions, temporal, temporal_namespace, fakes_nice, search } => {
+            let search = match search.as_str() {
+                "on" => true,
+                "off" => false,
+                other => bail!("--search `{other}`: use on or off"),
+            };
+            push::run(push::PushOptions { members, rate, seconds, groups, partitions, temporal, temporal_namespace, fakes_nice, search }).await
         }
         BenchCommand::Sends { url, senders, seconds, body_bytes, rate, partitions, history, during_sql, search, search_probes } => {
             let on_off = |flag: &str, value: &str| match value {

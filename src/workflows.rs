@@ -24,8 +24,21 @@ pub struct WorkflowsConfig {
     /// the embedded engine) and their nice level (10).
     pub threads: Option<usize>,
     pub nice: Option<i32>,
-    /// Temporal: the frontend's URL (`http://127.0.0.1:7233`; no TLS yet).
+    /// Temporal: the frontend's URL (`http://127.0.0.1:7233`, or
+    /// `https://…` for TLS).
     pub address: Option<String>,
+    /// Temporal over TLS: the PEM CA file that signed the server's
+    /// certificate (default: the system's roots).
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// Temporal over mutual TLS: this client's PEM certificate chain and key.
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// Temporal over TLS: the name the server's certificate must carry,
+    /// when it is not the address's host.
+    pub tls_domain: Option<String>,
+    /// Temporal over TLS: a file holding an API key (Temporal Cloud's),
+    /// sent as a bearer token.
+    pub api_key_file: Option<std::path::PathBuf>,
     /// Temporal: the namespace (`default`).
     pub namespace: Option<String>,
     /// Temporal: the task queue the flows and activities run on (`confab`).
@@ -48,6 +61,11 @@ impl WorkflowsConfig {
                     ("namespace", self.namespace.is_some()),
                     ("task_queue", self.task_queue.is_some()),
                     ("worker", self.worker.is_some()),
+                    ("tls_ca_file", self.tls_ca_file.is_some()),
+                    ("tls_cert_file", self.tls_cert_file.is_some()),
+                    ("tls_key_file", self.tls_key_file.is_some()),
+                    ("tls_domain", self.tls_domain.is_some()),
+                    ("api_key_file", self.api_key_file.is_some()),
                 ] {
                     if set {
                         problems.push(format!("[workflows] {field}: only used with engine = \"temporal\"; remove it or set the engine"));
@@ -55,7 +73,8 @@ impl WorkflowsConfig {
                 }
             }
             Some("temporal") => match self.temporal() {
-                Some(config) => problems.extend(config.check().into_iter().map(|problem| problem.to_string())),
+                Some(Ok(config)) => problems.extend(config.check().into_iter().map(|problem| problem.to_string())),
+                Some(Err(file_problems)) => problems.extend(file_problems),
                 None => problems.push("[workflows] address: engine = \"temporal\" needs the Temporal frontend's URL, e.g. \"http://127.0.0.1:7233\"".into()),
             },
             Some(other) => problems.push(format!("[workflows] engine: `{other}` is not an engine; use \"embedded\" or \"temporal\"")),
@@ -63,16 +82,63 @@ impl WorkflowsConfig {
         problems
     }
 
-    fn temporal(&self) -> Option<confab_workflows_temporal::Config> {
-        Some(confab_workflows_temporal::Config {
-            address: self.address.clone()?,
+    /// The Temporal settings with their files read; None without an
+    /// address, the files' problems (each with its field) when one cannot
+    /// be read.
+    fn temporal(&self) -> Option<Result<confab_workflows_temporal::Config, Vec<String>>> {
+        let address = self.address.clone()?;
+        let mut problems = Vec::new();
+        let mut read = |field: &str, path: &Option<std::path::PathBuf>| -> Option<Vec<u8>> {
+            let path = path.as_ref()?;
+            match std::fs::read(path) {
+                Ok(bytes) if bytes.is_empty() => {
+                    problems.push(format!("[workflows] {field}: `{}` is empty", path.display()));
+                    None
+                }
+                Ok(bytes) => Some(bytes),
+                Err(error) => {
+                    problems.push(format!("[workflows] {field}: cannot read `{}`: {error}", path.display()));
+                    None
+                }
+            }
+        };
+        let ca_pem = read("tls_ca_file", &self.tls_ca_file);
+        let cert_pem = read("tls_cert_file", &self.tls_cert_file);
+        let key_pem = read("tls_key_file", &self.tls_key_file);
+        let api_key = read("api_key_file", &self.api_key_file);
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(_), None) => problems.push("[workflows] tls_key_file: tls_cert_file is set without its key; set both for mutual TLS".into()),
+            (None, Some(_)) => problems.push("[workflows] tls_cert_file: tls_key_file is set without its certificate; set both for mutual TLS".into()),
+            _ => {}
+        }
+        let api_key = match api_key.map(String::from_utf8) {
+            Some(Err(_)) => {
+                problems.push("[workflows] api_key_file: the file is not text".into());
+                None
+            }
+            Some(Ok(key)) => Some(confab_workflows_temporal::ApiKey(key)),
+            None => None,
+        };
+        if !problems.is_empty() {
+            return Some(Err(problems));
+        }
+        let any_tls = self.tls_ca_file.is_some() || self.tls_cert_file.is_some() || self.tls_domain.is_some();
+        let client = match (cert_pem, key_pem) {
+            (Some(cert_pem), Some(key_pem)) => Some(confab_workflows_temporal::ClientIdentity { cert_pem, key_pem }),
+            _ => None,
+        };
+        let tls = any_tls.then(|| confab_workflows_temporal::Tls { ca_pem, client, domain: self.tls_domain.clone() });
+        Some(Ok(confab_workflows_temporal::Config {
+            address,
+            tls,
+            api_key,
             namespace: self.namespace.clone().unwrap_or_else(|| "default".into()),
             task_queue: self.task_queue.clone().unwrap_or_else(|| "confab".into()),
             activity_timeout: Duration::from_secs(self.activity_timeout_secs.unwrap_or(300)),
             activity_concurrency: self.activity_concurrency.unwrap_or(256),
             threads: self.threads.unwrap_or(2).max(1),
             nice: self.nice.unwrap_or(10),
-        })
+        }))
     }
 
     pub fn is_temporal(&self) -> bool {
@@ -95,7 +161,8 @@ impl Workflows {
             anyhow::bail!("the configuration has {} problem(s):\n  {}", problems.len(), problems.join("\n  "));
         }
         match config.temporal().filter(|_| config.is_temporal()) {
-            Some(temporal) => {
+            Some(Err(problems)) => anyhow::bail!("the configuration has {} problem(s):\n  {}", problems.len(), problems.join("\n  ")),
+            Some(Ok(temporal)) => {
                 let address = temporal.address.clone();
                 let engine =
                     confab_workflows_temporal::Engine::connect(temporal).await.with_context(|| format!("could not connect to Temporal at `{address}`"))?;
@@ -210,13 +277,53 @@ mod tests {
         let problems = parse("engine = \"temporal\"\naddress = \"127.0.0.1:7233\"\nnamespace = \"\"\nactivity_timeout_secs = 0").problems();
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(problems.iter().any(|problem| problem.contains("address") && problem.contains("http://")), "{problems:?}");
-        assert!(parse("engine = \"temporal\"\naddress = \"https://temporal:7233\"").problems()[0].contains("TLS"), "TLS is refused, not ignored");
         assert!(problems.iter().any(|problem| problem.contains("namespace")), "{problems:?}");
         assert!(problems.iter().any(|problem| problem.contains("activity_timeout_secs")), "{problems:?}");
         let problems = parse("address = \"http://x:7233\"\ntask_queue = \"q\"").problems();
         assert_eq!(problems.len(), 2, "Temporal settings without the engine: {problems:?}");
         assert!(parse("engine = \"cadence\"").problems()[0].contains("`cadence` is not an engine"));
         assert!(toml::from_str::<WorkflowsConfig>("adress = \"x\"").is_err(), "a misspelt field is refused");
+    }
+
+    #[test]
+    fn tls_settings_are_read_and_checked_by_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let (ca, cert, key, api_key) = (file("ca.pem", "ca"), file("cert.pem", "cert"), file("key.pem", "key"), file("api-key", "secret-key\n"));
+        let config = parse(&format!(
+            "engine = \"temporal\"\naddress = \"https://temporal:7233\"\ntls_ca_file = \"{ca}\"\ntls_cert_file = \"{cert}\"\ntls_key_file = \"{key}\"\ntls_domain = \"temporal.internal\"\napi_key_file = \"{api_key}\""
+        ));
+        assert!(config.problems().is_empty(), "{:?}", config.problems());
+        let temporal = config.temporal().unwrap().unwrap();
+        let tls = temporal.tls.as_ref().expect("TLS settings");
+        assert_eq!(tls.ca_pem.as_deref(), Some(&b"ca"[..]));
+        let client = tls.client.as_ref().expect("a client identity");
+        assert_eq!((client.cert_pem.as_slice(), client.key_pem.as_slice()), (&b"cert"[..], &b"key"[..]));
+        assert_eq!(tls.domain.as_deref(), Some("temporal.internal"));
+        assert_eq!(temporal.api_key.as_ref().unwrap().0, "secret-key\n");
+        assert!(!format!("{temporal:?}").contains("secret-key") && !format!("{temporal:?}").contains("\"key\""), "no secret in debug output");
+        // An https address alone is TLS with the system's roots.
+        assert!(parse("engine = \"temporal\"\naddress = \"https://temporal:7233\"").problems().is_empty());
+
+        let problems =
+            parse(&format!("engine = \"temporal\"\naddress = \"http://temporal:7233\"\ntls_ca_file = \"{ca}\"\napi_key_file = \"{api_key}\"")).problems();
+        assert_eq!(problems.len(), 2, "TLS settings and a key over http: {problems:?}");
+        assert!(problems.iter().any(|problem| problem.contains("tls") && problem.contains("https://")), "{problems:?}");
+        assert!(problems.iter().any(|problem| problem.contains("api_key_file") && problem.contains("in the clear")), "{problems:?}");
+
+        let missing = dir.path().join("missing.pem").display().to_string();
+        let problems =
+            parse(&format!("engine = \"temporal\"\naddress = \"https://t:7233\"\ntls_ca_file = \"{missing}\"\ntls_cert_file = \"{cert}\"")).problems();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems.iter().any(|problem| problem.contains("[workflows] tls_ca_file") && problem.contains("missing.pem")), "{problems:?}");
+        assert!(problems.iter().any(|problem| problem.contains("[workflows] tls_key_file") && problem.contains("without its key")), "{problems:?}");
+
+        let problems = parse(&format!("tls_ca_file = \"{ca}\"")).problems();
+        assert!(problems[0].contains("only used with engine = \"temporal\""), "{problems:?}");
     }
 
     #[tokio::test]

@@ -39,6 +39,9 @@ pub(crate) struct PushOptions {
     pub(crate) partitions: u32,
     pub(crate) temporal: Option<String>,
     pub(crate) temporal_namespace: String,
+    pub(crate) fakes_nice: bool,
+    /// Index every message for search (the shipped default) while pushing.
+    pub(crate) search: bool,
 }
 
 fn user(name: &str) -> String {
@@ -107,14 +110,23 @@ pub(crate) async fn run(options: PushOptions) -> anyhow::Result<()> {
     let data_dir = dir.join("data");
     std::fs::create_dir_all(&data_dir)?;
     let keys = fake::generate_keys(&dir).map_err(|error| anyhow::anyhow!(error))?;
-    let apns = fake::start_apns(ApnsExpect {
-        team_id: "BENCHTEAM".into(),
-        key_id: "BENCHKEY".into(),
-        topic: "chat.confab.bench".into(),
-        public_pem: keys.apns_public_pem.clone(),
-    })
-    .await?;
-    let fcm = fake::start_fcm(FcmExpect { project_id: "confab-bench".into(), public_pem: keys.fcm_public_pem.clone() }).await?;
+    let apns_expect =
+        ApnsExpect { team_id: "BENCHTEAM".into(), key_id: "BENCHKEY".into(), topic: "chat.confab.bench".into(), public_pem: keys.apns_public_pem.clone() };
+    let fcm_expect = FcmExpect { project_id: "confab-bench".into(), public_pem: keys.fcm_public_pem.clone() };
+    // With --fakes-nice the fakes' tasks (spawned by the start calls) run
+    // on a low-priority runtime of their own, kept until the end.
+    let fakes_runtime = match options.fakes_nice {
+        true => Some(confab_log::background::Background::start("push-fakes", 1)?),
+        false => None,
+    };
+    let (apns, fcm) = match &fakes_runtime {
+        Some(runtime) => {
+            let started = runtime.handle().spawn(async move { anyhow::Ok((fake::start_apns(apns_expect).await?, fake::start_fcm(fcm_expect).await?)) });
+            started.await??
+        }
+        None => (fake::start_apns(apns_expect).await?, fake::start_fcm(fcm_expect).await?),
+    };
+    println!("fake push servers: {}", if options.fakes_nice { "own thread at nice 10" } else { "on the benchmark's runtime" });
     let account = dir.join("fcm-account.json");
     fake::write_service_account(&account, &keys, &fcm, "confab-bench")?;
 
@@ -159,7 +171,11 @@ pub(crate) async fn run(options: PushOptions) -> anyhow::Result<()> {
         );
     }
     let pipelines = dir.join("pipelines");
-    super::write_pipelines_without_history(&pipelines)?;
+    match options.search {
+        true => super::write_pipelines_without_history(&pipelines)?,
+        false => super::write_pipelines_without(&pipelines, &["delta_sink", "search_index"])?,
+    }
+    println!("search indexing: {}", if options.search { "on" } else { "off" });
     let push_toml = std::fs::read_to_string(pipelines.join("push.toml"))?.replace("large_conversation_members = 1000", "large_conversation_members = 10000000");
     std::fs::write(pipelines.join("push.toml"), push_toml)?;
     let top_level = format!("pipelines_dir = {:?}\n", pipelines.to_string_lossy());

@@ -103,8 +103,14 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Where the Temporal service is, and how the worker runs.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `http://host:7233` (TLS is not built in yet).
+    /// `http://host:7233`, or `https://host:7233` for TLS (with `tls`).
     pub address: String,
+    /// How to check the server and prove who we are over TLS; used (and
+    /// needed) with an `https://` address.
+    pub tls: Option<Tls>,
+    /// An API key (Temporal Cloud's), sent as a bearer token on every
+    /// call; only over TLS.
+    pub api_key: Option<ApiKey>,
     pub namespace: String,
     pub task_queue: String,
     /// How long one activity may run before Temporal retries it.
@@ -116,17 +122,75 @@ pub struct Config {
     pub nice: i32,
 }
 
+/// TLS to the frontend. The server's certificate is checked against `ca_pem`
+/// (or the system's roots) for `domain` (or the address's host); with
+/// `client`, the connection is mutual TLS.
+#[derive(Clone, Default)]
+pub struct Tls {
+    /// PEM certificates of the CA that signed the server's; None: the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// For mutual TLS: a PEM certificate chain and its PEM private key.
+    pub client: Option<ClientIdentity>,
+    /// The name the server's certificate must carry, when it is not the
+    /// address's host.
+    pub domain: Option<String>,
+}
+
+/// A client certificate chain and its key, both PEM.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Tls")
+            .field("ca", &self.ca_pem.as_ref().map(|_| "given"))
+            .field("client_certificate", &self.client.as_ref().map(|_| "given"))
+            .field("domain", &self.domain)
+            .finish()
+    }
+}
+
+/// A secret that never shows in logs or debug output.
+#[derive(Clone)]
+pub struct ApiKey(pub String);
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("ApiKey(…)")
+    }
+}
+
 impl Config {
     /// Every problem with the settings, named by field.
     pub fn check(&self) -> Vec<Error> {
         let mut problems = Vec::new();
-        if self.address.starts_with("https://") {
-            problems.push(Error::Config {
-                field: "address",
-                reason: "TLS to Temporal is not built into this binary yet; use an http:// address on loopback or a private network".into(),
-            });
-        } else if !self.address.starts_with("http://") {
-            problems.push(Error::Config { field: "address", reason: format!("`{}` is not an http:// URL", self.address) });
+        let https = self.address.starts_with("https://");
+        if !https && !self.address.starts_with("http://") {
+            problems.push(Error::Config { field: "address", reason: format!("`{}` is neither an http:// nor an https:// URL", self.address) });
+        }
+        if self.address.starts_with("http://") {
+            if self.tls.is_some() {
+                problems.push(Error::Config {
+                    field: "address",
+                    reason: format!("TLS settings (tls_*) are given but `{}` is http://; use an https:// address", self.address),
+                });
+            }
+            if self.api_key.is_some() {
+                problems.push(Error::Config {
+                    field: "api_key_file",
+                    reason: format!("an API key would cross the network in the clear to `{}`; use an https:// address", self.address),
+                });
+            }
+        }
+        if let Some(ApiKey(key)) = &self.api_key {
+            if key.trim().is_empty() || key.trim().contains(char::is_whitespace) {
+                problems
+                    .push(Error::Config { field: "api_key_file", reason: "the key is empty or has spaces inside; the file should hold the key alone".into() });
+            }
         }
         if self.namespace.trim().is_empty() {
             problems.push(Error::Config { field: "namespace", reason: "is empty".into() });
@@ -395,8 +459,37 @@ impl std::fmt::Debug for Engine {
 async fn connect(config: &Config) -> Result<Client> {
     let unavailable = |reason: String| Error::Unavailable { address: config.address.clone(), reason };
     let url: temporalio_client::Url = config.address.parse().map_err(|error| unavailable(format!("not a URL: {error}")))?;
-    let connection = Connection::connect(ConnectionOptions::new(url).build()).await.map_err(|error| unavailable(error.to_string()))?;
-    Client::new(connection, ClientOptions::new(config.namespace.clone()).build()).map_err(|error| unavailable(error.to_string()))
+    // An https:// address is TLS even with nothing configured: the
+    // system's roots, the address's host.
+    let tls = match (config.address.starts_with("https://"), &config.tls) {
+        (true, tls) => Some(tls_options(tls.clone().unwrap_or_default())),
+        (false, _) => None,
+    };
+    let options = ConnectionOptions::new(url).maybe_tls_options(tls).maybe_api_key(config.api_key.as_ref().map(|key| key.0.trim().to_string())).build();
+    let connection = Connection::connect(options).await.map_err(|error| unavailable(error_chain(&error)))?;
+    Client::new(connection, ClientOptions::new(config.namespace.clone()).build()).map_err(|error| unavailable(error_chain(&error)))
+}
+
+fn tls_options(tls: Tls) -> temporalio_client::TlsOptions {
+    let client =
+        tls.client.map(|identity| temporalio_client::ClientTlsOptions::builder().client_cert(identity.cert_pem).client_private_key(identity.key_pem).build());
+    temporalio_client::TlsOptions::builder().maybe_server_root_ca_cert(tls.ca_pem).maybe_domain(tls.domain).maybe_client_tls_options(client).build()
+}
+
+/// An error and its causes, so a TLS failure says which check failed (a
+/// transport error alone says nothing).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 impl Engine {

@@ -91,6 +91,8 @@ impl Under {
         };
         let config = Config {
             address,
+            tls: None,
+            api_key: None,
             namespace: std::env::var("CONFAB_TEST_TEMPORAL_NAMESPACE").unwrap_or_else(|_| "default".into()),
             // A queue of its own: other tests' workers (other activities) never take these tasks.
             task_queue: format!("confab-test-{}", nonce()),

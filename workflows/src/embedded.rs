@@ -212,7 +212,21 @@ impl Engine {
         let location = path.display().to_string();
         let io = |error: fjall::Error| Error::Store { path: location.clone(), reason: error.to_string() };
         std::fs::create_dir_all(path).map_err(|error| Error::Store { path: location.clone(), reason: error.to_string() })?;
-        let database = Database::builder(path).cache_size(32 * 1024 * 1024).open().map_err(io)?;
+        // Opened from a thread at the engine's nice value: fjall's flush and
+        // compaction threads are spawned here and inherit it, so the
+        // workflows' own disk work waits for the cores like their steps do
+        // (at nice 0 it competed with the chat path's store).
+        let nice = options.nice;
+        let database = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    crate::lower_priority(nice);
+                    Database::builder(path).cache_size(32 * 1024 * 1024).open()
+                })
+                .join()
+        })
+        .map_err(|_| Error::Store { path: location.clone(), reason: "the thread opening the store panicked".into() })?
+        .map_err(io)?;
         let flows = database.keyspace("flows", KeyspaceCreateOptions::default).map_err(io)?;
         let inner = Inner {
             path: location.clone(),

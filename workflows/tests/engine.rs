@@ -203,3 +203,31 @@ async fn a_killed_engine_resumes_every_flow() {
     let repeated = keys.values().filter(|count| **count > 1).count();
     assert!(repeated <= 8, "only sends in flight at the kill ran twice: {repeated}");
 }
+
+/// `(thread name, nice)` of each of this process's threads, from /proc.
+fn threads_and_nice() -> Vec<(String, i32)> {
+    let mut threads = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let name = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default().trim().to_string();
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // Field 19 (nice) counts from after the `(comm)` field, which may hold spaces.
+        let after_comm = stat.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or_default();
+        if let Some(nice) = after_comm.split_whitespace().nth(16).and_then(|field| field.parse().ok()) {
+            threads.push((name, nice));
+        }
+    }
+    threads
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stores_own_threads_run_at_the_engines_priority() {
+    // nextest runs each test in a process of its own: these fjall threads are the engine's.
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), Arc::new(SystemClock), Options { threads: 1, nice: 7, ..Options::default() }).unwrap();
+    let fjall: Vec<(String, i32)> = threads_and_nice().into_iter().filter(|(name, _)| name.starts_with("fjall")).collect();
+    assert!(!fjall.is_empty(), "the store has threads of its own: {:?}", threads_and_nice());
+    assert!(fjall.iter().all(|(_, nice)| *nice == 7), "fjall's flush and compaction threads inherit the engine's nice: {fjall:?}");
+    let main_nice = threads_and_nice().into_iter().find(|(name, _)| !name.starts_with("fjall")).map(|(_, nice)| nice);
+    assert_eq!(main_nice, Some(0), "the caller's thread keeps its priority");
+    engine.shutdown().await;
+}
