@@ -6,6 +6,8 @@
 pub mod auth;
 pub mod client_ip;
 pub mod config;
+#[cfg(test)]
+mod documents;
 pub mod error;
 mod extract;
 pub mod login;
@@ -139,7 +141,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(routes::ops::health))
         .route("/readyz", get(routes::ops::ready))
         .route("/metrics", get(routes::ops::metrics))
-        .route("/v1/users", post(routes::accounts::create_user))
+        .route("/v1/users", post(routes::accounts::create_user).get(routes::accounts::lookup_users))
         .route("/v1/sessions", post(routes::accounts::create_session))
         .route("/v1/sessions/current", delete(routes::accounts::end_current_session))
         .route("/v1/devices", get(routes::accounts::list_devices))
@@ -180,5 +182,8 @@ pub fn app(state: AppState) -> Router {
         Some(objects) => objects.merge(api),
         None => api,
     };
+    // The web client's page and assets (public, like /healthz: the page
+    // signs in through the API).
+    let app = confab_web::routes().merge(app);
     app.layer(axum::middleware::from_fn_with_state(state, metrics::track_requests))
 }

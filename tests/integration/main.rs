@@ -4,6 +4,7 @@
 mod accounts;
 mod admin;
 mod analytics;
+mod browser;
 mod conversations;
 mod crash;
 mod doors;
@@ -18,6 +19,7 @@ mod ready;
 mod restart;
 mod retention;
 mod s3;
+mod schemathesis;
 mod search;
 mod sync;
 mod ws;

@@ -154,3 +154,35 @@ pub async fn unblock(State(state): State<AppState>, Authenticated(caller): Authe
 pub async fn list_blocks(State(state): State<AppState>, Authenticated(caller): Authenticated) -> ApiResult<Json<Value>> {
     Ok(Json(json!({"userIds": state.ingest.blocks(&caller)?})))
 }
+
+/// At most this many ids in one `GET /v1/users?ids=` lookup.
+pub const USER_LOOKUP_MAX: usize = 100;
+
+/// `GET /v1/users?username=<name>` or `?ids=<id>,<id>`: the public part of
+/// accounts (`userId`, `username`, `displayName`), so clients can show
+/// names and open a dm by username. Any signed-in user may look anyone
+/// up, as in a workspace's directory; unknown names and ids are left
+/// out, never an error, and nothing else of an account is shown.
+pub async fn lookup_users(
+    State(state): State<AppState>,
+    Authenticated(_caller): Authenticated,
+    crate::extract::ApiQuery(params): crate::extract::ApiQuery<std::collections::HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let found = match (params.get("username"), params.get("ids")) {
+        (Some(username), None) => state.ingest.user_by_username(username.trim())?.into_iter().collect::<Vec<_>>(),
+        (None, Some(ids)) => {
+            let ids: Vec<&str> = ids.split(',').map(str::trim).filter(|id| !id.is_empty()).collect();
+            if ids.len() > USER_LOOKUP_MAX {
+                return Err(ApiError::bad_request(format!("ids: at most {USER_LOOKUP_MAX} ids at once")));
+            }
+            let mut users = Vec::with_capacity(ids.len());
+            for id in ids {
+                users.extend(state.ingest.user(id)?);
+            }
+            users
+        }
+        _ => return Err(ApiError::bad_request("give exactly one of `username` or `ids` (comma-separated user ids)")),
+    };
+    let users: Vec<Value> = found.iter().map(|user| json!({"userId": user.user_id, "username": user.username, "displayName": user.display_name})).collect();
+    Ok(Json(json!({"users": users})))
+}
