@@ -151,6 +151,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         crate::retention::schedule(workflows.clone(), compliance.clone(), Duration::from_secs(config.history.retention_interval_secs.unwrap_or(3_600).max(1)));
     let state = AppState::new(ingest.clone(), hub, pipelines.clone(), history.clone(), compliance, config.gateway.clone(), token_secret);
     let readiness = crate::wiring::ReadinessView {
+        log_metrics: crate::wiring::LogMetrics::new(&log),
         log: log.clone(),
         sink: history_sink.as_ref().map(|sink| sink.handle()),
         push,

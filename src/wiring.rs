@@ -232,6 +232,66 @@ pub struct ReadinessView {
     pub push: Option<Arc<crate::push::PushWiring>>,
     pub workflows: crate::workflows::Workflows,
     pub analytics: Option<Arc<confab_analytics::Analytics>>,
+    pub log_metrics: LogMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct ConsumerLabels {
+    consumer: String,
+    partition: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct PartitionLabels {
+    partition: u32,
+}
+
+/// The log's part of `/metrics`: its fsync histogram (kept by the writer)
+/// and, read at each scrape, how far behind the log's durable end each
+/// consumer's committed offset and the history sink's written offset are.
+pub struct LogMetrics {
+    registry: prometheus_client::registry::Registry,
+    consumer_lag: prometheus_client::metrics::family::Family<ConsumerLabels, prometheus_client::metrics::gauge::Gauge>,
+    sink_lag: prometheus_client::metrics::family::Family<PartitionLabels, prometheus_client::metrics::gauge::Gauge>,
+}
+
+impl LogMetrics {
+    pub fn new(log: &FileLog) -> LogMetrics {
+        let mut registry = prometheus_client::registry::Registry::with_prefix("confab");
+        registry.register("log_fsync_duration_seconds", "One group commit's fsyncs (every durable append waits for one)", log.fsync_histogram());
+        let consumer_lag = prometheus_client::metrics::family::Family::default();
+        registry.register(
+            "log_consumer_lag_records",
+            "Records durable in the log and not yet committed by a consumer, by consumer and partition",
+            consumer_lag.clone(),
+        );
+        let sink_lag = prometheus_client::metrics::family::Family::default();
+        registry.register("history_sink_lag_records", "Records durable in the log and not yet written to the Delta history, by partition", sink_lag.clone());
+        LogMetrics { registry, consumer_lag, sink_lag }
+    }
+
+    fn render(&self, log: &FileLog, sink: Option<&confab_query::SinkHandle>, out: &mut String) {
+        use confab_log::Log;
+        // Cleared first: a consumer dropped since the last scrape disappears.
+        self.consumer_lag.clear();
+        self.sink_lag.clear();
+        let ends: Vec<u64> = (0..log.partition_count()).map(|partition| log.durable_end(partition).unwrap_or(0)).collect();
+        for consumer in log.consumers().unwrap_or_default() {
+            for (partition, end) in ends.iter().enumerate() {
+                if let Ok(Some(committed)) = log.committed_offset(&consumer, partition as u32) {
+                    let labels = ConsumerLabels { consumer: consumer.clone(), partition: partition as u32 };
+                    self.consumer_lag.get_or_create(&labels).set(end.saturating_sub(committed) as i64);
+                }
+            }
+        }
+        if let Some(sink) = sink {
+            for (partition, end) in ends.iter().enumerate() {
+                let lag = end.saturating_sub(sink.written_up_to(partition as u32));
+                self.sink_lag.get_or_create(&PartitionLabels { partition: partition as u32 }).set(lag as i64);
+            }
+        }
+        let _ = prometheus_client::encoding::prometheus_text::encode(out, &self.registry);
+    }
 }
 
 impl confab_gateway::Readiness for ReadinessView {
@@ -261,6 +321,7 @@ impl confab_gateway::Readiness for ReadinessView {
     }
 
     fn extra_metrics(&self, out: &mut String) {
+        self.log_metrics.render(&self.log, self.sink.as_ref(), out);
         match &self.push {
             Some(push) => push.metrics.render(self.workflows.stats(), out),
             None => crate::push::PushMetrics::default().render(self.workflows.stats(), out),

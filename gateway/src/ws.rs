@@ -225,7 +225,7 @@ async fn session(socket: WebSocket, state: AppState, caller: Caller, start: Opti
                     None => break,
                 },
                 frame = queue.recv() => match frame {
-                    Some(Outbound::Durable { partition, position, json }) => {
+                    Some(Outbound::Durable { partition, position, json, ts_ms }) => {
                         let after = Position { offset: position.offset, skip: position.skip + 1 };
                         let current = &mut cursor.positions[partition as usize];
                         if after <= *current {
@@ -234,6 +234,7 @@ async fn session(socket: WebSocket, state: AppState, caller: Caller, start: Opti
                         *current = after;
                         let text = format!("{{\"cursor\":\"{}\",{}", cursor.encode(), &json[1..]);
                         send_within(&mut sink, Message::Text(text.into()), write_timeout).await?;
+                        state.metrics.observe_delivery(ts_ms);
                     }
                     Some(Outbound::Ephemeral(frame)) => send_within(&mut sink, Message::Text(frame.to_string().into()), write_timeout).await?,
                     None => break,
@@ -381,12 +382,16 @@ async fn handle_command<'a>(state: &'a AppState, caller: &'a Caller, ip: &str, t
             if let Err(error) = limited {
                 return ready(Some(api_error_frame(Some(id), error)));
             }
+            let started = Instant::now();
             let request = NewMessage { conversation_id, client_msg_id, body, attachments };
             match state.ingest.begin_send(caller, request).await {
                 Err(error) => ready(Some(api_error_frame(Some(id), error.into()))),
                 Ok(pending) => Box::pin(async move {
                     Some(match state.ingest.finish_send(pending).await {
-                        Ok((message, _)) => ServerFrame::Ack { id, message },
+                        Ok((message, _)) => {
+                            state.metrics.observe_send(crate::metrics::Transport::Ws, started.elapsed());
+                            ServerFrame::Ack { id, message }
+                        }
                         Err(error) => api_error_frame(Some(id), error.into()),
                     })
                 }),

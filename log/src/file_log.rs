@@ -19,6 +19,7 @@ use std::thread::JoinHandle;
 use std::time::SystemTime;
 
 use parking_lot::{Mutex, RwLock};
+use prometheus_client::metrics::histogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
@@ -136,7 +137,12 @@ pub struct FileLog {
     sender: Mutex<Option<mpsc::Sender<Command>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     consumers: Arc<Mutex<Consumers>>,
+    fsync_seconds: Histogram,
 }
+
+/// The buckets of [`FileLog::fsync_histogram`], in seconds: a disk's fsync
+/// takes from tens of microseconds (a write cache) to tens of milliseconds.
+pub const FSYNC_BUCKETS_SECONDS: [f64; 12] = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5];
 
 impl std::fmt::Debug for FileLog {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -171,9 +177,10 @@ impl FileLog {
             active_files.push(active_file);
         }
         let (sender, receiver) = mpsc::channel();
-        let writer = Writer::new(partitions.clone(), config.clone(), active_files, consumers.clone(), clock);
+        let fsync_seconds = Histogram::new(FSYNC_BUCKETS_SECONDS);
+        let writer = Writer::new(partitions.clone(), config.clone(), active_files, consumers.clone(), clock, fsync_seconds.clone());
         let handle = std::thread::Builder::new().name("confab-log-writer".into()).spawn(move || writer.run(receiver)).map_err(Error::io(&root))?;
-        Ok(FileLog { root, config, partitions, enqueues, sender: Mutex::new(Some(sender)), writer: Mutex::new(Some(handle)), consumers })
+        Ok(FileLog { root, config, partitions, enqueues, sender: Mutex::new(Some(sender)), writer: Mutex::new(Some(handle)), consumers, fsync_seconds })
     }
 
     /// Repairs each partition's newest segment: damaged records become
@@ -192,6 +199,12 @@ impl FileLog {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// How long each group commit's fsyncs took, in seconds: a handle on the
+    /// writer's own histogram, for `/metrics`.
+    pub fn fsync_histogram(&self) -> Histogram {
+        self.fsync_seconds.clone()
     }
 
     fn partition(&self, partition: u32) -> Result<&Arc<Partition>> {

@@ -13,8 +13,9 @@ use tokio::sync::{mpsc, Notify};
 #[derive(Debug, Clone)]
 pub enum Outbound {
     /// A durable event at a log position, serialized once for every
-    /// recipient; each connection splices in its own cursor.
-    Durable { partition: u32, position: Position, json: Arc<str> },
+    /// recipient; each connection splices in its own cursor. `ts_ms`: when
+    /// the server accepted it (for the delivery lag metric).
+    Durable { partition: u32, position: Position, json: Arc<str>, ts_ms: i64 },
     /// A best-effort frame (presence, typing): dropped first under load.
     Ephemeral(Arc<serde_json::Value>),
 }
@@ -143,6 +144,18 @@ impl Hub {
         self.connections.len()
     }
 
+    /// Distinct devices with a live connection (a device with two sockets
+    /// counts once). Walks every connection: for metrics, not hot paths.
+    pub fn online_device_count(&self) -> usize {
+        self.connections
+            .iter()
+            .map(|entry| {
+                let list = entry.value();
+                list.iter().enumerate().filter(|(index, connection)| !list[..*index].iter().any(|other| other.device_id == connection.device_id)).count()
+            })
+            .sum()
+    }
+
     /// Pushes a frame to every connection of `user_id` but `except_device`.
     pub fn deliver(&self, user_id: &str, except_device: Option<&str>, frame: &Outbound) {
         let Some(list) = self.connections.get(user_id) else { return };
@@ -164,7 +177,7 @@ mod tests {
     use super::*;
 
     fn event() -> Outbound {
-        Outbound::Durable { partition: 0, position: Position::at(0), json: Arc::from(r#"{"type":"receipt.read"}"#) }
+        Outbound::Durable { partition: 0, position: Position::at(0), json: Arc::from(r#"{"type":"receipt.read"}"#), ts_ms: 0 }
     }
 
     #[test]
@@ -189,7 +202,7 @@ mod tests {
     fn a_connection_never_queues_events_from_before_its_start() {
         let hub = Hub::new(4);
         let (_connection, mut receiver, _) = hub.register("u", "d", vec![Position { offset: 5, skip: 1 }]);
-        let at = |offset, skip| Outbound::Durable { partition: 0, position: Position { offset, skip }, json: Arc::from("{}") };
+        let at = |offset, skip| Outbound::Durable { partition: 0, position: Position { offset, skip }, json: Arc::from("{}"), ts_ms: 0 };
         for (offset, skip) in [(4, 0), (5, 0), (5, 1), (6, 0)] {
             hub.deliver("u", None, &at(offset, skip));
         }
@@ -200,5 +213,18 @@ mod tests {
             })
             .collect();
         assert_eq!(queued, vec![(5, 1), (6, 0)]);
+    }
+
+    #[test]
+    fn online_counts_users_and_distinct_devices() {
+        let hub = Hub::new(4);
+        let (first, _q1, _) = hub.register("u", "phone", vec![]);
+        let (_second, _q2, _) = hub.register("u", "phone", vec![]);
+        let (_laptop, _q3, _) = hub.register("u", "laptop", vec![]);
+        let (other, _q4, _) = hub.register("v", "phone", vec![]);
+        assert_eq!((hub.online_users(), hub.online_device_count()), (2, 3), "one device with two sockets counts once");
+        hub.unregister(&other);
+        hub.unregister(&first);
+        assert_eq!((hub.online_users(), hub.online_device_count()), (1, 2));
     }
 }

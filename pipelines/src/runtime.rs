@@ -293,6 +293,7 @@ impl LogTask {
     fn deliver(&self, offset: Offset, event: &LogEvent) {
         let Some(threshold) = self.plan.fanout_threshold else { return };
         let origin_device = event.origin_device();
+        let ts_ms = event.ts().unwrap_or(0);
         let record_events = match self.view.record_events(self.partition, offset, event) {
             Ok(record_events) => record_events,
             Err(error) => {
@@ -315,7 +316,7 @@ impl LogTask {
                 _ => None,
             };
             let json: Arc<str> = serde_json::to_string(&record_event.event).expect("client events serialize").into();
-            let frame = Outbound::Durable { partition: self.partition, position: Position { offset, skip: record_event.index }, json };
+            let frame = Outbound::Durable { partition: self.partition, position: Position { offset, skip: record_event.index }, json, ts_ms };
             match (large, only_for) {
                 (true, Some(user_id)) => self.hub.deliver(&user_id, None, &frame),
                 _ => {

@@ -469,6 +469,38 @@ impl LogEvent {
         }
     }
 
+    /// When the server accepted the event (ms since the epoch); `None` for
+    /// a placeholder of a lost record.
+    pub fn ts(&self) -> Option<i64> {
+        match self {
+            LogEvent::UserCreated { ts, .. }
+            | LogEvent::SessionCreated { ts, .. }
+            | LogEvent::ConversationCreated { ts, .. }
+            | LogEvent::MembersAdded { ts, .. }
+            | LogEvent::MemberRemoved { ts, .. }
+            | LogEvent::MessageCreated { ts, .. }
+            | LogEvent::MessageEdited { ts, .. }
+            | LogEvent::MessageDeleted { ts, .. }
+            | LogEvent::ReadCursorMoved { ts, .. }
+            | LogEvent::RoleGranted { ts, .. }
+            | LogEvent::RoleRevoked { ts, .. }
+            | LogEvent::SessionEnded { ts, .. }
+            | LogEvent::BlockChanged { ts, .. }
+            | LogEvent::ConversationSettingsChanged { ts, .. }
+            | LogEvent::UserSettingsChanged { ts, .. }
+            | LogEvent::PushTokenSet { ts, .. }
+            | LogEvent::PushTokenRemoved { ts, .. }
+            | LogEvent::PushAttempts { ts, .. }
+            | LogEvent::Audited { ts, .. }
+            | LogEvent::MediaDeclared { ts, .. }
+            | LogEvent::MediaUploaded { ts, .. }
+            | LogEvent::MediaChecked { ts, .. }
+            | LogEvent::MediaRemoved { ts, .. }
+            | LogEvent::DeliveryReceipts { ts, .. } => Some(*ts),
+            LogEvent::Lost {} => None,
+        }
+    }
+
     /// The device whose action this event records, if any: fanout does not
     /// send an event back to the device that caused it.
     pub fn origin_device(&self) -> Option<&str> {

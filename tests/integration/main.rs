@@ -12,6 +12,7 @@ mod fuzz;
 mod harness;
 mod media;
 mod messages;
+mod metrics;
 mod notebook;
 mod psql;
 mod push;

@@ -45,11 +45,13 @@ pub async fn send(
     ip: ClientIp,
     ApiJson(request): ApiJson<SendMessage>,
 ) -> ApiResult<(StatusCode, Json<impl serde::Serialize>)> {
+    let started = std::time::Instant::now();
     limit(&state, Limit::SendPerAccount, &caller.user_id)?;
     limit(&state, Limit::SendPerIp, &ip_key(&ip))?;
     let new =
         NewMessage { conversation_id: request.conversation_id, client_msg_id: request.client_msg_id, body: request.body, attachments: request.attachments };
     let (message, created) = state.ingest.send_message(&caller, new).await?;
+    state.metrics.observe_send(crate::metrics::Transport::Http, started.elapsed());
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(message)))
 }

@@ -10,6 +10,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::oneshot;
 
 use super::Partition;
@@ -42,11 +43,20 @@ pub(super) struct Writer {
     clock: Arc<dyn Clock>,
     /// Set by a failed write, fsync or roll: nothing more is written.
     poisoned: bool,
+    /// Seconds each round's fsyncs took (`confab_log_fsync_duration_seconds`).
+    fsync_seconds: Histogram,
 }
 
 impl Writer {
-    pub fn new(partitions: Vec<Arc<Partition>>, config: LogConfig, active_files: Vec<File>, consumers: Arc<Mutex<Consumers>>, clock: Arc<dyn Clock>) -> Writer {
-        Writer { partitions, config, active_files, consumers, clock, poisoned: false }
+    pub fn new(
+        partitions: Vec<Arc<Partition>>,
+        config: LogConfig,
+        active_files: Vec<File>,
+        consumers: Arc<Mutex<Consumers>>,
+        clock: Arc<dyn Clock>,
+        fsync_seconds: Histogram,
+    ) -> Writer {
+        Writer { partitions, config, active_files, consumers, clock, poisoned: false, fsync_seconds }
     }
 
     pub fn run(mut self, receiver: mpsc::Receiver<Command>) {
@@ -177,10 +187,12 @@ impl Writer {
             let path = self.partitions[partition].active().path.clone();
             self.active_files[partition].write_all(&buffers[partition]).map_err(Error::io(&path))?;
         }
+        let syncing = Instant::now();
         for &(partition, _, _) in &touched {
             let path = self.partitions[partition].active().path.clone();
             self.active_files[partition].sync_data().map_err(Error::io(&path))?;
         }
+        self.fsync_seconds.observe(syncing.elapsed().as_secs_f64());
         for &(partition, first_offset, count) in &touched {
             let state = &self.partitions[partition];
             state.active().note_appended(first_offset, buffers[partition].len() as u64, count, &marks[partition], now);
