@@ -2,6 +2,7 @@
 //! it into a running server. Each layer lives in its own crate; this one
 //! only connects them (see `ARCHITECTURE.md`).
 
+pub mod admin;
 pub mod bench;
 pub mod config;
 pub mod media;

@@ -59,6 +59,23 @@ enum Command {
     /// Measure Confab; prints the figures of `docs/BENCHMARKS.md`.
     #[command(subcommand)]
     Bench(confab::bench::BenchCommand),
+    /// Administer a running server: users, roles, devices (needs an
+    /// administrator's token; see `confab admin login`).
+    Admin {
+        #[command(flatten)]
+        connection: confab::admin::Connection,
+        #[command(subcommand)]
+        command: confab::admin::AdminCommand,
+    },
+    /// How a running server is doing: readiness, connections, each log
+    /// consumer's position and lag, the history sink, sizes on disk.
+    Status {
+        #[command(flatten)]
+        connection: confab::admin::Connection,
+        /// Print the JSON of GET /v1/admin/status instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -100,6 +117,8 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { data_dir, listen, config, sql_listen } => runtime.block_on(serve(data_dir, listen, config, sql_listen)),
         Command::Bench(command) => runtime.block_on(confab::bench::run(command)),
+        Command::Admin { connection, command } => runtime.block_on(confab::admin::run(connection, command)),
+        Command::Status { connection, json } => runtime.block_on(confab::admin::status(connection, json)),
         Command::Pipelines(PipelinesCommand::Validate { files }) => validate_pipelines(files),
         Command::Log(LogCommand::Repair { data_dir, config }) => repair_log(data_dir, config),
         Command::Sql { sql, data_dir, config, format } => runtime.block_on(run_sql(sql, data_dir, config, format)),

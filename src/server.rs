@@ -152,6 +152,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let state = AppState::new(ingest.clone(), hub, pipelines.clone(), history.clone(), compliance, config.gateway.clone(), token_secret);
     let readiness = crate::wiring::ReadinessView {
         log_metrics: crate::wiring::LogMetrics::new(&log),
+        data_dir: config.data_dir.clone(),
         log: log.clone(),
         sink: history_sink.as_ref().map(|sink| sink.handle()),
         push,

@@ -233,6 +233,22 @@ pub struct ReadinessView {
     pub workflows: crate::workflows::Workflows,
     pub analytics: Option<Arc<confab_analytics::Analytics>>,
     pub log_metrics: LogMetrics,
+    /// Where everything is stored (for the bytes on disk `confab status` shows).
+    pub data_dir: PathBuf,
+}
+
+/// Bytes of the files under `path`, all the way down (symlinks not followed;
+/// files that vanish while it walks are skipped).
+fn bytes_under(path: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else { return 0 };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => bytes_under(&entry.path()),
+            Ok(kind) if kind.is_file() => entry.metadata().map_or(0, |metadata| metadata.len()),
+            _ => 0,
+        })
+        .sum()
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -318,6 +334,53 @@ impl confab_gateway::Readiness for ReadinessView {
 
     fn sink_restarts(&self) -> u64 {
         self.sink.as_ref().map_or(0, confab_query::SinkHandle::restarts)
+    }
+
+    fn status(&self) -> confab_gateway::PartsStatus {
+        use confab_gateway::{ConsumerPosition, ConsumerStatus, DiskUse, LogStatus, SinkStatus};
+        use confab_log::Log;
+        let partitions = self.log.partition_count();
+        let ends: Vec<u64> = (0..partitions).map(|partition| self.log.durable_end(partition).unwrap_or(0)).collect();
+        let mut log = LogStatus { partitions, ..LogStatus::default() };
+        for (partition, end) in ends.iter().enumerate() {
+            log.records += end.saturating_sub(self.log.earliest(partition as u32).unwrap_or(0));
+            let segments = self.log.segments(partition as u32).unwrap_or_default();
+            log.segments += segments.len() as u64;
+            log.bytes += segments.iter().map(|segment| segment.size_bytes).sum::<u64>();
+        }
+        let consumers = self
+            .log
+            .consumers()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|name| {
+                let positions: Vec<ConsumerPosition> = ends
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(partition, &end)| {
+                        let committed = self.log.committed_offset(&name, partition as u32).ok().flatten()?;
+                        Some(ConsumerPosition { partition: partition as u32, committed, end, lag: end.saturating_sub(committed) })
+                    })
+                    .collect();
+                ConsumerStatus { lag: positions.iter().map(|position| position.lag).sum(), name, partitions: positions }
+            })
+            .collect();
+        let history_sink = self.sink.as_ref().map(|sink| SinkStatus {
+            lag: ends.iter().enumerate().map(|(partition, end)| end.saturating_sub(sink.written_up_to(partition as u32))).sum(),
+            restarts: sink.restarts(),
+            failing: sink.failing().into_iter().map(|(partition, error)| format!("partition {partition}: {error}")).collect(),
+        });
+        let mut disk: Vec<DiskUse> = std::fs::read_dir(&self.data_dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir()))
+                    .map(|entry| DiskUse { part: entry.file_name().to_string_lossy().into_owned(), bytes: bytes_under(&entry.path()) })
+                    .collect()
+            })
+            .unwrap_or_default();
+        disk.sort_by(|a, b| a.part.cmp(&b.part));
+        confab_gateway::PartsStatus { log, consumers, history_sink, disk }
     }
 
     fn extra_metrics(&self, out: &mut String) {

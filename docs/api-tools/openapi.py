@@ -141,6 +141,22 @@ P["/v1/ws"] = {"get": {"summary": "The WebSocket (upgrade); frames in asyncapi.j
 admin = dict(tag="administration")
 P["/v1/admin/roles"] = {"post": op("Grant a role (administrators only).", 204, resp("granted"), request=body(obj(["userId", "role"], {"userId": string, "role": {"type": "string", "enum": ["admin", "compliance"]}})), errs=(400, 401, 403, 404, 413, 429), **admin)}
 P["/v1/admin/roles/{user_id}/{role}"] = {"delete": op("Revoke a role.", 204, resp("revoked"), params=[path_param("user_id", "the user's id"), path_param("role", "admin or compliance")], errs=(400, 401, 403, 404, 429), **admin)}
+nullable = lambda t: {"type": [t, "null"]}
+counts = lambda *names: obj(list(names), {name: integer for name in names})
+P["/v1/admin/status"] = {"get": op("How the server is doing (administrators only; `confab status`).", 200, resp("status", obj(["uptimeSecs", "ready", "connected", "log", "consumers", "disk"], {
+    "uptimeSecs": integer,
+    "ready": arr(obj(["part", "ready"], {"part": string, "ready": boolean, "problem": nullable("string")})),
+    "connected": counts("users", "devices"),
+    "log": counts("partitions", "records", "segments", "bytes"),
+    "consumers": arr(obj(["name", "lag", "partitions"], {"name": string, "lag": integer, "partitions": arr(counts("partition", "committed", "end", "lag"))})),
+    "historySink": {"oneOf": [{"type": "null"}, obj(["lag", "restarts", "failing"], {"lag": integer, "restarts": integer, "failing": arr(string)})]},
+    "disk": arr(obj(["part", "bytes"], {"part": string, "bytes": integer}))})), errs=(401, 403, 429), **admin)}
+admin_device = obj(["deviceId", "createdAt", "online", "push"], {"deviceId": string, "deviceName": nullable("string"), "platform": nullable("string"), "createdAt": integer,
+                                                                 "lastSeen": nullable("integer"), "online": boolean, "push": boolean})
+P["/v1/admin/users/{user_id}/devices"] = {"get": op("A user's devices (administrators only).", 200, resp("devices", obj(["userId", "devices"], {"userId": string, "devices": arr(admin_device)})),
+    params=[path_param("user_id", "the user's id")], errs=(401, 403, 404, 429), **admin)}
+P["/v1/admin/users/{user_id}/devices/{device_id}"] = {"delete": op("Log a user's device out (administrators only; audited): its tokens answer 401 and its sockets close.", 204, resp("logged out"),
+    params=[path_param("user_id", "the user's id"), path_param("device_id", "the device's id")], errs=(401, 403, 404, 429), **admin)}
 P["/v1/admin/sql"] = {"post": op("Read-only SQL over the history (compliance accounts).", 200, resp("rows", obj(["columns", "rows"], {"columns": arr(string), "rows": arr(arr({}))})),
     request=body(obj(["sql"], {"sql": string})), errs=(400, 401, 403, 413, 429), **admin)}
 P["/v1/admin/holds"] = {

@@ -37,6 +37,71 @@ pub trait Readiness: Send + Sync {
     fn sink_restarts(&self) -> u64;
     /// More Prometheus text for `/metrics` (push and workflow counters).
     fn extra_metrics(&self, _out: &mut String) {}
+    /// What `GET /v1/admin/status` (and `confab status`) reports of them.
+    fn status(&self) -> PartsStatus {
+        PartsStatus::default()
+    }
+}
+
+/// The parts the binary owns, as `GET /v1/admin/status` reports them.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PartsStatus {
+    pub log: LogStatus,
+    /// Every registered consumer of the log, by name.
+    pub consumers: Vec<ConsumerStatus>,
+    /// The Delta history's sink (absent when the history is off).
+    pub history_sink: Option<SinkStatus>,
+    /// Bytes on disk under each top folder of the data directory.
+    pub disk: Vec<DiskUse>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogStatus {
+    pub partitions: u32,
+    /// Records held (from the earliest kept to the durable end), all partitions.
+    pub records: u64,
+    pub segments: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerStatus {
+    pub name: String,
+    /// Records durable in the log that it has not committed, all partitions.
+    pub lag: u64,
+    pub partitions: Vec<ConsumerPosition>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerPosition {
+    pub partition: u32,
+    /// Everything before this offset is processed.
+    pub committed: u64,
+    /// The log's durable end.
+    pub end: u64,
+    pub lag: u64,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SinkStatus {
+    /// Records durable in the log and not yet in the Delta tables.
+    pub lag: u64,
+    pub restarts: u64,
+    /// Partitions whose task is failing, with the error.
+    pub failing: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskUse {
+    /// The folder under the data directory (`state`, `log`, `history`, ...).
+    pub part: String,
+    pub bytes: u64,
 }
 
 /// Everything a request handler needs; cloned per request, so one `Arc`.
@@ -166,6 +231,9 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/admin/roles", post(routes::admin::grant_role))
         .route("/v1/admin/roles/{user_id}/{role}", delete(routes::admin::revoke_role))
+        .route("/v1/admin/status", get(routes::admin::status))
+        .route("/v1/admin/users/{user_id}/devices", get(routes::admin::user_devices))
+        .route("/v1/admin/users/{user_id}/devices/{device_id}", delete(routes::admin::log_out_device))
         .route("/v1/admin/sql", post(routes::admin::sql))
         .route("/v1/admin/holds", post(routes::admin::place_hold).get(routes::admin::list_holds))
         .route("/v1/admin/holds/{id}", delete(routes::admin::release_hold))

@@ -14,6 +14,7 @@ mod media;
 mod messages;
 mod metrics;
 mod notebook;
+mod operators;
 mod psql;
 mod push;
 mod ready;

@@ -58,6 +58,72 @@ pub async fn revoke_role(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Administrators only (a 403 in the API's shape otherwise).
+fn require_admin(state: &AppState, caller: &confab_ingest::Caller) -> ApiResult<()> {
+    if state.ingest.has_role(&caller.user_id, AccountRole::Admin)? {
+        Ok(())
+    } else {
+        Err(confab_ingest::Error::NotAdmin.into())
+    }
+}
+
+/// `GET /v1/admin/status`: how the server is doing, for `confab status`:
+/// each part's readiness, connections, the log, each consumer's position
+/// and lag, the history sink, and the bytes on disk under the data folder.
+pub async fn status(State(state): State<AppState>, Authenticated(caller): Authenticated) -> ApiResult<Json<Value>> {
+    require_admin(&state, &caller)?;
+    let ready: Vec<Value> = crate::routes::ops::readiness(&state)
+        .into_iter()
+        .map(|(part, problem)| json!({"part": part, "ready": problem.is_none(), "problem": problem}))
+        .collect();
+    let parts = state.readiness.get().map(|readiness| readiness.status()).unwrap_or_default();
+    let mut body = json!({
+        "uptimeSecs": state.started_at.elapsed().as_secs(),
+        "ready": ready,
+        "connected": {"users": state.hub.online_users(), "devices": state.hub.online_device_count()},
+    });
+    if let (Value::Object(body), Value::Object(parts)) = (&mut body, serde_json::to_value(parts).expect("the status serializes")) {
+        body.extend(parts);
+    }
+    Ok(Json(body))
+}
+
+/// `GET /v1/admin/users/{userId}/devices`: a user's devices, for an
+/// administrator (oldest first; `online` when one holds a socket now).
+pub async fn user_devices(State(state): State<AppState>, Authenticated(caller): Authenticated, ApiPath(user_id): ApiPath<String>) -> ApiResult<Json<Value>> {
+    let devices = state.ingest.devices_for_admin(&caller, &user_id)?;
+    let online = state.hub.online_devices(&user_id);
+    let devices: Vec<Value> = devices
+        .iter()
+        .map(|device| {
+            json!({
+                "deviceId": device.device_id,
+                "deviceName": device.name,
+                "platform": device.platform,
+                "createdAt": device.created_at,
+                "lastSeen": state.device_seen.get(&device.device_id).map(|seen| *seen),
+                "online": online.contains(&device.device_id),
+                "push": device.push.is_some(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"userId": user_id, "devices": devices})))
+}
+
+/// `DELETE /v1/admin/users/{userId}/devices/{deviceId}`: logs that device
+/// out (audited first): its tokens answer 401 at once and its sockets close
+/// with 4401.
+pub async fn log_out_device(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    ApiPath((user_id, device_id)): ApiPath<(String, String)>,
+) -> ApiResult<StatusCode> {
+    state.ingest.end_session_for_admin(&caller, &user_id, &device_id).await?;
+    state.hub.end_device(&user_id, &device_id);
+    state.device_seen.remove(&device_id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
 fn query_error(error: confab_query::Error) -> ApiError {
     use confab_query::Error;
     match error {

@@ -87,6 +87,33 @@ impl Ingest {
         self.commit(self.partition_of(user_id), vec![event], None).await
     }
 
+    /// Another user's devices, for an administrator (`confab admin devices`).
+    pub fn devices_for_admin(&self, caller: &Caller, user_id: &str) -> Result<Vec<std::sync::Arc<crate::state::Device>>> {
+        if !self.has_role(&caller.user_id, AccountRole::Admin)? {
+            return Err(Error::NotAdmin);
+        }
+        if self.user(user_id)?.is_none() {
+            return Err(Error::UserNotFound(user_id.to_string()));
+        }
+        self.devices(user_id)
+    }
+
+    /// Logs out one device of any user; administrators only. Audited before
+    /// it is done (`device.logout`); once this returns, the device's tokens
+    /// answer 401. The caller closes its sockets.
+    pub async fn end_session_for_admin(&self, caller: &Caller, user_id: &str, device_id: &str) -> Result<()> {
+        if !self.has_role(&caller.user_id, AccountRole::Admin)? {
+            return Err(Error::NotAdmin);
+        }
+        let owned = self.state.device(device_id)?.is_some_and(|device| device.user_id == user_id);
+        if !owned {
+            return Err(Error::DeviceNotFound(device_id.to_string()));
+        }
+        let details = serde_json::json!({"userId": user_id, "deviceId": device_id}).to_string();
+        self.record_audit(&caller.user_id, "device.logout", details).await?;
+        self.end_session(user_id, device_id, &caller.device_id).await
+    }
+
     /// Writes an administrative or compliance action to the log, and so to
     /// the audit table.
     pub async fn record_audit(&self, actor_id: &str, action: &str, details: String) -> Result<()> {
