@@ -196,10 +196,7 @@ pub async fn run(connection: Connection, command: AdminCommand) -> anyhow::Resul
             if json {
                 println!("{}", serde_json::to_string_pretty(&listed)?);
             } else {
-                let rows: Vec<Vec<String>> = listed["devices"]
-                    .as_array()
-                    .map(Vec::as_slice)
-                    .unwrap_or_default()
+                let rows: Vec<Vec<String>> = items(&listed["devices"])
                     .iter()
                     .map(|device| {
                         vec![
@@ -238,10 +235,7 @@ pub async fn status(connection: Connection, json: bool) -> anyhow::Result<()> {
 fn render_status(status: &Value) -> String {
     let number = |value: &Value| value.as_u64().unwrap_or(0);
     let mut out = String::new();
-    let ready: Vec<String> = status["ready"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+    let ready: Vec<String> = items(&status["ready"])
         .iter()
         .map(|part| {
             let name = part["part"].as_str().unwrap_or("?");
@@ -258,16 +252,10 @@ fn render_status(status: &Value) -> String {
         number(&status["connected"]["devices"]),
         ready.join(", ")
     ));
-    let rows: Vec<Vec<String>> = status["consumers"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+    let rows: Vec<Vec<String>> = items(&status["consumers"])
         .iter()
         .map(|consumer| {
-            let positions: Vec<String> = consumer["partitions"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default()
+            let positions: Vec<String> = items(&consumer["partitions"])
                 .iter()
                 .map(|position| format!("p{} {}/{}", number(&position["partition"]), number(&position["committed"]), number(&position["end"])))
                 .collect();
@@ -285,7 +273,7 @@ fn render_status(status: &Value) -> String {
     ));
     let sink = &status["historySink"];
     if sink.is_object() {
-        let failing: Vec<&str> = sink["failing"].as_array().map(Vec::as_slice).unwrap_or_default().iter().filter_map(Value::as_str).collect();
+        let failing: Vec<&str> = items(&sink["failing"]).iter().filter_map(Value::as_str).collect();
         out.push_str(&format!(
             "history sink: {} records behind, {} restarts{}\n",
             number(&sink["lag"]),
@@ -293,15 +281,15 @@ fn render_status(status: &Value) -> String {
             if failing.is_empty() { String::new() } else { format!(", failing: {}", failing.join("; ")) }
         ));
     }
-    let disk: Vec<String> = status["disk"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(|part| format!("{} {}", part["part"].as_str().unwrap_or("?"), bytes(number(&part["bytes"]))))
-        .collect();
+    let disk: Vec<String> =
+        items(&status["disk"]).iter().map(|part| format!("{} {}", part["part"].as_str().unwrap_or("?"), bytes(number(&part["bytes"])))).collect();
     out.push_str(&format!("on disk: {}\n", disk.join(", ")));
     out
+}
+
+/// The elements of a JSON array (none for anything else).
+fn items(value: &Value) -> &[Value] {
+    value.as_array().map_or(&[], Vec::as_slice)
 }
 
 /// Columns padded to their widest cell.

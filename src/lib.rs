@@ -6,6 +6,7 @@ pub mod admin;
 pub mod bench;
 pub mod config;
 pub mod media;
+pub mod progress;
 pub mod push;
 pub mod retention;
 pub mod server;

@@ -44,6 +44,9 @@ impl Server {
     }
 }
 
+/// Replays shorter than this show no progress bar (they take a moment).
+const REPLAY_BAR_MIN_RECORDS: u64 = 50_000;
+
 /// Opens everything under `config.data_dir` and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Server> {
     // Everything under the data directory is for this server only: the log
@@ -74,7 +77,17 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             crate::wiring::drop_stale_consumers(&*log, &consumers)?;
             let store = FjallStore::open(&state_dir, state_config.fjall_options())
                 .with_context(|| format!("could not open the state store in `{}`", state_dir.display()))?;
-            let (ingest, report) = Ingest::open_with_report(log.clone(), Arc::new(store), limits, state_config).context("could not open the state")?;
+            // A bar on a terminal when the replay is long; the log line either way.
+            let bar = crate::progress::bar(0, "replay");
+            let progress = |done: u64, total: u64| {
+                if total >= REPLAY_BAR_MIN_RECORDS {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                }
+            };
+            let (ingest, report) =
+                Ingest::open_with_progress(log.clone(), Arc::new(store), limits, state_config, &progress).context("could not open the state")?;
+            bar.finish_and_clear();
             tracing::info!(replayed = report.replayed, "state opened");
             Ok((log, ingest))
         }

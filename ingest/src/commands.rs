@@ -100,10 +100,28 @@ impl Ingest {
     }
 
     pub fn open_with_report(log: Arc<dyn Log>, store: Arc<dyn Store>, limits: Limits, config: StateConfig) -> Result<(Ingest, OpenReport)> {
+        Ingest::open_with_progress(log, store, limits, config, &|_, _| {})
+    }
+
+    /// Like [`Ingest::open_with_report`], telling `progress` after each
+    /// replayed batch how many records it has applied and how many it will
+    /// (the log after the checkpoint, all partitions): for a progress bar.
+    pub fn open_with_progress(
+        log: Arc<dyn Log>,
+        store: Arc<dyn Store>,
+        limits: Limits,
+        config: StateConfig,
+        progress: &dyn Fn(u64, u64),
+    ) -> Result<(Ingest, OpenReport)> {
         let partition_count = log.partition_count();
         let state = State::new(store, config, partition_count)?;
         let mut partitions = Vec::new();
         let mut report = OpenReport::default();
+        let mut to_replay = 0;
+        for partition in 0..partition_count {
+            to_replay += log.durable_end(partition)?.saturating_sub(state.applied_offset(partition)?);
+        }
+        progress(0, to_replay);
         for partition in 0..partition_count {
             let applied = state.applied_offset(partition)?;
             let earliest = log.earliest(partition)?;
@@ -125,6 +143,7 @@ impl Ingest {
                 }
                 report.replayed += decoded.len() as u64;
                 writer.replay(&state, decoded)?;
+                progress(report.replayed, to_replay.max(report.replayed));
             }
             report.checkpointed.push(applied);
             partitions.push(writer);

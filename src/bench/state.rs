@@ -603,12 +603,15 @@ async fn load_messages(
     let mut body = String::with_capacity(body_bytes + 16);
     let mut ts = now_ms();
     let (first, end) = (range.start, range.end);
+    // A bar on a terminal; a line every million messages otherwise.
+    let bar = crate::progress::bar(end - first, "load");
     for index in first..end {
         if index % 10_000 == 0 {
             ts = now_ms();
+            bar.set_position(index - first);
         }
         let done = index - first;
-        if done > 0 && done % PROGRESS_EVERY_MESSAGES == 0 {
+        if bar.is_hidden() && done > 0 && done % PROGRESS_EVERY_MESSAGES == 0 {
             let seconds = started.elapsed().as_secs_f64();
             println!("  {done} of {} messages, {} records, {:.0} messages/s", end - first, loader.records, done as f64 / seconds);
         }
@@ -653,6 +656,7 @@ async fn load_messages(
             }
         }
     }
+    bar.finish_and_clear();
     Ok(())
 }
 

@@ -117,22 +117,28 @@ async fn log_out(state: &AppState, caller: &confab_ingest::Caller, device_id: &s
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A device as the device lists show it, with `extra` fields merged in.
+pub(crate) fn device_json(state: &AppState, device: &confab_ingest::Device, extra: Value) -> Value {
+    let mut value = json!({
+        "deviceId": device.device_id,
+        "deviceName": device.name,
+        "platform": device.platform,
+        "createdAt": device.created_at,
+        "lastSeen": state.device_seen.get(&device.device_id).map(|seen| *seen),
+    });
+    if let (Value::Object(value), Value::Object(extra)) = (&mut value, extra) {
+        value.extend(extra);
+    }
+    value
+}
+
 /// `GET /v1/devices`: the caller's devices, oldest first.
 pub async fn list_devices(State(state): State<AppState>, Authenticated(caller): Authenticated) -> ApiResult<Json<Value>> {
     let devices: Vec<Value> = state
         .ingest
         .devices(&caller.user_id)?
         .iter()
-        .map(|device| {
-            json!({
-                "deviceId": device.device_id,
-                "deviceName": device.name,
-                "platform": device.platform,
-                "createdAt": device.created_at,
-                "lastSeen": state.device_seen.get(&device.device_id).map(|seen| *seen),
-                "current": device.device_id == caller.device_id,
-            })
-        })
+        .map(|device| device_json(&state, device, json!({"current": device.device_id == caller.device_id})))
         .collect();
     Ok(Json(json!({"devices": devices})))
 }

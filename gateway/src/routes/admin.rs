@@ -96,15 +96,8 @@ pub async fn user_devices(State(state): State<AppState>, Authenticated(caller): 
     let devices: Vec<Value> = devices
         .iter()
         .map(|device| {
-            json!({
-                "deviceId": device.device_id,
-                "deviceName": device.name,
-                "platform": device.platform,
-                "createdAt": device.created_at,
-                "lastSeen": state.device_seen.get(&device.device_id).map(|seen| *seen),
-                "online": online.contains(&device.device_id),
-                "push": device.push.is_some(),
-            })
+            let extra = json!({"online": online.contains(&device.device_id), "push": device.push.is_some()});
+            crate::routes::accounts::device_json(&state, device, extra)
         })
         .collect();
     Ok(Json(json!({"userId": user_id, "devices": devices})))
