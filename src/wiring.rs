@@ -287,27 +287,53 @@ impl LogMetrics {
     }
 
     fn render(&self, log: &FileLog, sink: Option<&confab_query::SinkHandle>, out: &mut String) {
-        use confab_log::Log;
         // Cleared first: a consumer dropped since the last scrape disappears.
         self.consumer_lag.clear();
         self.sink_lag.clear();
-        let ends: Vec<u64> = (0..log.partition_count()).map(|partition| log.durable_end(partition).unwrap_or(0)).collect();
-        for consumer in log.consumers().unwrap_or_default() {
-            for (partition, end) in ends.iter().enumerate() {
-                if let Ok(Some(committed)) = log.committed_offset(&consumer, partition as u32) {
-                    let labels = ConsumerLabels { consumer: consumer.clone(), partition: partition as u32 };
-                    self.consumer_lag.get_or_create(&labels).set(end.saturating_sub(committed) as i64);
-                }
+        let (ends, consumers) = consumer_positions(log);
+        for consumer in consumers {
+            for position in consumer.partitions {
+                let labels = ConsumerLabels { consumer: consumer.name.clone(), partition: position.partition };
+                self.consumer_lag.get_or_create(&labels).set(position.lag as i64);
             }
         }
         if let Some(sink) = sink {
-            for (partition, end) in ends.iter().enumerate() {
-                let lag = end.saturating_sub(sink.written_up_to(partition as u32));
+            for (partition, lag) in sink_lags(sink, &ends).into_iter().enumerate() {
                 self.sink_lag.get_or_create(&PartitionLabels { partition: partition as u32 }).set(lag as i64);
             }
         }
         let _ = prometheus_client::encoding::prometheus_text::encode(out, &self.registry);
     }
+}
+
+/// The log's durable end of each partition, and each registered consumer's
+/// committed offset against it (for `/metrics` and `confab status` alike).
+fn consumer_positions(log: &FileLog) -> (Vec<u64>, Vec<confab_gateway::ConsumerStatus>) {
+    use confab_gateway::{ConsumerPosition, ConsumerStatus};
+    use confab_log::Log;
+    let ends: Vec<u64> = (0..log.partition_count()).map(|partition| log.durable_end(partition).unwrap_or(0)).collect();
+    let consumers = log
+        .consumers()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|name| {
+            let positions: Vec<ConsumerPosition> = ends
+                .iter()
+                .enumerate()
+                .filter_map(|(partition, &end)| {
+                    let committed = log.committed_offset(&name, partition as u32).ok().flatten()?;
+                    Some(ConsumerPosition { partition: partition as u32, committed, end, lag: end.saturating_sub(committed) })
+                })
+                .collect();
+            ConsumerStatus { lag: positions.iter().map(|position| position.lag).sum(), name, partitions: positions }
+        })
+        .collect();
+    (ends, consumers)
+}
+
+/// Per partition, the records durable in the log and not yet in the history.
+fn sink_lags(sink: &confab_query::SinkHandle, ends: &[u64]) -> Vec<u64> {
+    ends.iter().enumerate().map(|(partition, end)| end.saturating_sub(sink.written_up_to(partition as u32))).collect()
 }
 
 impl confab_gateway::Readiness for ReadinessView {
@@ -337,36 +363,18 @@ impl confab_gateway::Readiness for ReadinessView {
     }
 
     fn status(&self) -> confab_gateway::PartsStatus {
-        use confab_gateway::{ConsumerPosition, ConsumerStatus, DiskUse, LogStatus, SinkStatus};
+        use confab_gateway::{DiskUse, LogStatus, SinkStatus};
         use confab_log::Log;
-        let partitions = self.log.partition_count();
-        let ends: Vec<u64> = (0..partitions).map(|partition| self.log.durable_end(partition).unwrap_or(0)).collect();
-        let mut log = LogStatus { partitions, ..LogStatus::default() };
+        let (ends, consumers) = consumer_positions(&self.log);
+        let mut log = LogStatus { partitions: self.log.partition_count(), ..LogStatus::default() };
         for (partition, end) in ends.iter().enumerate() {
             log.records += end.saturating_sub(self.log.earliest(partition as u32).unwrap_or(0));
             let segments = self.log.segments(partition as u32).unwrap_or_default();
             log.segments += segments.len() as u64;
             log.bytes += segments.iter().map(|segment| segment.size_bytes).sum::<u64>();
         }
-        let consumers = self
-            .log
-            .consumers()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|name| {
-                let positions: Vec<ConsumerPosition> = ends
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(partition, &end)| {
-                        let committed = self.log.committed_offset(&name, partition as u32).ok().flatten()?;
-                        Some(ConsumerPosition { partition: partition as u32, committed, end, lag: end.saturating_sub(committed) })
-                    })
-                    .collect();
-                ConsumerStatus { lag: positions.iter().map(|position| position.lag).sum(), name, partitions: positions }
-            })
-            .collect();
         let history_sink = self.sink.as_ref().map(|sink| SinkStatus {
-            lag: ends.iter().enumerate().map(|(partition, end)| end.saturating_sub(sink.written_up_to(partition as u32))).sum(),
+            lag: sink_lags(sink, &ends).iter().sum(),
             restarts: sink.restarts(),
             failing: sink.failing().into_iter().map(|(partition, error)| format!("partition {partition}: {error}")).collect(),
         });

@@ -117,13 +117,13 @@ impl Ingest {
         let state = State::new(store, config, partition_count)?;
         let mut partitions = Vec::new();
         let mut report = OpenReport::default();
+        let applied_offsets = (0..partition_count).map(|partition| state.applied_offset(partition)).collect::<std::result::Result<Vec<_>, _>>()?;
         let mut to_replay = 0;
-        for partition in 0..partition_count {
-            to_replay += log.durable_end(partition)?.saturating_sub(state.applied_offset(partition)?);
+        for (partition, applied) in (0..partition_count).zip(&applied_offsets) {
+            to_replay += log.durable_end(partition)?.saturating_sub(*applied);
         }
         progress(0, to_replay);
-        for partition in 0..partition_count {
-            let applied = state.applied_offset(partition)?;
+        for (partition, applied) in (0..partition_count).zip(applied_offsets) {
             let earliest = log.earliest(partition)?;
             if applied < earliest {
                 return Err(Error::StateBehindLog { partition, applied, earliest });

@@ -58,34 +58,43 @@ pub async fn revoke_role(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Administrators only (a 403 in the API's shape otherwise).
-fn require_admin(state: &AppState, caller: &confab_ingest::Caller) -> ApiResult<()> {
-    if state.ingest.has_role(&caller.user_id, AccountRole::Admin)? {
-        Ok(())
-    } else {
-        Err(confab_ingest::Error::NotAdmin.into())
-    }
-}
-
 /// `GET /v1/admin/status`: how the server is doing, for `confab status`:
 /// each part's readiness, connections, the log, each consumer's position
 /// and lag, the history sink, and the bytes on disk under the data folder.
-pub async fn status(State(state): State<AppState>, Authenticated(caller): Authenticated) -> ApiResult<Json<Value>> {
-    require_admin(&state, &caller)?;
-    let ready: Vec<Value> = crate::routes::ops::readiness(&state)
-        .into_iter()
-        .map(|(part, problem)| json!({"part": part, "ready": problem.is_none(), "problem": problem}))
-        .collect();
-    let parts = state.readiness.get().map(|readiness| readiness.status()).unwrap_or_default();
-    let mut body = json!({
-        "uptimeSecs": state.started_at.elapsed().as_secs(),
-        "ready": ready,
-        "connected": {"users": state.hub.online_users(), "devices": state.hub.online_device_count()},
-    });
-    if let (Value::Object(body), Value::Object(parts)) = (&mut body, serde_json::to_value(parts).expect("the status serializes")) {
-        body.extend(parts);
-    }
-    Ok(Json(body))
+pub async fn status(State(state): State<AppState>, Authenticated(caller): Authenticated) -> ApiResult<Json<ServerStatus>> {
+    state.ingest.require_admin(&caller)?;
+    let ready = crate::routes::ops::readiness(&state).into_iter().map(|(part, problem)| PartReady { part, ready: problem.is_none(), problem }).collect();
+    Ok(Json(ServerStatus {
+        uptime_secs: state.started_at.elapsed().as_secs(),
+        ready,
+        connected: Connected { users: state.hub.online_users(), devices: state.hub.online_device_count() },
+        parts: state.readiness.get().map(|readiness| readiness.status()).unwrap_or_default(),
+    }))
+}
+
+/// `GET /v1/admin/status`'s answer: the gateway's own figures, then the
+/// parts the binary reports.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerStatus {
+    uptime_secs: u64,
+    ready: Vec<PartReady>,
+    connected: Connected,
+    #[serde(flatten)]
+    parts: crate::PartsStatus,
+}
+
+#[derive(serde::Serialize)]
+pub struct PartReady {
+    part: &'static str,
+    ready: bool,
+    problem: Option<String>,
+}
+
+#[derive(serde::Serialize)]
+pub struct Connected {
+    users: usize,
+    devices: usize,
 }
 
 /// `GET /v1/admin/users/{userId}/devices`: a user's devices, for an

@@ -45,11 +45,18 @@ pub struct ComplianceDeletion {
 const COMPLIANCE_DELETES_PER_APPEND: usize = 1_000;
 
 impl Ingest {
+    /// `NotAdmin` unless the caller holds the `admin` role.
+    pub fn require_admin(&self, caller: &Caller) -> Result<()> {
+        if self.has_role(&caller.user_id, AccountRole::Admin)? {
+            Ok(())
+        } else {
+            Err(Error::NotAdmin)
+        }
+    }
+
     /// Gives `user_id` a role; administrators only. Recorded in the audit log.
     pub async fn grant_role(&self, caller: &Caller, user_id: &str, role: AccountRole) -> Result<()> {
-        if !self.has_role(&caller.user_id, AccountRole::Admin)? {
-            return Err(Error::NotAdmin);
-        }
+        self.require_admin(caller)?;
         if self.user(user_id)?.is_none() {
             return Err(Error::invalid("userId", format!("user `{user_id}` does not exist")));
         }
@@ -68,9 +75,7 @@ impl Ingest {
     /// An administrator cannot take their own `admin` role (someone must
     /// keep it); revoking a role the user does not hold is a no-op.
     pub async fn revoke_role(&self, caller: &Caller, user_id: &str, role: AccountRole) -> Result<()> {
-        if !self.has_role(&caller.user_id, AccountRole::Admin)? {
-            return Err(Error::NotAdmin);
-        }
+        self.require_admin(caller)?;
         if self.user(user_id)?.is_none() {
             return Err(Error::invalid("userId", format!("user `{user_id}` does not exist")));
         }
@@ -89,9 +94,7 @@ impl Ingest {
 
     /// Another user's devices, for an administrator (`confab admin devices`).
     pub fn devices_for_admin(&self, caller: &Caller, user_id: &str) -> Result<Vec<std::sync::Arc<crate::state::Device>>> {
-        if !self.has_role(&caller.user_id, AccountRole::Admin)? {
-            return Err(Error::NotAdmin);
-        }
+        self.require_admin(caller)?;
         if self.user(user_id)?.is_none() {
             return Err(Error::UserNotFound(user_id.to_string()));
         }
@@ -102,9 +105,7 @@ impl Ingest {
     /// it is done (`device.logout`); once this returns, the device's tokens
     /// answer 401. The caller closes its sockets.
     pub async fn end_session_for_admin(&self, caller: &Caller, user_id: &str, device_id: &str) -> Result<()> {
-        if !self.has_role(&caller.user_id, AccountRole::Admin)? {
-            return Err(Error::NotAdmin);
-        }
+        self.require_admin(caller)?;
         let owned = self.state.device(device_id)?.is_some_and(|device| device.user_id == user_id);
         if !owned {
             return Err(Error::DeviceNotFound(device_id.to_string()));
