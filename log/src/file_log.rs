@@ -302,9 +302,14 @@ impl Log for FileLog {
         let mut returned_bytes = 0usize;
         while records.len() < max_records {
             // An exhausted budget still looks at the next record: one of no
-            // bytes fits, so a read's result never depends on where a
+            // bytes fits. An overspent one (a first record larger than the
+            // budget) admits nothing more, not even an empty record, as
+            // within a segment: a read's result never depends on where a
             // segment happens to end.
-            let budget = max_bytes.saturating_sub(returned_bytes);
+            if returned_bytes > max_bytes {
+                break;
+            }
+            let budget = max_bytes - returned_bytes;
             let Some(segment) = partition.segment_holding(cursor)? else {
                 break;
             };

@@ -136,6 +136,23 @@ fn reads_after_many_segments_find_their_segment() {
     assert!(log.read(1, 0, 10, usize::MAX).unwrap().is_empty());
 }
 
+/// Found by the model test: a first record over the byte budget at the end
+/// of a segment, then an empty record at the start of the next. Within one
+/// segment the empty record is not returned (the budget is overspent); it
+/// must not be across the boundary either.
+#[test]
+fn an_overspent_budget_admits_nothing_more_across_a_segment_boundary() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = FileLog::open(dir.path(), config()).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    runtime.block_on(log.append(0, vec![vec![7; 1_200]]).unwrap().durable()).unwrap();
+    runtime.block_on(log.append(0, vec![Vec::new(), vec![1]]).unwrap().durable()).unwrap();
+    assert_eq!(log.segments(0).unwrap().len(), 2, "the big record filled the first segment");
+    let offsets = |records: Vec<Record>| records.iter().map(|record| record.offset).collect::<Vec<_>>();
+    assert_eq!(offsets(log.read(0, 0, 10, 100).unwrap()), [0], "only the first record, which may exceed the budget");
+    assert_eq!(offsets(log.read(0, 0, 10, 1_200).unwrap()), [0, 1], "an exhausted budget still admits an empty record");
+}
+
 #[test]
 fn a_reopened_log_appends_after_its_lazily_known_segments() {
     let dir = tempfile::tempdir().unwrap();
