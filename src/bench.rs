@@ -78,6 +78,11 @@ pub enum BenchCommand {
         /// the time from send to searchable (with --search on).
         #[arg(long, default_value_t = 0)]
         search_probes: usize,
+        /// `on`: the server the benchmark starts traces every send
+        /// (`sample_ratio` 1) and exports the spans over OTLP/HTTP to a
+        /// receiver in the benchmark, which counts them.
+        #[arg(long, default_value = "off")]
+        traces: String,
     },
     /// The history at scale: the sink's sustained rate, then compliance queries.
     History {
@@ -269,17 +274,20 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             };
             push::run(push::PushOptions { members, rate, seconds, groups, partitions, temporal, temporal_namespace, fakes_nice, search }).await
         }
-        BenchCommand::Sends { url, senders, seconds, body_bytes, rate, partitions, history, during_sql, search, search_probes } => {
+        BenchCommand::Sends { url, senders, seconds, body_bytes, rate, partitions, history, during_sql, search, search_probes, traces } => {
             let on_off = |flag: &str, value: &str| match value {
                 "on" => Ok(true),
                 "off" => Ok(false),
                 other => Err(anyhow::anyhow!("--{flag} `{other}`: use on or off")),
             };
-            let (history, search) = (on_off("history", &history)?, on_off("search", &search)?);
+            let (history, search, traces) = (on_off("history", &history)?, on_off("search", &search)?, on_off("traces", &traces)?);
             if search_probes > 0 && !search {
                 bail!("--search-probes needs --search on");
             }
-            bench_sends(SendsOptions { url, senders, seconds, body_bytes, rate, partitions, history, during_sql, search, search_probes }).await
+            if traces && url.is_some() {
+                bail!("--traces on needs a server the benchmark starts (no --url)");
+            }
+            bench_sends(SendsOptions { url, senders, seconds, body_bytes, rate, partitions, history, during_sql, search, search_probes, traces }).await
         }
         BenchCommand::History { dir, messages, days, conversations, users, repeat } => {
             history::run(history::HistoryOptions { dir, messages, days, conversations, users, repeat }).await
@@ -423,15 +431,15 @@ impl BenchServer {
     }
 }
 
-async fn start_bench_server(partitions: u32) -> anyhow::Result<BenchServer> {
-    start_bench_server_with(partitions, "").await
-}
-
-/// A server with the shipped pipelines but those with a stage of one of `kinds`.
-async fn start_bench_server_without(partitions: u32, kinds: &[&str]) -> anyhow::Result<BenchServer> {
+/// A server with the shipped pipelines but those with a stage of one of
+/// `kinds` (all of them when it is empty), and `extra_config` tables.
+async fn start_bench_server_without(partitions: u32, kinds: &[&str], extra_config: &str) -> anyhow::Result<BenchServer> {
+    if kinds.is_empty() {
+        return start_bench_server_with(partitions, extra_config).await;
+    }
     let pipelines = tempdir_in_target()?.join("pipelines");
     write_pipelines_without(&pipelines, kinds)?;
-    start_bench_server_full(partitions, &format!("pipelines_dir = {:?}\n", pipelines.to_string_lossy()), "").await
+    start_bench_server_full(partitions, &format!("pipelines_dir = {:?}\n", pipelines.to_string_lossy()), extra_config).await
 }
 
 /// Writes the shipped pipeline definitions but the history sink's into `folder`.
@@ -537,6 +545,8 @@ pub(crate) struct SendsOptions {
     pub(crate) search: bool,
     /// Probe messages per round timed from send to searchable (0: none).
     pub(crate) search_probes: usize,
+    /// Whether the server it starts exports a trace of every send.
+    pub(crate) traces: bool,
 }
 
 /// One round of `bench sends`.
@@ -553,12 +563,16 @@ async fn bench_sends(options: SendsOptions) -> anyhow::Result<()> {
 
 /// Runs and prints the rounds of `bench sends`, and returns them.
 pub(crate) async fn run_sends(options: SendsOptions) -> anyhow::Result<Vec<SendsRound>> {
-    let SendsOptions { url, senders, seconds, body_bytes, rate, partitions, history, during_sql, search, search_probes } = options;
+    let SendsOptions { url, senders, seconds, body_bytes, rate, partitions, history, during_sql, search, search_probes, traces } = options;
     let left_out: Vec<&str> = [(!history).then_some("delta_sink"), (!search).then_some("search_index")].into_iter().flatten().collect();
+    let receiver = match traces {
+        true => Some(confab_telemetry::receiver::Receiver::start(false).await?),
+        false => None,
+    };
+    let telemetry = receiver.as_ref().map_or(String::new(), |receiver| format!("[telemetry]\notlp_endpoint = {:?}\n", receiver.endpoint()));
     let server = match url {
         Some(_) => None,
-        None if left_out.is_empty() => Some(start_bench_server(partitions).await?),
-        None => Some(start_bench_server_without(partitions, &left_out).await?),
+        None => Some(start_bench_server_without(partitions, &left_out, &telemetry).await?),
     };
     let base = url.unwrap_or_else(|| server.as_ref().expect("started").url.clone());
     let max_senders = senders.iter().copied().max().unwrap_or(1);
@@ -572,9 +586,10 @@ pub(crate) async fn run_sends(options: SendsOptions) -> anyhow::Result<Vec<Sends
         None => "closed loop, each sender as fast as it can".to_string(),
     };
     println!(
-        "durable sends over HTTP: {body_bytes}-byte bodies of words, {seconds} s per round, {pacing}, history {}, search {}, server {base}",
+        "durable sends over HTTP: {body_bytes}-byte bodies of words, {seconds} s per round, {pacing}, history {}, search {}, traces {}, server {base}",
         if history { "on" } else { "off" },
-        if search { "on" } else { "off" }
+        if search { "on" } else { "off" },
+        if traces { "on" } else { "off" }
     );
     // The querying account first: on a fresh server it is the administrator.
     let analyst = match &during_sql {
@@ -694,6 +709,10 @@ pub(crate) async fn run_sends(options: SendsOptions) -> anyhow::Result<Vec<Sends
         rounds.push(SendsRound { senders: sender_count, sends_per_second: rate, summary });
     }
     drop(server);
+    if let Some(receiver) = receiver {
+        // The server was killed, not stopped: what it had queued is not counted.
+        println!("spans received over OTLP: {} in {} export requests", receiver.span_count(), receiver.requests());
+    }
     Ok(rounds)
 }
 

@@ -38,6 +38,8 @@ pub struct Config {
     pub search: confab_search::SearchConfig,
     /// Analytics in ClickHouse (off unless `[analytics.clickhouse]` is set).
     pub analytics: confab_analytics::AnalyticsConfig,
+    /// Traces over OTLP (off unless `otlp_endpoint` is set).
+    pub telemetry: crate::telemetry::TelemetrySection,
 }
 
 /// Where the history tables live.
@@ -85,6 +87,7 @@ impl Default for Config {
             media: Default::default(),
             search: Default::default(),
             analytics: Default::default(),
+            telemetry: Default::default(),
         }
     }
 }
@@ -99,6 +102,7 @@ impl Config {
         problems.extend(config.media.problems());
         problems.extend(config.search.problems());
         problems.extend(config.analytics.problems());
+        problems.extend(config.telemetry.problems());
         if !problems.is_empty() {
             anyhow::bail!("invalid config file `{}`:\n{}", path.display(), problems.join("\n"));
         }

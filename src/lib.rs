@@ -10,5 +10,6 @@ pub mod progress;
 pub mod push;
 pub mod retention;
 pub mod server;
+pub mod telemetry;
 pub mod wiring;
 pub mod workflows;

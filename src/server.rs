@@ -60,6 +60,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     // positions (ClickHouse), which refuse another one's.
     let instance_id: String = load_or_create_secret(&config.data_dir.join("instance.id"))?[..16].iter().map(|byte| format!("{byte:02x}")).collect();
     let log_dir = config.data_dir.join("log");
+    // Before anything writes: the replay's and the pipelines' first records may be traced.
+    let telemetry = config.telemetry.start()?;
     // Definitions first: a bad one stops the start before anything is opened.
     let specs = crate::wiring::load_pipelines(config.pipelines_dir.as_ref())?;
     let sink_config = crate::wiring::history_sink(&specs);
@@ -254,6 +256,9 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             tracing::error!(%error, "the last checkpoint failed; the next start replays more of the log");
         }
         log.close();
+        if let Some(telemetry) = telemetry {
+            let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+        }
         drop(lock);
         served.context("the HTTP server failed")
     });

@@ -226,6 +226,7 @@ mod tests {
             attachments: Vec::new(),
             ts: 86_400_000 * 3 + 5,
             mentions: Mentions { user_ids: vec!["u2".into()], channel: true, here: false },
+            trace: None,
         }
     }
 

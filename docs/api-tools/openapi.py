@@ -120,6 +120,8 @@ send = body(obj(["conversationId", "clientMsgId", "body"], {"conversationId": st
                                                              "attachments": arr(obj(["mediaId"], {"mediaId": string}))}))
 P["/v1/messages"] = {"post": op("Send; 201 means durable; the same clientMsgId again returns the original with 200.", 201, resp("sent", S("Message")), request=send, errs=(400, 401, 403, 404, 409, 413, 429))}
 P["/v1/messages"]["post"]["responses"]["200"] = resp("the original message (a retry)", S("Message"))
+P["/v1/messages"]["post"]["parameters"] = [{"name": "traceparent", "in": "header", "required": False, "schema": string,
+    "description": "W3C trace context: with [telemetry] on, a valid sampled one makes the send part of the caller's trace; others are ignored"}]
 P["/v1/messages/{id}"] = {
   "patch": op("Edit (its sender only).", 200, resp("edited", S("Message")), params=[path_param("id", "the message's id")], request=body(obj(["body"], {"body": string})), errs=(400, 401, 403, 404, 409, 413, 429)),
   "delete": op("Delete (its sender or a conversation admin).", 204, resp("deleted"), params=[path_param("id", "the message's id")], errs=(401, 403, 404, 429))}

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod rate_limit;
 mod routes;
 pub mod serve;
+mod trace;
 pub mod ws;
 
 use std::sync::Arc;

@@ -49,6 +49,7 @@ use confab_schemas::cursor::Position;
 use confab_schemas::frames::{ClientCommand, PresenceStatus, ServerFrame};
 use confab_schemas::ids::now_ms;
 use confab_schemas::ErrorCode;
+use confab_telemetry::{Kind, Span};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
@@ -58,6 +59,7 @@ use crate::auth::{authenticate, bearer_token};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiQuery;
 use crate::rate_limit::{Limit, Write};
+use crate::trace::SendSpan;
 use crate::AppState;
 
 /// Replies (acks, errors, pongs) queued for the send task; a client that
@@ -225,15 +227,23 @@ async fn session(socket: WebSocket, state: AppState, caller: Caller, start: Opti
                     None => break,
                 },
                 frame = queue.recv() => match frame {
-                    Some(Outbound::Durable { partition, position, json, ts_ms }) => {
+                    Some(Outbound::Durable { partition, position, json, ts_ms, trace }) => {
                         let after = Position { offset: position.offset, skip: position.skip + 1 };
                         let current = &mut cursor.positions[partition as usize];
                         if after <= *current {
                             continue; // The replay already sent it.
                         }
                         *current = after;
+                        // `ws.write`: from the fanout's queueing to the socket's write.
+                        let mut span = trace.map_or(Span::NONE, |trace| Span::child_since("ws.write", Kind::Internal, Some(trace.parent), trace.queued_at));
+                        span.attr_with("confab.device_id", || caller.device_id.clone());
+                        span.attr_with("confab.user_id", || caller.user_id.clone());
                         let text = format!("{{\"cursor\":\"{}\",{}", cursor.encode(), &json[1..]);
-                        send_within(&mut sink, Message::Text(text.into()), write_timeout).await?;
+                        if let Err(error) = send_within(&mut sink, Message::Text(text.into()), write_timeout).await {
+                            span.fail(error.to_string());
+                            return Err(error);
+                        }
+                        span.end();
                         state.metrics.observe_delivery(ts_ms);
                     }
                     Some(Outbound::Ephemeral(frame)) => send_within(&mut sink, Message::Text(frame.to_string().into()), write_timeout).await?,
@@ -383,16 +393,26 @@ async fn handle_command<'a>(state: &'a AppState, caller: &'a Caller, ip: &str, t
                 return ready(Some(api_error_frame(Some(id), error)));
             }
             let started = Instant::now();
-            let request = NewMessage { conversation_id, client_msg_id, body, attachments };
+            let span = SendSpan::ws(&conversation_id);
+            let request = NewMessage { conversation_id, client_msg_id, body, attachments, trace: span.context() };
             match state.ingest.begin_send(caller, request).await {
-                Err(error) => ready(Some(api_error_frame(Some(id), error.into()))),
+                Err(error) => {
+                    let error = ApiError::from(error);
+                    span.finish(Err(&error), None);
+                    ready(Some(api_error_frame(Some(id), error)))
+                }
                 Ok(pending) => Box::pin(async move {
                     Some(match state.ingest.finish_send(pending).await {
                         Ok((message, _)) => {
                             state.metrics.observe_send(crate::metrics::Transport::Ws, started.elapsed());
+                            span.finish(Ok(&message), None);
                             ServerFrame::Ack { id, message }
                         }
-                        Err(error) => api_error_frame(Some(id), error.into()),
+                        Err(error) => {
+                            let error = ApiError::from(error);
+                            span.finish(Err(&error), None);
+                            api_error_frame(Some(id), error)
+                        }
                     })
                 }),
             }

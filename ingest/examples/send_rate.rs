@@ -94,6 +94,7 @@ async fn run(store_kind: String, senders: usize, until: Until) -> anyhow::Result
                     client_msg_id: format!("{index}-{sent}"),
                     body: body.clone(),
                     attachments: Vec::new(),
+                    trace: None,
                 };
                 let begun = Instant::now();
                 ingest.send_message(&caller, request).await.expect("send");

@@ -278,7 +278,7 @@ impl Round<'_> {
                 self.dirty_members.insert((conversation_id.clone(), user_id.clone()), true);
                 self.record(&mut conversation, offset, ts, vec![Produced::Event(EventKind::Member { user_id, change: MemberChange::Left })])?;
             }
-            LogEvent::MessageCreated { message_id, conversation_id, seq, sender_id, device_id, client_msg_id, body, attachments, ts, mentions } => {
+            LogEvent::MessageCreated { message_id, conversation_id, seq, sender_id, device_id, client_msg_id, body, attachments, ts, mentions, trace: _ } => {
                 let Some(handle) = self.touch(&conversation_id)? else { return Ok(()) };
                 let mut conversation = handle.state.write();
                 if seq != conversation.last_seq + 1 {

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use confab_log::{Log, StartAt, TailReader};
 use confab_schemas::events::LogEvent;
+use confab_schemas::trace::TraceParent;
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::watch;
@@ -56,6 +57,9 @@ pub struct NewMessage {
     pub client_msg_id: String,
     pub body: String,
     pub attachments: Vec<Value>,
+    /// The send's span (when traced): its record carries it to every
+    /// reader of the log, and the append and apply spans are its children.
+    pub trace: Option<TraceParent>,
 }
 
 pub struct Ingest {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use confab_log::{AppendTicket, Log, Offset};
 use confab_schemas::events::LogEvent;
+use confab_telemetry::{Kind, Span};
 use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::watch;
 
@@ -75,8 +76,19 @@ impl PartitionWriter {
     /// One task applies a whole round while the others of that round wait on
     /// the applied watch: none blocks a runtime thread on the lock.
     pub async fn finish(&self, log: &dyn Log, state: &State, ticket: AppendTicket) -> Result<()> {
+        self.finish_traced(log, state, ticket, Span::NONE).await
+    }
+
+    /// [`finish`](Self::finish), ending `append_span` when the record is
+    /// durable (or failed to be).
+    pub async fn finish_traced(&self, log: &dyn Log, state: &State, ticket: AppendTicket, mut append_span: Span) -> Result<()> {
         let last = ticket.first_offset + ticket.count;
-        ticket.durable().await?;
+        let durable = ticket.durable().await;
+        if let Err(error) = &durable {
+            append_span.fail(error.to_string());
+        }
+        append_span.end();
+        durable?;
         let mut applied = self.applied.subscribe();
         loop {
             if state.failed.load(Ordering::Acquire) {
@@ -136,7 +148,21 @@ impl PartitionWriter {
         }
         let Some(&(last, _)) = records.last() else { return Ok(None) };
         let count = records.len() as u64;
-        let outcomes = state.apply_round(self.id, records, true)?;
+        // `state.apply` for each traced record: this round, from its start
+        // to the store's commit.
+        let mut spans: Vec<Span> = match confab_telemetry::enabled() {
+            true => records.iter().map(|(_, event)| Span::child("state.apply", Kind::Internal, event.trace())).filter(Span::recording).collect(),
+            false => Vec::new(),
+        };
+        for span in &mut spans {
+            span.attr("confab.round_records", count as i64);
+        }
+        let outcomes = state.apply_round(self.id, records, true);
+        if let Err(error) = &outcomes {
+            spans.iter_mut().for_each(|span| span.fail(error.to_string()));
+        }
+        drop(spans);
+        let outcomes = outcomes?;
         // The pins go only now: the round is committed to the store.
         drop(pins);
         self.applied_since_checkpoint.fetch_add(count, Ordering::Relaxed);

@@ -163,6 +163,7 @@ async fn run(ingest: &Ingest, world: &mut World, op: &Op) {
                 client_msg_id: format!("k{key}"),
                 body: format!("from {user} key {key}"),
                 attachments: Vec::new(),
+                trace: None,
             };
             if let Ok((message, true)) = ingest.send_message(&world.callers[*user], request).await {
                 world.sent.push((*user, message.message_id));
@@ -291,6 +292,7 @@ fn the_fjall_store_restarts_to_what_it_served_and_keeps_idempotency() {
             attachments: Vec::new(),
             ts: 1,
             mentions: Default::default(),
+            trace: None,
         };
         let partition = (confab_schemas::ids::stable_hash(&world.conversations[1]) % log.partition_count() as u64) as u32;
         log.append(partition, vec![missed.encode()]).unwrap().durable().await.unwrap();
@@ -299,12 +301,19 @@ fn the_fjall_store_restarts_to_what_it_served_and_keeps_idempotency() {
         let (history, _) = reopened.history(&world.callers[0], &world.conversations[1], None, 1).unwrap();
         assert_eq!((history[0].seq, history[0].body.as_str()), (last_seq + 1, "replayed"));
         // A retry of a key sent before the restart returns the original.
-        let retry = NewMessage { conversation_id: world.conversations[1].clone(), client_msg_id: "k1".into(), body: "again".into(), attachments: Vec::new() };
+        let retry = NewMessage {
+            conversation_id: world.conversations[1].clone(),
+            client_msg_id: "k1".into(),
+            body: "again".into(),
+            attachments: Vec::new(),
+            trace: None,
+        };
         let (original, created) = reopened.send_message(&world.callers[1], retry).await.unwrap();
         assert!(!created);
         assert_eq!(original.body, "from 1 key 1");
         // The same key in another conversation is refused, naming the field.
-        let elsewhere = NewMessage { conversation_id: world.conversations[0].clone(), client_msg_id: "k1".into(), body: "x".into(), attachments: Vec::new() };
+        let elsewhere =
+            NewMessage { conversation_id: world.conversations[0].clone(), client_msg_id: "k1".into(), body: "x".into(), attachments: Vec::new(), trace: None };
         let error = reopened.send_message(&world.callers[1], elsewhere).await.unwrap_err();
         assert_eq!(error.code(), confab_schemas::ErrorCode::Conflict);
         assert!(error.to_string().starts_with("`clientMsgId` `k1` was already used for a message in conversation"), "{error}");

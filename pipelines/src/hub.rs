@@ -4,8 +4,10 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use confab_schemas::cursor::Position;
+use confab_schemas::trace::TraceParent;
 use dashmap::DashMap;
 use tokio::sync::{mpsc, Notify};
 
@@ -14,10 +16,20 @@ use tokio::sync::{mpsc, Notify};
 pub enum Outbound {
     /// A durable event at a log position, serialized once for every
     /// recipient; each connection splices in its own cursor. `ts_ms`: when
-    /// the server accepted it (for the delivery lag metric).
-    Durable { partition: u32, position: Position, json: Arc<str>, ts_ms: i64 },
+    /// the server accepted it (for the delivery lag metric). `trace`: the
+    /// fanout stage's span, when the message is traced, for the socket
+    /// write's span.
+    Durable { partition: u32, position: Position, json: Arc<str>, ts_ms: i64, trace: Option<Traced> },
     /// A best-effort frame (presence, typing): dropped first under load.
     Ephemeral(Arc<serde_json::Value>),
+}
+
+/// The span a traced frame's socket write is a child of, and when the
+/// frame was queued (the write's span starts there, so it shows the wait).
+#[derive(Debug, Clone, Copy)]
+pub struct Traced {
+    pub parent: TraceParent,
+    pub queued_at: SystemTime,
 }
 
 /// One live connection of one device.
@@ -177,7 +189,7 @@ mod tests {
     use super::*;
 
     fn event() -> Outbound {
-        Outbound::Durable { partition: 0, position: Position::at(0), json: Arc::from(r#"{"type":"receipt.read"}"#), ts_ms: 0 }
+        Outbound::Durable { partition: 0, position: Position::at(0), json: Arc::from(r#"{"type":"receipt.read"}"#), ts_ms: 0, trace: None }
     }
 
     #[test]
@@ -202,7 +214,7 @@ mod tests {
     fn a_connection_never_queues_events_from_before_its_start() {
         let hub = Hub::new(4);
         let (_connection, mut receiver, _) = hub.register("u", "d", vec![Position { offset: 5, skip: 1 }]);
-        let at = |offset, skip| Outbound::Durable { partition: 0, position: Position { offset, skip }, json: Arc::from("{}"), ts_ms: 0 };
+        let at = |offset, skip| Outbound::Durable { partition: 0, position: Position { offset, skip }, json: Arc::from("{}"), ts_ms: 0, trace: None };
         for (offset, skip) in [(4, 0), (5, 0), (5, 1), (6, 0)] {
             hub.deliver("u", None, &at(offset, skip));
         }

@@ -13,5 +13,5 @@ pub mod push;
 pub mod runtime;
 
 pub use definition::{validate, PipelineSpec, Problem, Source, Stage};
-pub use hub::{Connection, Hub, Outbound};
+pub use hub::{Connection, Hub, Outbound, Traced};
 pub use runtime::{DeliveryView, DeviceReceipt, PushRules, Pusher, ReceiptSink, RecordEvent, Runtime};

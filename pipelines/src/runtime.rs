@@ -5,17 +5,19 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use confab_log::{Log, Offset, StartAt, TailReader};
 use confab_schemas::api::ClientEvent;
 use confab_schemas::cursor::Position;
 use confab_schemas::events::LogEvent;
+use confab_schemas::trace::TraceParent;
+use confab_telemetry::{Kind, Span};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::definition::{PipelineSpec, Source, Stage};
-use crate::hub::{Hub, Outbound};
+use crate::hub::{Hub, Outbound, Traced};
 
 /// What the fanout pipeline needs to know of the state built from the log.
 pub trait DeliveryView: Send + Sync + 'static {
@@ -257,11 +259,18 @@ impl LogTask {
             match batch {
                 Ok(records) => {
                     let mut to_push = Vec::new();
+                    let mut push_spans = Vec::new();
                     for record in records {
                         match LogEvent::decode(&record.payload) {
                             Ok(event) => {
-                                self.deliver(record.offset, &event);
+                                let trace = event.trace();
+                                if self.plan.fanout_threshold.is_some() {
+                                    let mut stage = self.stage_span("fanout", trace, record.offset);
+                                    let traced = stage.context().map(|parent| Traced { parent, queued_at: SystemTime::now() });
+                                    self.deliver(record.offset, &event, traced, &mut stage);
+                                }
                                 if self.plan.push.is_some() && matches!(event, LogEvent::MessageCreated { .. } | LogEvent::ReadCursorMoved { .. }) {
+                                    push_spans.push(self.stage_span("push", trace, record.offset));
                                     to_push.push((record.offset, event));
                                 }
                             }
@@ -273,6 +282,8 @@ impl LogTask {
                     if let (Some(rules), Some(pusher), false) = (self.plan.push, &self.pusher, to_push.is_empty()) {
                         pusher.records(self.partition, to_push, rules).await;
                     }
+                    // Each traced record's push span covers its read batch's hand-over.
+                    drop(push_spans);
                 }
                 Err(confab_log::Error::Closed) => break,
                 Err(error) => {
@@ -290,7 +301,16 @@ impl LogTask {
         }
     }
 
-    fn deliver(&self, offset: Offset, event: &LogEvent) {
+    /// A stage's span for a traced record (`{pipeline}/{stage}`).
+    fn stage_span(&self, stage: &str, trace: Option<TraceParent>, offset: Offset) -> Span {
+        let Some(trace) = trace else { return Span::NONE };
+        let mut span = Span::child(format!("{}/{stage}", self.name), Kind::Consumer, Some(trace));
+        span.attr("confab.partition", self.partition as i64);
+        span.attr("confab.offset", offset as i64);
+        span
+    }
+
+    fn deliver(&self, offset: Offset, event: &LogEvent, trace: Option<Traced>, span: &mut Span) {
         let Some(threshold) = self.plan.fanout_threshold else { return };
         let origin_device = event.origin_device();
         let ts_ms = event.ts().unwrap_or(0);
@@ -298,6 +318,7 @@ impl LogTask {
             Ok(record_events) => record_events,
             Err(error) => {
                 tracing::error!(%error, pipeline = self.name, partition = self.partition, offset, "could not read a record's events; devices catch up by sync");
+                span.fail(error);
                 return;
             }
         };
@@ -316,7 +337,8 @@ impl LogTask {
                 _ => None,
             };
             let json: Arc<str> = serde_json::to_string(&record_event.event).expect("client events serialize").into();
-            let frame = Outbound::Durable { partition: self.partition, position: Position { offset, skip: record_event.index }, json, ts_ms };
+            span.attr("confab.recipients", record_event.recipients.len() as i64);
+            let frame = Outbound::Durable { partition: self.partition, position: Position { offset, skip: record_event.index }, json, ts_ms, trace };
             match (large, only_for) {
                 (true, Some(user_id)) => self.hub.deliver(&user_id, None, &frame),
                 _ => {

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use confab_log::{Log, StartAt, TailReader};
 use confab_schemas::events::LogEvent;
+use confab_telemetry::{Kind, Span};
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::Transaction;
 use deltalake::DeltaTable;
@@ -304,6 +305,10 @@ impl PartitionSink {
         let mut committed = reader_commit(&reader, next, None);
         let mut durable = self.log.subscribe(self.partition)?;
         let mut rows = Rows::default();
+        // `{pipeline}/delta_sink` of each traced message read: from its read
+        // to the Delta commit that holds it.
+        let mut spans: Vec<Span> = Vec::new();
+        let span_name = format!("{}/delta_sink", self.config.consumer);
         let mut oldest_waiting: Option<Instant> = None;
         let flush_after = Duration::from_millis(self.config.flush_interval_ms);
         loop {
@@ -315,6 +320,12 @@ impl PartitionSink {
                         tracing::error!(partition = self.partition, offset = record.offset, "the history sink skips an unreadable record");
                         continue;
                     };
+                    if let Some(trace) = event.trace() {
+                        let mut span = Span::child(span_name.clone(), Kind::Consumer, Some(trace));
+                        span.attr("confab.partition", self.partition as i64);
+                        span.attr("confab.offset", record.offset as i64);
+                        spans.push(span);
+                    }
                     for (table, ts, cells) in rows_of(&event) {
                         if record.offset >= written[&table] {
                             rows.push(table, self.partition, record.offset, ts, cells);
@@ -329,6 +340,7 @@ impl PartitionSink {
             let due = rows.count >= self.config.flush_rows || oldest_waiting.is_some_and(|since| since.elapsed() >= flush_after);
             if due || (asked && rows.count > 0) {
                 self.flush(&mut rows, next, &mut written).await?;
+                spans.clear();
                 self.health.working(self.partition);
                 committed = reader_commit(&reader, next, committed);
                 oldest_waiting = None;
@@ -336,6 +348,7 @@ impl PartitionSink {
             }
             flush_requested.mark_unchanged();
             if rows.count == 0 {
+                spans.clear();
                 // Nothing read is waiting: everything below `next` is written.
                 self.progress.send_replace(next);
                 self.health.working(self.partition);

@@ -27,6 +27,7 @@ fn message(seq: u64, body: &str, ts: i64) -> LogEvent {
         attachments: Vec::new(),
         ts,
         mentions: Default::default(),
+        trace: None,
     }
 }
 

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::ids::{ConversationId, DeviceId, MediaId, MessageId, UserId};
+use crate::trace::TraceParent;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -230,6 +231,10 @@ pub enum LogEvent {
         ts: i64,
         #[serde(default, skip_serializing_if = "Mentions::is_empty")]
         mentions: Mentions,
+        /// The send's trace, when it was sampled: the readers of this
+        /// record add their spans to it (see `trace`).
+        #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::trace::lenient")]
+        trace: Option<TraceParent>,
     },
     MessageEdited {
         message_id: MessageId,
@@ -508,6 +513,14 @@ impl LogEvent {
             LogEvent::MessageCreated { device_id, .. } | LogEvent::MessageEdited { device_id, .. } | LogEvent::MessageDeleted { device_id, .. } => {
                 Some(device_id)
             }
+            _ => None,
+        }
+    }
+
+    /// The trace this record's readers add their spans to (a sampled send's).
+    pub fn trace(&self) -> Option<TraceParent> {
+        match self {
+            LogEvent::MessageCreated { trace, .. } => *trace,
             _ => None,
         }
     }

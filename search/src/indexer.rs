@@ -36,6 +36,7 @@ use std::time::Duration;
 use confab_ingest::Ingest;
 use confab_log::{Log, Offset, StartAt, TailReader};
 use confab_schemas::events::LogEvent;
+use confab_telemetry::{Kind, Span};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -76,6 +77,9 @@ struct Batch {
     partition: u32,
     next: Offset,
     changes: Vec<Change>,
+    /// `{pipeline}/search_index` of each traced message: from its read to
+    /// the commit that makes it searchable.
+    spans: Vec<Span>,
 }
 
 pub struct Indexer {
@@ -124,7 +128,8 @@ impl Indexer {
             let mut reader = TailReader::open(log.clone(), &config.consumer, partition, StartAt::Earliest)?.bounded_by(ingest.subscribe_applied(partition));
             reader.seek(positions.get(&partition).copied().unwrap_or(0).max(log.earliest(partition)?))?;
             let upsert_below = upsert_below.get(&partition).copied().unwrap_or(0);
-            tasks.push(tokio::spawn(read_partition(reader, ingest.clone(), upsert_below, sender.clone(), stopped.clone())));
+            let span_name = format!("{}/search_index", config.consumer);
+            tasks.push(tokio::spawn(read_partition(reader, ingest.clone(), upsert_below, span_name, sender.clone(), stopped.clone())));
         }
         drop(sender);
         tasks.push(tokio::spawn(write_batches(engine, log, config, receiver, positions, indexed_sender, stopped)));
@@ -194,7 +199,14 @@ async fn rebuild(engine: &dyn Engine, ingest: &Arc<Ingest>, partitions: u32) -> 
     Ok(ends)
 }
 
-async fn read_partition(mut reader: TailReader, ingest: Arc<Ingest>, upsert_below: Offset, sender: mpsc::Sender<Batch>, mut stopped: watch::Receiver<bool>) {
+async fn read_partition(
+    mut reader: TailReader,
+    ingest: Arc<Ingest>,
+    upsert_below: Offset,
+    span_name: String,
+    sender: mpsc::Sender<Batch>,
+    mut stopped: watch::Receiver<bool>,
+) {
     let partition = reader.partition();
     loop {
         let start = reader.position();
@@ -212,6 +224,7 @@ async fn read_partition(mut reader: TailReader, ingest: Arc<Ingest>, upsert_belo
             }
         };
         let mut changes = Vec::new();
+        let mut spans = Vec::new();
         let mut failed = false;
         for record in &records {
             let event = match LogEvent::decode(&record.payload) {
@@ -221,6 +234,12 @@ async fn read_partition(mut reader: TailReader, ingest: Arc<Ingest>, upsert_belo
                     continue;
                 }
             };
+            if let Some(trace) = event.trace() {
+                let mut span = Span::child(span_name.clone(), Kind::Consumer, Some(trace));
+                span.attr("confab.partition", partition as i64);
+                span.attr("confab.offset", record.offset as i64);
+                spans.push(span);
+            }
             match changes_of(&ingest, event, record.offset < upsert_below) {
                 Ok(Some(change)) => changes.push(change),
                 Ok(None) => {}
@@ -241,7 +260,7 @@ async fn read_partition(mut reader: TailReader, ingest: Arc<Ingest>, upsert_belo
         }
         // The writer may be retrying a refused commit: stopping must not wait for it.
         tokio::select! {
-            sent = sender.send(Batch { partition, next: reader.position(), changes }) => if sent.is_err() {
+            sent = sender.send(Batch { partition, next: reader.position(), changes, spans }) => if sent.is_err() {
                 return;
             },
             _ = stopped.wait_for(|stopped| *stopped) => return,
@@ -277,6 +296,7 @@ async fn write_batches(
     stopped: watch::Receiver<bool>,
 ) {
     let mut changes = Vec::new();
+    let mut spans: Vec<Span> = Vec::new();
     let mut moved = false;
     let mut ticks = tokio::time::interval(config.commit_interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -288,6 +308,7 @@ async fn write_batches(
                 Some(batch) => {
                     positions.insert(batch.partition, batch.next);
                     changes.extend(batch.changes);
+                    spans.extend(batch.spans);
                     moved = true;
                     changes.len() >= COMMIT_CHANGES
                 }
@@ -325,6 +346,8 @@ async fn write_batches(
             }
         }
         changes.clear();
+        // Searchable now: the messages' spans end.
+        spans.clear();
         moved = false;
         last_saved = std::time::Instant::now();
         indexed.send_replace(positions.clone());

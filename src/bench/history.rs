@@ -103,6 +103,7 @@ async fn load(options: &HistoryOptions, dir: &std::path::Path, store: HistorySto
             attachments: Vec::new(),
             ts: first_ts + index as i64 * step_ms,
             mentions: Default::default(),
+            trace: None,
         };
         batch.push(event.encode());
         if batch.len() == 10_000 {

@@ -581,6 +581,7 @@ async fn load_setup(loader: &mut Loader<'_>, mix: &Mix) -> anyhow::Result<()> {
             attachments: Vec::new(),
             ts,
             mentions: Default::default(),
+            trace: None,
         };
         loader.push(&message).await?;
     }
@@ -632,6 +633,7 @@ async fn load_messages(
             attachments: Vec::new(),
             ts,
             mentions: Default::default(),
+            trace: None,
         };
         loader.push(&message).await?;
         let receipts: Vec<DeliveryReceipt> = members
@@ -833,6 +835,7 @@ async fn measure(layout: &Layout, mix: &Mix, options: &StateOptions, load: LoadR
         during_sql: None,
         search: true,
         search_probes: 0,
+        traces: false,
     })
     .await?
     .pop();

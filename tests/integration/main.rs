@@ -24,4 +24,5 @@ mod s3;
 mod schemathesis;
 mod search;
 mod sync;
+mod traces;
 mod ws;

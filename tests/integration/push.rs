@@ -103,7 +103,7 @@ async fn mentions_are_worked_out_from_the_body_and_counted_until_read() {
     assert_eq!(unread_mentions(&bob.get("/v1/conversations").await.1, &conversation), 0, "reading clears them");
 }
 
-struct Fakes {
+pub(crate) struct Fakes {
     _keys_dir: tempfile::TempDir,
     apns: FakeServer,
     fcm: FakeServer,
@@ -111,7 +111,7 @@ struct Fakes {
 
 /// Which engine runs the push workflows: each push test runs on both.
 #[derive(Debug, Clone, Copy)]
-enum On {
+pub(crate) enum On {
     Embedded,
     Temporal,
 }
@@ -124,6 +124,13 @@ async fn push_server(max_attempts: u32, on: On) -> Option<(TestServer, Fakes, te
 
 /// The same, with `[push] max_age_secs`.
 async fn push_server_aged(max_attempts: u32, max_age_secs: Option<u64>, on: On) -> Option<(TestServer, Fakes, tempfile::TempDir)> {
+    let (config, fakes, data) = push_config(max_attempts, max_age_secs, on).await?;
+    let server = TestServer::start_with(config).await;
+    Some((server, fakes, data))
+}
+
+/// The config of [`push_server_aged`], its fakes and its data directory.
+pub(crate) async fn push_config(max_attempts: u32, max_age_secs: Option<u64>, on: On) -> Option<(confab::config::Config, Fakes, tempfile::TempDir)> {
     let keys_dir = tempfile::tempdir().unwrap();
     let keys = fake::generate_keys(keys_dir.path()).unwrap();
     let apns =
@@ -163,8 +170,7 @@ async fn push_server_aged(max_attempts: u32, max_age_secs: Option<u64>, on: On) 
     if let On::Temporal = on {
         config.workflows = crate::harness::temporal_workflows()?;
     }
-    let server = TestServer::start_with(config).await;
-    Some((server, Fakes { _keys_dir: keys_dir, apns, fcm }, data))
+    Some((config, Fakes { _keys_dir: keys_dir, apns, fcm }, data))
 }
 
 async fn register(client: &Client, provider: &str, token: &str) {

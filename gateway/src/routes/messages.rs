@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use confab_ingest::{NewMessage, PAGE_DEFAULT, PAGE_MAX, SYNC_PAGE_MAX};
 use serde::Deserialize;
@@ -14,6 +14,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::rate_limit::{Limit, Write};
 use crate::routes::accounts::{ip_key, limit, limit_write};
+use crate::trace::SendSpan;
 use crate::AppState;
 
 #[derive(Deserialize)]
@@ -43,17 +44,32 @@ pub async fn send(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
     ip: ClientIp,
+    headers: HeaderMap,
     ApiJson(request): ApiJson<SendMessage>,
 ) -> ApiResult<(StatusCode, Json<impl serde::Serialize>)> {
     let started = std::time::Instant::now();
-    limit(&state, Limit::SendPerAccount, &caller.user_id)?;
-    limit(&state, Limit::SendPerIp, &ip_key(&ip))?;
-    let new =
-        NewMessage { conversation_id: request.conversation_id, client_msg_id: request.client_msg_id, body: request.body, attachments: request.attachments };
-    let (message, created) = state.ingest.send_message(&caller, new).await?;
+    let span = SendSpan::http(&headers, &request.conversation_id);
+    let sent = async {
+        limit(&state, Limit::SendPerAccount, &caller.user_id)?;
+        limit(&state, Limit::SendPerIp, &ip_key(&ip))?;
+        let new = NewMessage {
+            conversation_id: request.conversation_id,
+            client_msg_id: request.client_msg_id,
+            body: request.body,
+            attachments: request.attachments,
+            trace: span.context(),
+        };
+        Ok::<_, ApiError>(state.ingest.send_message(&caller, new).await?)
+    }
+    .await;
+    let status = |created: bool| if created { StatusCode::CREATED } else { StatusCode::OK };
+    match &sent {
+        Ok((message, created)) => span.finish(Ok(message), Some(status(*created).as_u16())),
+        Err(error) => span.finish(Err(error), Some(error.code.http_status())),
+    }
+    let (message, created) = sent?;
     state.metrics.observe_send(crate::metrics::Transport::Http, started.elapsed());
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(message)))
+    Ok((status(created), Json(message)))
 }
 
 /// A positive integer query parameter, or a 400 naming it.

@@ -13,6 +13,7 @@ use confab_log::AppendTicket;
 use confab_schemas::api;
 use confab_schemas::events::{ConversationType, LogEvent, MemberRole};
 use confab_schemas::ids::{new_id, now_ms};
+use confab_telemetry::{Kind, Span};
 use dashmap::mapref::entry::Entry;
 use serde_json::Value;
 use tokio::sync::watch;
@@ -37,17 +38,13 @@ enum Pending {
         seq: u64,
         key: (String, String),
         reservation: Arc<Reservation>,
+        /// `log.append`: from the append until the record is durable.
+        append_span: Span,
     },
     /// A retry whose original is still in flight.
-    InFlight {
-        client_msg_id: String,
-        reservation: Arc<Reservation>,
-    },
+    InFlight { client_msg_id: String, reservation: Arc<Reservation> },
     /// A retry whose original is in the store.
-    Stored {
-        conversation_id: String,
-        seq: u64,
-    },
+    Stored { conversation_id: String, seq: u64 },
 }
 
 impl Ingest {
@@ -127,12 +124,17 @@ impl Ingest {
             attachments,
             ts,
             mentions,
+            trace: request.trace,
         };
         let handle = pin.0.clone();
+        let mut append_span = Span::child("log.append", Kind::Internal, request.trace);
         match partition.append(&*self.log, vec![event], Some(pin)) {
             Ok(ticket) => {
                 handle.assigned_seq.store(seq, std::sync::atomic::Ordering::Release);
-                Ok(PendingSend { inner: Pending::Appended { ticket, handle, seq, key, reservation } })
+                append_span.attr("confab.partition", partition.id as i64);
+                append_span.attr("confab.offset", ticket.first_offset as i64);
+                append_span.attr("confab.seq", seq as i64);
+                Ok(PendingSend { inner: Pending::Appended { ticket, handle, seq, key, reservation, append_span } })
             }
             Err(error) => {
                 self.release_failed(&key, &reservation);
@@ -145,9 +147,9 @@ impl Ingest {
     /// created (false: a retry, answered with its original).
     pub async fn finish_send(&self, pending: PendingSend) -> Result<(api::Message, bool)> {
         match pending.inner {
-            Pending::Appended { ticket, handle, seq, key, reservation } => {
+            Pending::Appended { ticket, handle, seq, key, reservation, append_span } => {
                 let partition = &self.partitions[handle.partition as usize];
-                if let Err(error) = partition.finish(&*self.log, &self.state, ticket).await {
+                if let Err(error) = partition.finish_traced(&*self.log, &self.state, ticket, append_span).await {
                     self.release_failed(&key, &reservation);
                     return Err(error);
                 }
