@@ -83,6 +83,9 @@ pub enum BenchCommand {
         /// receiver in the benchmark, which counts them.
         #[arg(long, default_value = "off")]
         traces: String,
+        /// The share of sends traced with --traces on (`[telemetry] sample_ratio`).
+        #[arg(long, default_value_t = 1.0)]
+        trace_sample_ratio: f64,
     },
     /// The history at scale: the sink's sustained rate, then compliance queries.
     History {
@@ -274,7 +277,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             };
             push::run(push::PushOptions { members, rate, seconds, groups, partitions, temporal, temporal_namespace, fakes_nice, search }).await
         }
-        BenchCommand::Sends { url, senders, seconds, body_bytes, rate, partitions, history, during_sql, search, search_probes, traces } => {
+        BenchCommand::Sends { url, senders, seconds, body_bytes, rate, partitions, history, during_sql, search, search_probes, traces, trace_sample_ratio } => {
             let on_off = |flag: &str, value: &str| match value {
                 "on" => Ok(true),
                 "off" => Ok(false),
@@ -287,6 +290,10 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             if traces && url.is_some() {
                 bail!("--traces on needs a server the benchmark starts (no --url)");
             }
+            if !(0.0..=1.0).contains(&trace_sample_ratio) {
+                bail!("--trace-sample-ratio {trace_sample_ratio}: use a share from 0 to 1");
+            }
+            let traces = traces.then_some(trace_sample_ratio);
             bench_sends(SendsOptions { url, senders, seconds, body_bytes, rate, partitions, history, during_sql, search, search_probes, traces }).await
         }
         BenchCommand::History { dir, messages, days, conversations, users, repeat } => {
@@ -545,8 +552,8 @@ pub(crate) struct SendsOptions {
     pub(crate) search: bool,
     /// Probe messages per round timed from send to searchable (0: none).
     pub(crate) search_probes: usize,
-    /// Whether the server it starts exports a trace of every send.
-    pub(crate) traces: bool,
+    /// With the share of sends traced: the server it starts exports their traces.
+    pub(crate) traces: Option<f64>,
 }
 
 /// One round of `bench sends`.
@@ -566,10 +573,12 @@ pub(crate) async fn run_sends(options: SendsOptions) -> anyhow::Result<Vec<Sends
     let SendsOptions { url, senders, seconds, body_bytes, rate, partitions, history, during_sql, search, search_probes, traces } = options;
     let left_out: Vec<&str> = [(!history).then_some("delta_sink"), (!search).then_some("search_index")].into_iter().flatten().collect();
     let receiver = match traces {
-        true => Some(confab_telemetry::receiver::Receiver::start(false).await?),
-        false => None,
+        Some(_) => Some(confab_telemetry::receiver::Receiver::start(false).await?),
+        None => None,
     };
-    let telemetry = receiver.as_ref().map_or(String::new(), |receiver| format!("[telemetry]\notlp_endpoint = {:?}\n", receiver.endpoint()));
+    let telemetry = receiver
+        .as_ref()
+        .map_or(String::new(), |receiver| format!("[telemetry]\notlp_endpoint = {:?}\nsample_ratio = {:?}\n", receiver.endpoint(), traces.unwrap_or(1.0)));
     let server = match url {
         Some(_) => None,
         None => Some(start_bench_server_without(partitions, &left_out, &telemetry).await?),
@@ -589,7 +598,7 @@ pub(crate) async fn run_sends(options: SendsOptions) -> anyhow::Result<Vec<Sends
         "durable sends over HTTP: {body_bytes}-byte bodies of words, {seconds} s per round, {pacing}, history {}, search {}, traces {}, server {base}",
         if history { "on" } else { "off" },
         if search { "on" } else { "off" },
-        if traces { "on" } else { "off" }
+        traces.map_or("off".to_string(), |ratio| format!("on (sample ratio {ratio})"))
     );
     // The querying account first: on a fresh server it is the administrator.
     let analyst = match &during_sql {

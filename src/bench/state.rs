@@ -835,7 +835,7 @@ async fn measure(layout: &Layout, mix: &Mix, options: &StateOptions, load: LoadR
         during_sql: None,
         search: true,
         search_probes: 0,
-        traces: false,
+        traces: None,
     })
     .await?
     .pop();
