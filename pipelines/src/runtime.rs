@@ -12,7 +12,7 @@ use confab_schemas::api::ClientEvent;
 use confab_schemas::cursor::Position;
 use confab_schemas::events::LogEvent;
 use confab_schemas::trace::TraceParent;
-use confab_telemetry::{Kind, Span};
+use confab_telemetry::Span;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -266,8 +266,7 @@ impl LogTask {
                                 let trace = event.trace();
                                 if self.plan.fanout_threshold.is_some() {
                                     let mut stage = self.stage_span("fanout", trace, record.offset);
-                                    let traced = stage.context().map(|parent| Traced { parent, queued_at: SystemTime::now() });
-                                    self.deliver(record.offset, &event, traced, &mut stage);
+                                    self.deliver(record.offset, &event, &mut stage);
                                 }
                                 if self.plan.push.is_some() && matches!(event, LogEvent::MessageCreated { .. } | LogEvent::ReadCursorMoved { .. }) {
                                     push_spans.push(self.stage_span("push", trace, record.offset));
@@ -303,15 +302,14 @@ impl LogTask {
 
     /// A stage's span for a traced record (`{pipeline}/{stage}`).
     fn stage_span(&self, stage: &str, trace: Option<TraceParent>, offset: Offset) -> Span {
-        let Some(trace) = trace else { return Span::NONE };
-        let mut span = Span::child(format!("{}/{stage}", self.name), Kind::Consumer, Some(trace));
-        span.attr("confab.partition", self.partition as i64);
-        span.attr("confab.offset", offset as i64);
-        span
+        Span::record(|| format!("{}/{stage}", self.name), trace, self.partition, offset)
     }
 
-    fn deliver(&self, offset: Offset, event: &LogEvent, trace: Option<Traced>, span: &mut Span) {
+    /// Queues the record's events for their recipients; `span` is the
+    /// stage's, whose context the frames carry to each socket's write.
+    fn deliver(&self, offset: Offset, event: &LogEvent, span: &mut Span) {
         let Some(threshold) = self.plan.fanout_threshold else { return };
+        let trace = span.context().map(|parent| Traced { parent, queued_at: SystemTime::now() });
         let origin_device = event.origin_device();
         let ts_ms = event.ts().unwrap_or(0);
         let record_events = match self.view.record_events(self.partition, offset, event) {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use confab_log::{Log, StartAt, TailReader};
 use confab_schemas::events::LogEvent;
-use confab_telemetry::{Kind, Span};
+use confab_telemetry::Span;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::Transaction;
 use deltalake::DeltaTable;
@@ -320,10 +320,8 @@ impl PartitionSink {
                         tracing::error!(partition = self.partition, offset = record.offset, "the history sink skips an unreadable record");
                         continue;
                     };
-                    if let Some(trace) = event.trace() {
-                        let mut span = Span::child(span_name.clone(), Kind::Consumer, Some(trace));
-                        span.attr("confab.partition", self.partition as i64);
-                        span.attr("confab.offset", record.offset as i64);
+                    let span = Span::record(|| span_name.clone(), event.trace(), self.partition, record.offset);
+                    if span.recording() {
                         spans.push(span);
                     }
                     for (table, ts, cells) in rows_of(&event) {

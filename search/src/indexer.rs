@@ -36,7 +36,7 @@ use std::time::Duration;
 use confab_ingest::Ingest;
 use confab_log::{Log, Offset, StartAt, TailReader};
 use confab_schemas::events::LogEvent;
-use confab_telemetry::{Kind, Span};
+use confab_telemetry::Span;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -234,10 +234,8 @@ async fn read_partition(
                     continue;
                 }
             };
-            if let Some(trace) = event.trace() {
-                let mut span = Span::child(span_name.clone(), Kind::Consumer, Some(trace));
-                span.attr("confab.partition", partition as i64);
-                span.attr("confab.offset", record.offset as i64);
+            let span = Span::record(|| span_name.clone(), event.trace(), partition, record.offset);
+            if span.recording() {
                 spans.push(span);
             }
             match changes_of(&ingest, event, record.offset < upsert_below) {

@@ -233,6 +233,17 @@ impl Span {
         }
     }
 
+    /// A log reader's span for the record at `partition`/`offset` whose
+    /// context is `parent` (a stage of a pipeline, the search indexer, the
+    /// history sink): nothing for a record without one.
+    pub fn record(name: impl FnOnce() -> String, parent: Option<TraceParent>, partition: u32, offset: u64) -> Span {
+        let Some(parent) = parent else { return Span::NONE };
+        let mut span = Span::child(name(), Kind::Consumer, Some(parent));
+        span.attr("confab.partition", partition as i64);
+        span.attr("confab.offset", offset as i64);
+        span
+    }
+
     fn build(builder: SpanBuilder, parent: &Context) -> Span {
         let tracer = TRACER.read();
         let Some(tracer) = tracer.as_ref() else { return Span::NONE };
